@@ -1,0 +1,32 @@
+# Every target creates and uses its own virtual environment in .venv.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: run test lint bench docs clean
+
+$(BIN)/corral: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $@
+
+run: $(BIN)/corral
+	$(BIN)/corral examples.hello:app
+
+test: $(BIN)/corral
+	$(BIN)/ruff check .
+	$(BIN)/python -m corral.docs --check
+	$(BIN)/python -m pytest -n 2
+
+lint: $(BIN)/corral
+	$(BIN)/ruff check .
+
+docs: $(BIN)/corral
+	$(BIN)/python -m corral.docs
+
+bench: $(BIN)/corral
+	bench/run
+
+clean:
+	rm -rf $(VENV) bench/.venv

@@ -1,0 +1,1239 @@
+"""The settings table (the single source of truth for every setting) and how a Config is loaded from
+defaults, setting-specific env vars, a Python config file, CORRAL_CMD_ARGS and the command line."""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import difflib
+import importlib
+import importlib.util
+import inspect
+import ipaddress
+import os
+import re
+import shlex
+import traceback
+import types
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+__all__ = [
+    "CMD_ARGS_ENV",
+    "DEFAULT_CONFIG_FILE",
+    "SECTIONS",
+    "SETTINGS",
+    "SETTINGS_BY_NAME",
+    "BindAddress",
+    "Config",
+    "ConfigError",
+    "Setting",
+    "build_parser",
+    "format_value",
+    "load_config",
+    "parse_bind",
+]
+
+CMD_ARGS_ENV = "CORRAL_CMD_ARGS"
+DEFAULT_CONFIG_FILE = "corral.conf.py"
+
+# Issue numbers that will implement the settings declared here but not implemented yet.
+_MASTER, _DROP_IN, _WEBSOCKET, _OBSERVABILITY = 3, 4, 5, 6
+
+Validator = Callable[[Any], Any]
+Kind = Literal["value", "append", "flag", "negflag", "hook"]
+
+
+class ConfigError(Exception):
+    """A configuration problem; str(error) is one line: "<setting>: <problem>"."""
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One row of the settings table.
+
+    kind: "value" (takes an argument), "append" (repeatable, a list), "flag" (a bare flag that sets True),
+    "negflag" (a bare --no-... flag that sets False), "hook" (a callable, config file only).
+    implemented_in: the issue that will implement it (None: implemented now).
+    unsupported: why the setting cannot apply to corral (None: it applies). Either of these makes any
+    non-default value an error, never a silently ignored value.
+    """
+
+    name: str
+    section: str
+    default: Any
+    validator: Validator
+    doc: str
+    cli: tuple[str, ...] = ()
+    env: str | None = None
+    metavar: str | None = None
+    kind: Kind = "value"
+    implemented_in: int | None = None
+    unsupported: str | None = None
+    env_template: str = "{}"  # how an env var's text becomes a raw value (PORT -> "0.0.0.0:{}")
+    default_doc: str | None = None  # how the docs show the default, when repr(default) would mislead
+
+    @property
+    def implemented(self) -> bool:
+        return self.implemented_in is None and self.unsupported is None
+
+    @property
+    def status(self) -> str:
+        """A short phrase for help and docs: "" when implemented."""
+        if self.unsupported is not None:
+            return f"not supported: {self.unsupported}"
+        if self.implemented_in is not None:
+            return f"planned: issue {self.implemented_in}"
+        return ""
+
+
+# --------------------------------------------------------------------------------------------------
+# Validators: each takes a raw value (a string from the CLI/env, or any Python object from a config
+# file) and returns the typed value, or raises ValueError with a short reason.
+# --------------------------------------------------------------------------------------------------
+
+_TRUE = frozenset({"1", "true", "yes", "on", "y", "t"})
+_FALSE = frozenset({"0", "false", "no", "off", "n", "f"})
+
+
+def _to_int(raw: Any, *, base: int = 10) -> int:
+    """An int from an int, an integral float or a string; bool is refused (it is almost always a typo)."""
+    if isinstance(raw, bool):
+        raise ValueError(f"expected an integer, got {raw!r}")
+    if isinstance(raw, int):
+        return raw
+    if isinstance(raw, float) and raw.is_integer():
+        return int(raw)
+    if isinstance(raw, str):
+        try:
+            return int(raw.strip(), base)
+        except ValueError:
+            pass
+    raise ValueError(f"expected an integer, got {raw!r}")
+
+
+def _to_float(raw: Any) -> float:
+    if isinstance(raw, bool):
+        raise ValueError(f"expected a number, got {raw!r}")
+    if isinstance(raw, (int, float)):
+        return float(raw)
+    if isinstance(raw, str):
+        try:
+            return float(raw.strip())
+        except ValueError:
+            pass
+    raise ValueError(f"expected a number, got {raw!r}")
+
+
+def integer(minimum: int | None = None, maximum: int | None = None) -> Validator:
+    def validate(raw: Any) -> int:
+        value = _to_int(raw)
+        if minimum is not None and value < minimum:
+            raise ValueError(f"must be >= {minimum}, got {value}")
+        if maximum is not None and value > maximum:
+            raise ValueError(f"must be <= {maximum}, got {value}")
+        return value
+
+    return validate
+
+
+def seconds(minimum: float = 0.0) -> Validator:
+    def validate(raw: Any) -> float:
+        value = _to_float(raw)
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ValueError(f"must be a finite number of seconds, got {raw!r}")
+        if value < minimum:
+            raise ValueError(f"must be >= {minimum:g} seconds, got {value:g}")
+        return value
+
+    return validate
+
+
+def boolean(raw: Any) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    if isinstance(raw, int) and raw in (0, 1):
+        return bool(raw)
+    if isinstance(raw, str):
+        text = raw.strip().lower()
+        if text in _TRUE:
+            return True
+        if text in _FALSE:
+            return False
+    raise ValueError(f"expected true or false, got {raw!r}")
+
+
+def string(raw: Any) -> str:
+    if not isinstance(raw, str):
+        raise ValueError(f"expected a string, got {raw!r}")
+    return raw.strip()
+
+
+def optional_string(raw: Any) -> str | None:
+    return None if raw is None else string(raw)
+
+
+def choice(*options: str, aliases: Mapping[str, str] | None = None) -> Validator:
+    def validate(raw: Any) -> str:
+        text = string(raw).lower()
+        text = (aliases or {}).get(text, text)
+        if text not in options:
+            raise ValueError(f"must be one of {', '.join(options)}; got {raw!r}")
+        return text
+
+    return validate
+
+
+def string_list(raw: Any) -> list[str]:
+    """A list of strings; a single string is a one-element list (Gunicorn's legacy form)."""
+    if raw is None:
+        return []
+    if isinstance(raw, str):
+        return [raw.strip()]
+    if isinstance(raw, (list, tuple)):
+        return [string(item) for item in raw]
+    raise ValueError(f"expected a list of strings, got {raw!r}")
+
+
+def key_value_list(raw: Any) -> list[str]:
+    items = string_list(raw)
+    for item in items:
+        if "=" not in item or item.startswith("="):
+            raise ValueError(f"expected KEY=VALUE, got {item!r}")
+    return items
+
+
+def mapping(raw: Any) -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        raise ValueError(f"expected a dict, got {raw!r}")
+    return dict(raw)
+
+
+def header_dict(raw: Any) -> dict[str, str]:
+    """Header name -> exact value; names are upper-cased because they are compared case-insensitively."""
+    result: dict[str, str] = {}
+    for name, value in mapping(raw).items():
+        if not isinstance(name, str) or not isinstance(value, str):
+            raise ValueError(f"expected header names and values as strings, got {name!r}: {value!r}")
+        result[name.strip().upper()] = value
+    return result
+
+
+_SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*([kmg]?)(?:i?b)?\s*$", re.IGNORECASE)
+
+
+def byte_size(raw: Any) -> int:
+    """Bytes from an int or a string such as "512M" or "1GiB" (1024-based); 0 means off."""
+    if isinstance(raw, str):
+        match = _SIZE_RE.match(raw)
+        if not match:
+            raise ValueError(f"expected a size in bytes such as 1048576, 512K, 64M or 1G; got {raw!r}")
+        return int(match.group(1)) * _SIZE_UNITS[match.group(2).lower()]
+    return integer(minimum=0)(raw)
+
+
+def _gunicorn_clamped(maximum: int) -> Validator:
+    """Gunicorn's semantics for limit_request_line/fields: 0, or more than the maximum, means the maximum."""
+
+    def validate(raw: Any) -> int:
+        value = integer(minimum=0)(raw)
+        return maximum if value == 0 or value > maximum else value
+
+    return validate
+
+
+def workers_value(raw: Any) -> int | str:
+    if isinstance(raw, str) and raw.strip().lower() == "auto":
+        return "auto"
+    try:
+        value = _to_int(raw)
+    except ValueError:
+        raise ValueError(f"expected an integer >= 1 or 'auto', got {raw!r}") from None
+    if value < 1:
+        raise ValueError(f"must be >= 1 or 'auto', got {value}")
+    return value
+
+
+def user_or_group(raw: Any) -> int | str | None:
+    """A name or a numeric id; whether it exists is checked where privileges are dropped."""
+    if raw is None:
+        return None
+    if isinstance(raw, str) and raw.strip().isdigit():
+        return int(raw.strip())
+    if isinstance(raw, str) and raw.strip():
+        return raw.strip()
+    return integer(minimum=0)(raw)
+
+
+def umask_value(raw: Any) -> int:
+    # Like Gunicorn: a leading zero means octal ("0022"), and 0x/0o prefixes work.
+    if isinstance(raw, str):
+        text = raw.strip()
+        if re.fullmatch(r"0\d+", text):
+            text = "0o" + text[1:]
+        value = _to_int(text, base=0)
+    else:
+        value = _to_int(raw)
+    if not 0 <= value <= 0o777:
+        raise ValueError(f"must be between 0 and 0o777, got {raw!r}")
+    return value
+
+
+def header_value(raw: Any) -> str:
+    text = string(raw)
+    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in text):
+        raise ValueError("must not contain control characters")
+    return text
+
+
+def root_path_value(raw: Any) -> str:
+    text = string(raw)
+    if text and not text.startswith("/"):
+        raise ValueError(f"must be empty or start with '/', got {raw!r}")
+    return text.rstrip("/")
+
+
+def forwarded_ips(raw: Any) -> str:
+    """A comma-separated list of IP addresses and networks, or "*"; normalised to "a,b,c"."""
+    items = [string(item) for item in raw] if isinstance(raw, (list, tuple)) else string(raw).split(",")
+    entries = [item.strip() for item in items if item.strip()]
+    for entry in entries:
+        if entry == "*":
+            continue
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            raise ValueError(f"{entry!r} is not an IP address, a network (CIDR) or '*'") from None
+    return ",".join(entries)
+
+
+_HOSTNAME_RE = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9_])?$")
+_DEFAULT_PORT = 8000
+
+
+@dataclass(frozen=True)
+class BindAddress:
+    """A parsed `bind` value; str() gives the canonical form stored in Config.bind."""
+
+    kind: Literal["tcp", "unix", "fd"]
+    host: str = ""
+    port: int = 0
+    path: str = ""
+    fd: int = -1
+
+    def __str__(self) -> str:
+        if self.kind == "unix":
+            return f"unix:{self.path}"
+        if self.kind == "fd":
+            return f"fd://{self.fd}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+def _parse_port(text: str, value: str) -> int:
+    if not text.isdigit() or not 0 <= int(text) <= 65535:
+        raise ValueError(f"port must be a number from 0 to 65535 in {value!r}")
+    return int(text)
+
+
+def _parse_host(host: str, value: str) -> str:
+    if not host:
+        return "0.0.0.0"
+    if re.fullmatch(r"[\d.]+", host):
+        try:
+            return str(ipaddress.IPv4Address(host))
+        except ValueError:
+            raise ValueError(f"{host!r} is not a valid IPv4 address in {value!r}") from None
+    if not _HOSTNAME_RE.match(host):
+        raise ValueError(f"{host!r} is not a valid host name or address in {value!r}")
+    return host.lower()
+
+
+def _parse_ipv6(text: str, value: str) -> str:
+    try:
+        return str(ipaddress.IPv6Address(text))
+    except ValueError:
+        raise ValueError(f"{text!r} is not a valid IPv6 address in {value!r}") from None
+
+
+def parse_bind(value: str) -> BindAddress:
+    """Parse HOST, HOST:PORT, [IPV6]:PORT, unix:PATH (or unix://PATH) or fd://N.
+
+    A bare HOST means port 8000; an empty host means 0.0.0.0; port 0 lets the kernel choose."""
+    text = value.strip()
+    if text.startswith(("unix://", "unix:")):
+        path = text[7:] if text.startswith("unix://") else text[5:]
+        if not path:
+            raise ValueError(f"unix socket address needs a path: {value!r}")
+        return BindAddress("unix", path=path)
+    if text.startswith("fd://"):
+        fd = text[5:]
+        if not fd.isdigit():
+            raise ValueError(f"fd://N needs a file descriptor number, got {value!r}")
+        return BindAddress("fd", fd=int(fd))
+    if text.startswith("tcp://"):
+        text = text[6:]
+    if not text:
+        raise ValueError("an empty address")
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep:
+            raise ValueError(f"missing ']' in {value!r}")
+        if rest and not rest.startswith(":"):
+            raise ValueError(f"expected [IPV6]:PORT, got {value!r}")
+        port = _parse_port(rest[1:], value) if rest else _DEFAULT_PORT
+        return BindAddress("tcp", host=_parse_ipv6(host, value), port=port)
+    if text.count(":") > 1:
+        # "::1:80" is itself a valid IPv6 address, so without brackets the port would be a guess.
+        raise ValueError(f"write IPv6 addresses in brackets, e.g. [::1]:8000; got {value!r}")
+    host, sep, port_text = text.rpartition(":")
+    if not sep:
+        host, port_text = text, str(_DEFAULT_PORT)
+    return BindAddress("tcp", host=_parse_host(host, value), port=_parse_port(port_text, value))
+
+
+def bind_list(raw: Any) -> list[str]:
+    addresses = string_list(raw)
+    if not addresses:
+        raise ValueError("needs at least one address")
+    return [str(parse_bind(address)) for address in addresses]
+
+
+def optional_bind(raw: Any) -> str | None:
+    return None if raw is None or raw == "" else str(parse_bind(string(raw)))
+
+
+_CORRAL_WORKERS = frozenset(
+    {
+        "corral",
+        "uvicorn.workers.UvicornWorker",
+        "uvicorn_worker.UvicornWorker",
+        "uvicorn.workers.UvicornH11Worker",
+    }
+)
+
+
+def worker_class_value(raw: Any) -> str:
+    """Every worker class that means "an asyncio ASGI worker" maps to corral's own worker."""
+    if inspect.isclass(raw):
+        name = f"{raw.__module__}.{raw.__qualname__}"
+    elif isinstance(raw, str):
+        name = raw.strip()
+    else:
+        raise ValueError(f"expected a worker class name, got {raw!r}")
+    if name in _CORRAL_WORKERS:
+        return "corral"
+    raise ValueError(
+        f"corral runs its own asyncio ASGI worker; {name!r} is not supported "
+        "(use uvicorn.workers.UvicornWorker or leave it unset)"
+    )
+
+
+def _import_callable(path: str) -> Any:
+    module_name, sep, attr = path.rpartition(".")
+    if not sep:
+        raise ValueError(f"expected a callable or 'module.function', got {path!r}")
+    try:
+        return getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"cannot import {path!r}: {exc}") from None
+
+
+def _accepts(func: Callable[..., Any], arity: int) -> bool:
+    try:
+        inspect.signature(func).bind(*range(arity))
+    except TypeError:
+        return False
+    except ValueError:  # no signature available (some builtins): give it the benefit of the doubt
+        return True
+    return True
+
+
+def hook(*arities: int) -> Validator:
+    """A callable (or 'module.function') that accepts one of the given numbers of positional arguments."""
+
+    def validate(raw: Any) -> Callable[..., Any] | None:
+        if raw is None:
+            return None
+        func = _import_callable(raw.strip()) if isinstance(raw, str) else raw
+        if not callable(func):
+            raise ValueError(f"expected a function, got {raw!r}")
+        if not any(_accepts(func, arity) for arity in arities):
+            wanted = " or ".join(str(arity) for arity in arities)
+            plural = "" if arities == (1,) else "s"
+            raise ValueError(f"must accept {wanted} positional argument{plural}, like Gunicorn's hook")
+        return func
+
+    return validate
+
+
+def _ssl_version(raw: Any) -> int | str | None:
+    # Gunicorn takes an ssl.PROTOCOL_* number or its name; issue 4 decides what corral makes of it.
+    return raw if raw is None or isinstance(raw, int) else string(raw)
+
+
+def _optional_bool(raw: Any) -> bool | None:
+    return None if raw is None else boolean(raw)
+
+
+def existing_loop(raw: Any) -> str:
+    value = choice("auto", "uvloop", "asyncio")(raw)
+    if value == "uvloop" and importlib.util.find_spec("uvloop") is None:
+        raise ValueError("uvloop is not installed (use --loop auto or asyncio)")
+    return value
+
+
+# --------------------------------------------------------------------------------------------------
+# The table.
+# --------------------------------------------------------------------------------------------------
+
+SECTIONS: tuple[str, ...] = (
+    "Config File",
+    "Application",
+    "Server Socket",
+    "Worker Processes",
+    "HTTP",
+    "Security",
+    "Proxy",
+    "Logging",
+    "Metrics",
+    "Process",
+    "TLS",
+    "WebSocket",
+    "Development",
+    "Server Hooks",
+)
+
+_STRICT_PARSER = "corral's HTTP parser is always strict (request-smuggling safety)"
+_NO_WSGI = "it applies to WSGI servers; corral serves ASGI apps"
+_NO_SYSLOG = "corral does not write to syslog; log to stderr for journald or use logconfig_dict (issue 6)"
+
+_HOOK_DOCS: tuple[tuple[str, tuple[int, ...], str], ...] = (
+    ("on_starting", (1,), "on_starting(server): called just before the master process is initialised."),
+    ("on_reload", (1,), "on_reload(server): called when workers are recycled on SIGHUP."),
+    ("when_ready", (1,), "when_ready(server): called just after the server is started."),
+    ("pre_fork", (2,), "pre_fork(server, worker): called just before a worker is forked."),
+    ("post_fork", (2,), "post_fork(server, worker): called just after a worker has been forked."),
+    ("post_worker_init", (1,), "post_worker_init(worker): called after a worker has loaded the app."),
+    ("worker_int", (1,), "worker_int(worker): called when a worker exits on SIGINT or SIGQUIT."),
+    ("worker_abort", (1,), "worker_abort(worker): called when a worker gets SIGABRT (usually a timeout)."),
+    ("pre_exec", (1,), "pre_exec(server): called just before a new master process is exec'd."),
+    ("pre_request", (2,), "pre_request(worker, req): called just before a worker handles a request."),
+    ("post_request", (2, 3, 4), "post_request(worker, req, environ, resp): called after a request."),
+    ("child_exit", (2,), "child_exit(server, worker): called in the master after a worker exited."),
+    ("worker_exit", (2,), "worker_exit(server, worker): called in the worker just before it exits."),
+    (
+        "nworkers_changed",
+        (3,),
+        "nworkers_changed(server, new_value, old_value): called when the worker count changes.",
+    ),
+    ("on_exit", (1,), "on_exit(server): called just before corral exits."),
+)
+
+
+def _hooks() -> tuple[Setting, ...]:
+    return tuple(
+        Setting(name, "Server Hooks", None, hook(*arities), doc, kind="hook", implemented_in=_DROP_IN)
+        for name, arities, doc in _HOOK_DOCS
+    )
+
+
+_INT = "INT"
+_SECONDS = "SECONDS"
+
+SETTINGS: tuple[Setting, ...] = (
+    # Config File
+    Setting("config", "Config File", None, optional_string,
+            f"Python config file (or file:PATH, python:MODULE); default ./{DEFAULT_CONFIG_FILE} if present.",
+            cli=("-c", "--config"), metavar="FILE"),
+    Setting("print_config", "Config File", False, boolean,
+            "Print every effective setting and where it came from, then exit.",
+            cli=("--print-config",), kind="flag"),
+    Setting("check_config", "Config File", False, boolean,
+            "Check the configuration and that the app imports, then exit.",
+            cli=("--check-config",), kind="flag"),
+    Setting("wsgi_app", "Config File", None, optional_string,
+            "The app (MODULE:ATTRIBUTE) when none is given on the command line (Gunicorn's name)."),
+    # Application
+    Setting("app_dir", "Application", ".", string,
+            "Directory added to sys.path before importing the app.", cli=("--app-dir",), metavar="DIR"),
+    Setting("factory", "Application", False, boolean,
+            "Treat APP as a factory: call it (no arguments) to get the ASGI app.",
+            cli=("--factory",), kind="flag"),
+    Setting("lifespan", "Application", "auto", choice("auto", "on", "off"),
+            "ASGI lifespan protocol: auto (use it if the app supports it), on (required), off.",
+            cli=("--lifespan",), metavar="MODE"),
+    Setting("loop", "Application", "auto", existing_loop,
+            "Event loop: auto (uvloop when installed), uvloop, asyncio.", cli=("--loop",), metavar="LOOP"),
+    Setting("preload_app", "Application", False, boolean,
+            "Import the app in the master before forking workers.",
+            cli=("--preload",), kind="flag", implemented_in=_MASTER),
+    Setting("chdir", "Application", None, optional_string,
+            "Change to this directory before loading the app.",
+            cli=("--chdir",), metavar="DIR", implemented_in=_MASTER),
+    Setting("raw_env", "Application", [], key_value_list,
+            "Set an environment variable (KEY=VALUE) for the app; repeatable.",
+            cli=("-e", "--env"), metavar="ENV", kind="append", implemented_in=_DROP_IN),
+    Setting("pythonpath", "Application", None, optional_string,
+            "Comma-separated directories to add to sys.path.",
+            cli=("--pythonpath",), metavar="PATHS", implemented_in=_DROP_IN),
+    Setting("paste", "Application", None, optional_string,
+            "Load a PasteDeploy config file.", cli=("--paste", "--paster"), metavar="FILE",
+            unsupported=_NO_WSGI),
+    Setting("raw_paste_global_conf", "Application", [], key_value_list,
+            "PasteDeploy global config variable (KEY=VALUE).", cli=("--paste-global",), metavar="CONF",
+            kind="append", unsupported=_NO_WSGI),
+    # Server Socket
+    Setting("bind", "Server Socket", ["127.0.0.1:8000"], bind_list,
+            "Address to listen on: HOST:PORT, [IPV6]:PORT, unix:PATH or fd://N (HOST alone: port 8000); "
+            "repeatable.",
+            cli=("-b", "--bind"), env="PORT", env_template="0.0.0.0:{}", metavar="ADDRESS", kind="append",
+            default_doc="['127.0.0.1:8000'], or ['0.0.0.0:$PORT'] when PORT is set"),
+    Setting("backlog", "Server Socket", 2048, integer(minimum=1),
+            "Maximum number of pending connections queued by the kernel.", cli=("--backlog",), metavar=_INT),
+    Setting("reuse_port", "Server Socket", False, boolean,
+            "Set SO_REUSEPORT: each worker gets its own listening socket.",
+            cli=("--reuse-port",), kind="flag", implemented_in=_MASTER),
+    # Worker Processes
+    Setting("workers", "Worker Processes", 1, workers_value,
+            "Number of worker processes, or 'auto' (the CPUs this process may use).",
+            cli=("-w", "--workers"), env="WEB_CONCURRENCY", metavar=_INT, implemented_in=_MASTER),
+    Setting("worker_class", "Worker Processes", "corral", worker_class_value,
+            "corral, or a Uvicorn worker name from a Gunicorn config: all mean corral's own worker.",
+            cli=("-k", "--worker-class"), metavar="STRING"),
+    Setting("worker_connections", "Worker Processes", 1000, integer(minimum=1),
+            "Maximum simultaneous connections per worker; over the cap new ones are refused.",
+            cli=("--worker-connections",), metavar=_INT),
+    Setting("threads", "Worker Processes", 1, integer(minimum=1),
+            "Gunicorn's threads per worker.", cli=("--threads",), metavar=_INT,
+            unsupported="corral workers run one asyncio event loop; "
+                        "raise worker_connections or workers instead"),
+    Setting("timeout", "Worker Processes", 30.0, seconds(),
+            "Kill (with a traceback) and replace a worker whose event loop is silent this long; 0: off.",
+            cli=("-t", "--timeout"), env="WEB_TIMEOUT", metavar=_SECONDS, implemented_in=_MASTER),
+    Setting("graceful_timeout", "Worker Processes", 30.0, seconds(),
+            "On shutdown, time allowed for in-flight requests to finish before they are cut.",
+            cli=("--graceful-timeout",), metavar=_SECONDS),
+    Setting("keepalive", "Worker Processes", 5.0, seconds(),
+            "Seconds an idle keep-alive connection is kept open; 0 closes after each response.",
+            cli=("--keep-alive",), metavar=_SECONDS),
+    Setting("max_requests", "Worker Processes", 0, integer(minimum=0),
+            "Replace a worker after it has served this many requests; 0: never.",
+            cli=("--max-requests",), env="WEB_MAX_REQUESTS", metavar=_INT, implemented_in=_MASTER),
+    Setting("max_requests_jitter", "Worker Processes", 0, integer(minimum=0),
+            "Add a random 0..N to max_requests per worker, so workers are not all replaced at once.",
+            cli=("--max-requests-jitter",), metavar=_INT, implemented_in=_MASTER),
+    Setting("max_worker_memory", "Worker Processes", 0, byte_size,
+            "Replace a worker whose RSS stays above this many bytes (512M, 1G); 0: off.",
+            cli=("--max-worker-memory",), metavar="BYTES", implemented_in=_MASTER),
+    Setting("max_worker_lifetime", "Worker Processes", 0.0, seconds(),
+            "Replace a worker after this many seconds (with jitter); 0: off.",
+            cli=("--max-worker-lifetime",), metavar=_SECONDS, implemented_in=_MASTER),
+    Setting("boot_timeout", "Worker Processes", 60.0, seconds(),
+            "A worker that has not loaded the app and finished lifespan startup by then is killed; 0: off.",
+            cli=("--boot-timeout",), metavar=_SECONDS, implemented_in=_MASTER),
+    Setting("loop_lag_warn", "Worker Processes", 0.0, seconds(),
+            "Log the loop's stack and in-flight requests when the event loop stalls this long; 0: off.",
+            cli=("--loop-lag-warn",), metavar=_SECONDS, implemented_in=_MASTER),
+    Setting("drain_delay", "Worker Processes", 0.0, seconds(),
+            "On TERM, report not-ready and keep serving this long before draining (load balancers).",
+            cli=("--drain-delay",), metavar=_SECONDS, implemented_in=_MASTER),
+    # HTTP
+    Setting("root_path", "HTTP", "", root_path_value,
+            "ASGI root_path: the prefix under which a proxy mounts the app.",
+            cli=("--root-path",), metavar="PATH"),
+    Setting("server_header", "HTTP", "corral", header_value,
+            "Value of the Server response header; empty: no Server header.",
+            cli=("--server-header",), metavar="STRING"),
+    Setting("date_header", "HTTP", True, boolean,
+            "Add a Date header to responses.", cli=("--no-date-header",), kind="negflag"),
+    Setting("sendfile", "HTTP", None, _optional_bool,
+            "Gunicorn's sendfile() switch.", cli=("--no-sendfile",), kind="negflag",
+            unsupported="corral does not use sendfile()"),
+    Setting("tmp_upload_dir", "HTTP", None, optional_string,
+            "Gunicorn's directory for buffered request bodies.",
+            unsupported="corral streams request bodies to the app and never buffers them on disk"),
+    Setting("header_map", "HTTP", "drop", choice("drop", "refuse", "dangerous"),
+            "Gunicorn's mapping of header names into the WSGI environ.",
+            cli=("--header-map",), metavar="MODE", unsupported=_NO_WSGI),
+    Setting("forwarder_headers", "HTTP", "SCRIPT_NAME,PATH_INFO", string,
+            "Gunicorn's headers that may set WSGI environ variables.",
+            cli=("--forwarder-headers",), metavar="LIST", unsupported=_NO_WSGI),
+    # Security
+    Setting("limit_request_line", "Security", 4094, _gunicorn_clamped(8190),
+            "Maximum request-line size in bytes (414 beyond); 0 or more than 8190 means 8190.",
+            cli=("--limit-request-line",), metavar=_INT),
+    Setting("limit_request_fields", "Security", 100, _gunicorn_clamped(32768),
+            "Maximum number of request header fields (431 beyond); 0 or more than 32768 means 32768.",
+            cli=("--limit-request-fields",), metavar=_INT),
+    Setting("limit_request_field_size", "Security", 8190, integer(minimum=0),
+            "Maximum size in bytes of one request header field (431 beyond); 0: no per-field limit.",
+            cli=("--limit-request-field-size", "--limit-request-field_size"), metavar=_INT),
+    Setting("limit_request_body", "Security", 0, byte_size,
+            "Maximum request body size in bytes (413 beyond); 0: no limit.",
+            cli=("--limit-request-body",), metavar="BYTES"),
+    Setting("header_timeout", "Security", 10.0, seconds(),
+            "Maximum time to receive a request's headers, against slow clients (slowloris); 0: off.",
+            cli=("--header-timeout",), metavar=_SECONDS),
+    Setting("strip_header_spaces", "Security", False, boolean,
+            "Gunicorn's leniency for spaces before a header colon.",
+            cli=("--strip-header-spaces",), kind="flag", unsupported=_STRICT_PARSER),
+    Setting("permit_unconventional_http_method", "Security", False, boolean,
+            "Gunicorn's leniency for unusual request methods.",
+            cli=("--permit-unconventional-http-method",), kind="flag", unsupported=_STRICT_PARSER),
+    Setting("permit_unconventional_http_version", "Security", False, boolean,
+            "Gunicorn's leniency for unusual HTTP versions.",
+            cli=("--permit-unconventional-http-version",), kind="flag", unsupported=_STRICT_PARSER),
+    Setting("casefold_http_method", "Security", False, boolean,
+            "Gunicorn's upper-casing of request methods.",
+            cli=("--casefold-http-method",), kind="flag", unsupported=_STRICT_PARSER),
+    Setting("permit_obsolete_folding", "Security", False, boolean,
+            "Gunicorn's leniency for obsolete header line folding.",
+            cli=("--permit-obsolete-folding",), kind="flag", unsupported=_STRICT_PARSER),
+    Setting("tolerate_dangerous_framing", "Security", False, boolean,
+            "Gunicorn's leniency for ambiguous message framing.",
+            cli=("--tolerate-dangerous-framing",), kind="flag", unsupported=_STRICT_PARSER),
+    # Proxy
+    Setting("forwarded_allow_ips", "Proxy", "127.0.0.1,::1", forwarded_ips,
+            "Comma-separated IPs/networks (or '*') whose X-Forwarded-*/Forwarded headers are trusted.",
+            cli=("--forwarded-allow-ips",), env="FORWARDED_ALLOW_IPS", metavar="LIST"),
+    Setting("secure_scheme_headers", "Proxy",
+            {"X-FORWARDED-PROTOCOL": "ssl", "X-FORWARDED-PROTO": "https", "X-FORWARDED-SSL": "on"},
+            header_dict,
+            "Headers (and exact values) by which a trusted proxy says the request came over HTTPS."),
+    Setting("proxy_protocol", "Proxy", False, boolean,
+            "Accept the HAProxy PROXY protocol header on new connections.",
+            cli=("--proxy-protocol",), kind="flag",
+            unsupported="the PROXY protocol is not implemented yet and no open issue plans it"),
+    Setting("proxy_allow_ips", "Proxy", "127.0.0.1", string,
+            "IPs allowed to send a PROXY protocol header.", cli=("--proxy-allow-from",), metavar="LIST",
+            unsupported="the PROXY protocol is not implemented yet and no open issue plans it"),
+    # Logging
+    Setting("accesslog", "Logging", None, optional_string,
+            "Access log file; '-' is stdout; unset: no access log.",
+            cli=("--access-logfile",), metavar="FILE"),
+    Setting("access_log_format", "Logging", '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s"',
+            string, "Access log line format, with Gunicorn's atoms.",
+            cli=("--access-logformat",), metavar="STRING"),
+    Setting("errorlog", "Logging", "-", string,
+            "Error log file; '-' is stderr.", cli=("--error-logfile", "--log-file"), metavar="FILE"),
+    Setting("loglevel", "Logging", "info",
+            choice("debug", "info", "warning", "error", "critical", aliases={"warn": "warning"}),
+            "Error log level: debug, info, warning, error, critical.", cli=("--log-level",), metavar="LEVEL"),
+    Setting("log_format", "Logging", "text", choice("text", "json"),
+            "Log line format for the error and access logs: text or json.",
+            cli=("--log-format",), metavar="FORMAT", implemented_in=_OBSERVABILITY),
+    Setting("logconfig", "Logging", None, optional_string,
+            "A logging.config file (fileConfig format).",
+            cli=("--log-config",), metavar="FILE", implemented_in=_OBSERVABILITY),
+    Setting("logconfig_dict", "Logging", {}, mapping,
+            "A logging.config.dictConfig dictionary; takes precedence over logconfig.",
+            implemented_in=_OBSERVABILITY),
+    Setting("logconfig_json", "Logging", None, optional_string,
+            "A logging.config dictionary in a JSON file.",
+            cli=("--log-config-json",), metavar="FILE", implemented_in=_OBSERVABILITY),
+    Setting("capture_output", "Logging", False, boolean,
+            "Gunicorn's redirection of the app's stdout/stderr into the error log.",
+            cli=("--capture-output",), kind="flag",
+            unsupported="corral leaves stdout/stderr alone; let the supervisor collect them"),
+    Setting("logger_class", "Logging", "gunicorn.glogging.Logger", string,
+            "Gunicorn's logger class.", cli=("--logger-class",), metavar="STRING",
+            unsupported="Gunicorn logger classes do not apply; use logconfig_dict (issue 6)"),
+    Setting("syslog", "Logging", False, boolean, "Send logs to syslog.",
+            cli=("--log-syslog",), kind="flag", unsupported=_NO_SYSLOG),
+    Setting("syslog_addr", "Logging", None, optional_string, "Syslog address.",
+            cli=("--log-syslog-to",), metavar="ADDRESS", unsupported=_NO_SYSLOG),
+    Setting("syslog_prefix", "Logging", None, optional_string, "Syslog program-name prefix.",
+            cli=("--log-syslog-prefix",), metavar="PREFIX", unsupported=_NO_SYSLOG),
+    Setting("syslog_facility", "Logging", "user", string, "Syslog facility.",
+            cli=("--log-syslog-facility",), metavar="FACILITY", unsupported=_NO_SYSLOG),
+    Setting("disable_redirect_access_to_syslog", "Logging", False, boolean,
+            "Keep access logs out of syslog.", cli=("--disable-redirect-access-to-syslog",), kind="flag",
+            unsupported=_NO_SYSLOG),
+    Setting("enable_stdio_inheritance", "Logging", False, boolean,
+            "Gunicorn's stdio inheritance in daemon mode.", cli=("-R", "--enable-stdio-inheritance"),
+            kind="flag", unsupported="corral does not daemonize, so stdio is always inherited"),
+    # Metrics
+    Setting("admin_bind", "Metrics", None, optional_bind,
+            "Address of the admin endpoint (/livez, /readyz, /metrics, /status); unset: off.",
+            cli=("--admin-bind",), metavar="ADDRESS", implemented_in=_OBSERVABILITY),
+    Setting("statsd_host", "Metrics", None, optional_string,
+            "StatsD server, HOST:PORT or unix://PATH; unset: off.",
+            cli=("--statsd-host",), metavar="ADDRESS", implemented_in=_OBSERVABILITY),
+    Setting("statsd_prefix", "Metrics", "", string,
+            "Prefix for StatsD metric names.", cli=("--statsd-prefix",), metavar="PREFIX",
+            implemented_in=_OBSERVABILITY),
+    Setting("dogstatsd_tags", "Metrics", "", string,
+            "Comma-separated DogStatsD tags added to StatsD metrics.",
+            cli=("--dogstatsd-tags",), metavar="TAGS", implemented_in=_OBSERVABILITY),
+    # Process
+    Setting("proc_name", "Process", None, optional_string,
+            "Name shown in process titles (corral: master [NAME]).",
+            cli=("-n", "--name"), metavar="STRING", implemented_in=_MASTER),
+    Setting("pidfile", "Process", None, optional_string,
+            "Write the master's pid to this file.", cli=("-p", "--pid"), metavar="FILE",
+            implemented_in=_MASTER),
+    Setting("user", "Process", None, user_or_group,
+            "Run workers as this user (name or uid), after binding.", cli=("-u", "--user"), metavar="USER",
+            implemented_in=_MASTER),
+    Setting("group", "Process", None, user_or_group,
+            "Run workers as this group (name or gid), after binding.", cli=("-g", "--group"),
+            metavar="GROUP", implemented_in=_MASTER),
+    Setting("umask", "Process", 0, umask_value,
+            "umask for files corral creates, unix sockets included (0022, 0o22 or 18).",
+            cli=("-m", "--umask"), metavar=_INT, implemented_in=_MASTER),
+    Setting("initgroups", "Process", False, boolean,
+            "Also give workers every supplementary group of the user.", cli=("--initgroups",), kind="flag",
+            implemented_in=_MASTER),
+    Setting("worker_tmp_dir", "Process", None, optional_string,
+            "Directory for worker temporary files.", cli=("--worker-tmp-dir",), metavar="DIR",
+            implemented_in=_MASTER),
+    Setting("daemon", "Process", False, boolean,
+            "Gunicorn's daemon mode.", cli=("-D", "--daemon"), kind="flag",
+            unsupported="corral does not daemonize; run it in the foreground under systemd, "
+                        "a container runtime or another supervisor"),
+    # TLS
+    Setting("certfile", "TLS", None, optional_string, "TLS certificate file.",
+            cli=("--certfile",), metavar="FILE", implemented_in=_DROP_IN),
+    Setting("keyfile", "TLS", None, optional_string, "TLS private key file.",
+            cli=("--keyfile",), metavar="FILE", implemented_in=_DROP_IN),
+    Setting("ca_certs", "TLS", None, optional_string, "CA certificates file for client verification.",
+            cli=("--ca-certs",), metavar="FILE", implemented_in=_DROP_IN),
+    Setting("cert_reqs", "TLS", 0, integer(minimum=0, maximum=2),
+            "Client certificates: 0 not asked, 1 optional, 2 required.",
+            cli=("--cert-reqs",), metavar=_INT, implemented_in=_DROP_IN),
+    Setting("ciphers", "TLS", None, optional_string, "OpenSSL cipher list.",
+            cli=("--ciphers",), metavar="CIPHERS", implemented_in=_DROP_IN),
+    Setting("ssl_version", "TLS", None, _ssl_version,
+            "TLS protocol version (deprecated in Gunicorn; prefer ssl_context).",
+            cli=("--ssl-version",), metavar="VERSION", implemented_in=_DROP_IN),
+    Setting("do_handshake_on_connect", "TLS", False, boolean,
+            "Do the TLS handshake when the connection is accepted.",
+            cli=("--do-handshake-on-connect",), kind="flag", implemented_in=_DROP_IN),
+    Setting("suppress_ragged_eofs", "TLS", True, boolean,
+            "Treat a TLS connection closed without close_notify as a normal EOF.",
+            cli=("--suppress-ragged-eofs",), kind="flag", implemented_in=_DROP_IN),
+    Setting("ssl_context", "TLS", None, hook(2),
+            "ssl_context(config, default_ssl_context_factory): returns the SSLContext to use.",
+            kind="hook", implemented_in=_DROP_IN),
+    # WebSocket
+    Setting("ws_max_size", "WebSocket", 16 * 1024 * 1024, byte_size,
+            "Largest WebSocket message accepted, in bytes (close 1009 beyond).",
+            cli=("--ws-max-size",), metavar="BYTES", implemented_in=_WEBSOCKET),
+    Setting("ws_max_queue", "WebSocket", 32, integer(minimum=1),
+            "Incoming WebSocket messages buffered before reading pauses.",
+            cli=("--ws-max-queue",), metavar=_INT, implemented_in=_WEBSOCKET),
+    Setting("ws_ping_interval", "WebSocket", 20.0, seconds(),
+            "Seconds between keep-alive pings; 0: off.",
+            cli=("--ws-ping-interval",), metavar=_SECONDS, implemented_in=_WEBSOCKET),
+    Setting("ws_ping_timeout", "WebSocket", 20.0, seconds(),
+            "Close the connection when a ping is not answered within this many seconds; 0: off.",
+            cli=("--ws-ping-timeout",), metavar=_SECONDS, implemented_in=_WEBSOCKET),
+    Setting("ws_per_message_deflate", "WebSocket", True, boolean,
+            "Negotiate permessage-deflate compression.",
+            cli=("--ws-per-message-deflate",), metavar="BOOL", implemented_in=_WEBSOCKET),
+    # Development
+    Setting("reload", "Development", False, boolean,
+            "Restart workers when source files change (development only).",
+            cli=("--reload",), kind="flag", implemented_in=_DROP_IN),
+    Setting("reload_engine", "Development", "auto", choice("auto", "poll", "inotify"),
+            "Gunicorn's reloader engine.", cli=("--reload-engine",), metavar="ENGINE",
+            implemented_in=_DROP_IN),
+    Setting("reload_dirs", "Development", [], string_list,
+            "Directories watched by --reload (default: the current directory); repeatable.",
+            cli=("--reload-dir",), metavar="DIR", kind="append", implemented_in=_DROP_IN),
+    Setting("reload_extra_files", "Development", [], string_list,
+            "Extra files watched by --reload; repeatable.",
+            cli=("--reload-extra-file",), metavar="FILE", kind="append", implemented_in=_DROP_IN),
+    Setting("reload_include", "Development", [], string_list,
+            "Glob patterns of files that trigger a reload; repeatable.",
+            cli=("--reload-include",), metavar="GLOB", kind="append", implemented_in=_DROP_IN),
+    Setting("reload_exclude", "Development", [], string_list,
+            "Glob patterns of files that never trigger a reload; repeatable.",
+            cli=("--reload-exclude",), metavar="GLOB", kind="append", implemented_in=_DROP_IN),
+    Setting("spew", "Development", False, boolean,
+            "Gunicorn's trace of every executed line.", cli=("--spew",), kind="flag",
+            unsupported="use a debugger or sys.settrace in the app instead"),
+    # Server Hooks
+    *_hooks(),
+)  # fmt: skip
+
+SETTINGS_BY_NAME: Mapping[str, Setting] = types.MappingProxyType({s.name: s for s in SETTINGS})
+_DEFAULTS: Mapping[str, Any] = types.MappingProxyType({s.name: s.validator(s.default) for s in SETTINGS})
+_FILE_IGNORED = frozenset({"config"})  # meaningless inside the file it would name
+
+
+# --------------------------------------------------------------------------------------------------
+# The effective configuration.
+# --------------------------------------------------------------------------------------------------
+
+
+class Config:
+    """Every setting as a plain attribute (cfg.bind, cfg.keepalive), plus where each value came from."""
+
+    app: str | None
+    sources: dict[str, str]
+    config_file: str | None
+    warnings: tuple[str, ...]
+
+    def __init__(
+        self,
+        values: Mapping[str, Any],
+        sources: Mapping[str, str],
+        app: str | None = None,
+        *,
+        app_source: str = "default",
+        config_file: str | None = None,
+        warnings: Iterable[str] = (),
+    ) -> None:
+        for name, value in values.items():
+            object.__setattr__(self, name, value)
+        self.app = app
+        self.app_source = app_source
+        self.sources = dict(sources)
+        self.config_file = config_file
+        self.warnings = tuple(warnings)
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached for names that are not attributes: say so clearly instead of a bare AttributeError.
+        close = difflib.get_close_matches(name, SETTINGS_BY_NAME, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise AttributeError(f"no setting named {name!r}{hint}")
+
+    def values(self) -> dict[str, Any]:
+        """Every setting's effective value, in table order."""
+        return {s.name: getattr(self, s.name) for s in SETTINGS}
+
+    def replace(self, **changes: Any) -> Config:
+        """A copy with some settings changed (validated; source "override"); handy in tests."""
+        values = self.values()
+        sources = dict(self.sources)
+        for name, raw in changes.items():
+            _set(values, sources, name, raw, "override")
+        _check_supported(values, sources)
+        return Config(values, sources, self.app, app_source=self.app_source,
+                      config_file=self.config_file, warnings=self.warnings)  # fmt: skip
+
+    def __repr__(self) -> str:
+        return f"<Config app={self.app!r} config_file={self.config_file!r}>"
+
+
+def format_value(value: Any) -> str:
+    """How --print-config shows a value: repr, except callables by name."""
+    if callable(value):
+        return f"<{getattr(value, '__qualname__', type(value).__name__)}()>"
+    return repr(value)
+
+
+# --------------------------------------------------------------------------------------------------
+# Command-line parsing (also used for CORRAL_CMD_ARGS and --help).
+# --------------------------------------------------------------------------------------------------
+
+
+class _ParseError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # argparse would print usage and exit: we want one line
+        raise _ParseError(message)
+
+
+def _help_text(setting: Setting) -> str:
+    notes = []
+    if setting.kind not in ("flag", "negflag"):
+        notes.append(f"default: {setting.default_doc or format_value(setting.default)}")
+    if setting.env:
+        notes.append(f"env: {setting.env}")
+    if setting.status:
+        notes.append(setting.status)
+    text = f"{setting.doc} [{'; '.join(notes)}]" if notes else setting.doc
+    return text.replace("%", "%%")  # argparse %-formats help strings
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line parser, generated from SETTINGS and grouped by section."""
+    parser = _Parser(
+        prog="corral",
+        usage="corral [OPTIONS] APP",
+        description="Serve an ASGI application. APP is MODULE:ATTRIBUTE, e.g. main:app.",
+        epilog=(
+            f"Precedence: defaults < env (PORT, WEB_CONCURRENCY, ...) < config file < ${CMD_ARGS_ENV} "
+            "< command line. The full list: docs/settings.md."
+        ),
+        add_help=False,
+        allow_abbrev=False,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("app", nargs="?", default=None, metavar="APP", help=argparse.SUPPRESS)
+    general = parser.add_argument_group("General")
+    general.add_argument("-h", "--help", action="store_true", default=argparse.SUPPRESS,
+                         help="Show this help and exit.")  # fmt: skip
+    general.add_argument("-v", "--version", action="store_true", default=argparse.SUPPRESS,
+                         help="Print the version and exit.")  # fmt: skip
+    groups = {section: parser.add_argument_group(section) for section in SECTIONS}
+    for setting in SETTINGS:
+        if setting.cli:
+            _add_option(groups[setting.section], setting)
+    return parser
+
+
+def _add_option(group: Any, setting: Setting) -> None:
+    common: dict[str, Any] = {"dest": setting.name, "default": argparse.SUPPRESS, "help": _help_text(setting)}
+    if setting.kind == "flag":
+        group.add_argument(*setting.cli, action="store_const", const=True, **common)
+    elif setting.kind == "negflag":
+        group.add_argument(*setting.cli, action="store_const", const=False, **common)
+    else:
+        action = "append" if setting.kind == "append" else "store"
+        group.add_argument(*setting.cli, action=action, metavar=setting.metavar or "VALUE", **common)
+
+
+_FLAG_TO_SETTING: Mapping[str, str] = types.MappingProxyType(
+    {flag: s.name for s in SETTINGS for flag in s.cli}
+)
+_EXTRA_FLAGS = ("-h", "--help", "-v", "--version")
+
+
+@dataclass(frozen=True)
+class _Arguments:
+    values: dict[str, Any]
+    app: str | None
+
+
+def _on(origin: str) -> str:
+    return "on the command line" if origin == "command line" else f"in {origin}"
+
+
+def _parse_error_line(message: str, origin: str) -> str:
+    """Turn argparse's message into "<setting>: <problem>"."""
+    match = re.match(r"argument ([^:]+): (.*)$", message)
+    if match:
+        flags, problem = match.groups()
+        name = next((_FLAG_TO_SETTING[f] for f in flags.split("/") if f in _FLAG_TO_SETTING), flags)
+        return f"{name}: {flags} {problem} ({_on(origin)})"
+    return f"{message} ({_on(origin)})"
+
+
+def _unknown_argument_line(extra: str, app: str | None, origin: str) -> str:
+    if extra.startswith("-") and extra != "-":
+        flag = extra.split("=", 1)[0]
+        close = difflib.get_close_matches(flag, [*_FLAG_TO_SETTING, *_EXTRA_FLAGS], n=1, cutoff=0.75)
+        hint = f"; did you mean {close[0]}?" if close else "; see corral --help"
+        return f"{flag}: unknown option ({_on(origin)}){hint}"
+    return f"APP: unexpected extra argument {extra!r}; only one APP may be given (APP is {app!r})"
+
+
+def _parse_arguments(argv: list[str], origin: str) -> _Arguments:
+    try:
+        namespace, extras = build_parser().parse_known_args(argv)
+    except _ParseError as exc:
+        raise ConfigError(_parse_error_line(str(exc), origin)) from None
+    values = vars(namespace)
+    app = values.pop("app", None)
+    values.pop("help", None)
+    values.pop("version", None)
+    if extras:
+        raise ConfigError(_unknown_argument_line(extras[0], app, origin))
+    return _Arguments(values, app)
+
+
+# --------------------------------------------------------------------------------------------------
+# Config files.
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _FileSettings:
+    values: dict[str, Any]
+    warnings: list[str]
+
+
+def _error_line_in(path: str, exc: BaseException) -> int | None:
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == path]
+    return frames[-1].lineno if frames else None
+
+
+def _execute_file(path: str, shown: str) -> dict[str, Any]:
+    """Run the file at `path` (absolute); errors name it as `shown` (as the user wrote it)."""
+    try:
+        with open(path, "rb") as handle:
+            source = handle.read()
+    except FileNotFoundError:
+        raise ConfigError(f"config file {shown}: no such file") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {shown}: cannot read it: {exc.strerror or exc}") from None
+    namespace: dict[str, Any] = {"__file__": path, "__name__": "__config__", "__builtins__": __builtins__}
+    try:
+        code = compile(source, path, "exec")
+    except SyntaxError as exc:
+        raise ConfigError(f"config file {shown}, line {exc.lineno}: syntax error: {exc.msg}") from None
+    try:
+        exec(code, namespace)  # a Gunicorn-style config file is Python by design
+    except (Exception, SystemExit) as exc:
+        line = _error_line_in(path, exc)
+        where = f", line {line}" if line else ""
+        problem = f"{type(exc).__name__}: {exc}".rstrip(": ").replace("\n", " ")
+        raise ConfigError(f"config file {shown}{where}: {problem}") from None
+    return namespace
+
+
+def _import_module_settings(module_name: str) -> dict[str, Any]:
+    try:
+        return vars(importlib.import_module(module_name))
+    except Exception as exc:
+        problem = f"{type(exc).__name__}: {exc}".replace("\n", " ")
+        raise ConfigError(f"config file python:{module_name}: {problem}") from None
+
+
+def _looks_like_setting(name: str, value: Any) -> bool:
+    """Module-level helpers in config files are normal; only plain lowercase data names deserve a warning."""
+    return (
+        name.islower()
+        and name.isidentifier()
+        and not callable(value)
+        and not isinstance(value, types.ModuleType)
+    )
+
+
+def _read_config_file(spec: str, cwd: str) -> _FileSettings:
+    if spec.startswith("python:"):
+        namespace = _import_module_settings(spec[len("python:") :])
+    else:
+        path = spec[len("file:") :] if spec.startswith("file:") else spec
+        namespace = _execute_file(os.path.join(cwd, path), spec)
+    values: dict[str, Any] = {}
+    warnings: list[str] = []
+    for name, value in namespace.items():
+        if name.startswith("_"):
+            continue
+        if name in _FILE_IGNORED:
+            warnings.append(f"config file {spec}: {name!r} is ignored inside a config file")
+        elif name in SETTINGS_BY_NAME:
+            values[name] = value
+        elif _looks_like_setting(name, value):
+            close = difflib.get_close_matches(name, SETTINGS_BY_NAME, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            warnings.append(f"config file {spec}: unknown setting {name!r} ignored{hint}")
+    return _FileSettings(values, warnings)
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading: the layers, in precedence order.
+# --------------------------------------------------------------------------------------------------
+
+
+def _from(source: str) -> str:
+    """ "from the command line", "from config file X", "from env PORT", ..."""
+    return "from the command line" if source == "command line" else f"from {source}"
+
+
+def _set(values: dict[str, Any], sources: dict[str, str], name: str, raw: Any, source: str) -> None:
+    setting = SETTINGS_BY_NAME.get(name)
+    if setting is None:
+        raise ConfigError(f"{name}: no such setting ({_from(source)})")
+    try:
+        values[name] = setting.validator(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name}: {exc} ({_from(source)})") from None
+    sources[name] = source
+
+
+def _apply(values: dict[str, Any], sources: dict[str, str], layer: Mapping[str, Any], source: str) -> None:
+    for name, raw in layer.items():
+        _set(values, sources, name, raw, source)
+
+
+def _apply_env_vars(values: dict[str, Any], sources: dict[str, str], environ: Mapping[str, str]) -> None:
+    # Like Gunicorn, these env vars replace the built-in default; a config file or flag still wins.
+    for setting in SETTINGS:
+        text = environ.get(setting.env) if setting.env else None
+        if text:
+            raw = setting.env_template.format(text.strip())
+            _set(values, sources, setting.name, raw, f"env {setting.env}")
+
+
+def _given(setting: Setting, value: Any, source: str) -> str:
+    # The value matters for "workers = 9", not for a bare flag or a hook function.
+    if setting.kind in ("flag", "negflag", "hook"):
+        return f"set {_on(source)}"
+    return f"got {format_value(value)} {_from(source)}"
+
+
+def _check_supported(values: Mapping[str, Any], sources: Mapping[str, str]) -> None:
+    """A declared-but-unimplemented setting with a non-default value is an error, never ignored."""
+    for setting in SETTINGS:
+        if setting.implemented or values[setting.name] == _DEFAULTS[setting.name]:
+            continue
+        where = _given(setting, values[setting.name], sources[setting.name])
+        if setting.unsupported is not None:
+            raise ConfigError(f"{setting.name}: not supported ({setting.unsupported}); {where}")
+        raise ConfigError(
+            f"{setting.name}: not supported yet (planned in issue {setting.implemented_in}); {where}"
+        )
+
+
+def _split_cmd_args(environ: Mapping[str, str]) -> list[str]:
+    try:
+        return shlex.split(environ.get(CMD_ARGS_ENV, ""))
+    except ValueError as exc:
+        raise ConfigError(f"{CMD_ARGS_ENV}: cannot split it like a shell would: {exc}") from None
+
+
+def _choose_config_file(cli: _Arguments, env: _Arguments, cwd: str) -> tuple[str | None, str]:
+    for arguments, source in ((cli, "command line"), (env, CMD_ARGS_ENV)):
+        spec = arguments.values.get("config")
+        if spec:
+            return spec, source
+    default_path = os.path.join(cwd, DEFAULT_CONFIG_FILE)
+    return (default_path, "default") if os.path.isfile(default_path) else (None, "default")
+
+
+def _env_warnings(environ: Mapping[str, str]) -> list[str]:
+    if environ.get("GUNICORN_CMD_ARGS") and CMD_ARGS_ENV not in environ:
+        return [f"GUNICORN_CMD_ARGS is not read yet (planned in issue 4); use {CMD_ARGS_ENV}"]
+    return []
+
+
+def _choose_app(
+    cli: _Arguments, env: _Arguments, values: Mapping[str, Any], sources: Mapping[str, str]
+) -> tuple[str | None, str]:
+    if cli.app:
+        return cli.app, "command line"
+    if env.app:
+        return env.app, CMD_ARGS_ENV
+    if values["wsgi_app"]:
+        return values["wsgi_app"], sources["wsgi_app"]
+    return None, "default"
+
+
+def load_config(argv: list[str], environ: Mapping[str, str] | None = None, cwd: str | None = None) -> Config:
+    """Build the effective Config from argv (without the program name), the environment and cwd.
+
+    Precedence, lowest first: defaults < setting env vars (PORT, WEB_CONCURRENCY, ...) < config file
+    < CORRAL_CMD_ARGS < command line. Raises ConfigError (one line) on any problem.
+    """
+    environ = os.environ if environ is None else environ
+    cwd = os.getcwd() if cwd is None else cwd
+    cli = _parse_arguments(list(argv), "command line")
+    env = _parse_arguments(_split_cmd_args(environ), CMD_ARGS_ENV)
+
+    values = {name: copy.deepcopy(value) for name, value in _DEFAULTS.items()}
+    sources = dict.fromkeys(values, "default")
+    warnings = _env_warnings(environ)
+    _apply_env_vars(values, sources, environ)
+
+    config_spec, config_source = _choose_config_file(cli, env, cwd)
+    if config_spec is not None:
+        file_settings = _read_config_file(config_spec, cwd)
+        warnings.extend(file_settings.warnings)
+        _apply(values, sources, file_settings.values, f"config file {config_spec}")
+        values["config"], sources["config"] = config_spec, config_source
+    _apply(values, sources, env.values, CMD_ARGS_ENV)
+    _apply(values, sources, cli.values, "command line")
+    _check_supported(values, sources)
+
+    app, app_source = _choose_app(cli, env, values, sources)
+    return Config(values, sources, app, app_source=app_source, config_file=config_spec, warnings=warnings)

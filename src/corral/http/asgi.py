@@ -1,0 +1,351 @@
+"""The ASGI `http` request cycle: one request's `receive`/`send`, and how its response is framed on the wire."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any
+
+from corral.http.errors import ClientDisconnected, error_response
+
+if TYPE_CHECKING:
+    from corral.http.h1 import H1Protocol
+
+__all__ = ["RequestCycle"]
+
+# The body buffer of one request may hold this much before the connection stops reading (back-pressure).
+BODY_HIGH_WATER = 64 * 1024
+
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# Validated header names, keyed by the app's own bytes objects: apps send the same literals on every
+# response, so after the first request a name costs one dict lookup.
+_NAME_CACHE: dict[bytes, bytes] = {}
+_NAME_CACHE_MAX = 4096
+
+# Response headers the server frames or supplies itself.
+_CONTENT_LENGTH = b"content-length"
+_TRANSFER_ENCODING = b"transfer-encoding"
+_CONNECTION = b"connection"
+_SERVER = b"server"
+_DATE = b"date"
+_SPECIAL = frozenset({_CONTENT_LENGTH, _TRANSFER_ENCODING, _CONNECTION, _SERVER, _DATE})
+
+_STATUS_LINES: dict[int, bytes] = {
+    int(s): b"HTTP/1.1 %d %s\r\n" % (s, s.phrase.encode("ascii")) for s in HTTPStatus
+}
+
+# Framing of the response body.
+_LENGTH = 0  # Content-Length (given by the app or computed from a single body message)
+_CHUNKED = 1
+_UNTIL_CLOSE = 2  # HTTP/1.0 streaming without a length: the close ends the body
+_NO_BODY = 3  # HEAD, 1xx, 204, 304
+
+
+def _status_line(status: Any) -> bytes:
+    line = _STATUS_LINES.get(status)
+    if line is not None:
+        return line
+    if type(status) is not int or not 100 <= status <= 999:
+        raise RuntimeError(f"ASGI response status must be an int in 100..999, got {status!r}")
+    return b"HTTP/1.1 %d \r\n" % status
+
+
+def _header_name(name: Any) -> bytes:
+    lname = _NAME_CACHE.get(name)
+    if lname is not None:
+        return lname
+    if not isinstance(name, bytes):
+        raise TypeError(f"ASGI header names must be bytes, got {type(name).__name__}")
+    if not _TOKEN.fullmatch(name):
+        raise RuntimeError(f"invalid response header name {name!r}")
+    lname = name.lower()
+    if len(_NAME_CACHE) < _NAME_CACHE_MAX:
+        _NAME_CACHE[name] = lname
+    return lname
+
+
+class RequestCycle:
+    """One request from the app's point of view: feeds it the body, frames what it sends."""
+
+    __slots__ = (
+        "body_limit",
+        "body_received",
+        "chunks",
+        "conn",
+        "content_length",
+        "continue_sent",
+        "disconnected",
+        "expect_continue",
+        "finished_receiving",
+        "framing",
+        "head",
+        "is_head",
+        "keep_alive",
+        "more_body",
+        "response_bytes",
+        "response_complete",
+        "response_headers",
+        "response_started",
+        "scope",
+        "start_ns",
+        "status",
+        "waiter",
+    )
+
+    def __init__(
+        self, conn: H1Protocol, scope: dict[str, Any], keep_alive: bool, expect_continue: bool, is_head: bool
+    ) -> None:
+        self.conn = conn
+        self.scope = scope
+        self.keep_alive = keep_alive
+        self.expect_continue = expect_continue
+        self.is_head = is_head
+        self.continue_sent = False
+        # request side
+        self.chunks: list[bytes] = []
+        self.more_body = True
+        self.finished_receiving = False
+        self.body_received = 0
+        self.body_limit = conn.state.limit_request_body
+        self.disconnected = False
+        self.waiter: asyncio.Future[None] | None = None
+        # response side
+        self.response_started = False
+        self.response_complete = False
+        self.head: list[bytes] | None = None
+        self.status = 0
+        self.response_headers: Any = ()
+        self.content_length: int | None = None
+        self.framing = _LENGTH
+        self.response_bytes = 0
+        self.start_ns = 0
+
+    # --- fed by the connection ------------------------------------------------------------------
+
+    def feed_body(self, chunk: bytes) -> None:
+        self.chunks.append(chunk)
+        self.body_received += len(chunk)
+        if self.waiter is not None:
+            self._wake()
+
+    def message_complete(self) -> None:
+        self.more_body = False
+        if self.waiter is not None:
+            self._wake()
+
+    def client_gone(self) -> None:
+        self.disconnected = True
+        if self.waiter is not None:
+            self._wake()
+
+    def _wake(self) -> None:
+        waiter, self.waiter = self.waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def buffered(self) -> int:
+        return sum(map(len, self.chunks))
+
+    # --- ASGI receive ---------------------------------------------------------------------------
+
+    async def receive(self) -> dict[str, Any]:
+        while True:
+            if self.chunks:
+                return self._take_body()
+            if not self.more_body and not self.finished_receiving:
+                self.finished_receiving = True
+                return {"type": "http.request", "body": b"", "more_body": False}
+            if self.disconnected or self.response_complete:
+                return {"type": "http.disconnect"}
+            if self.more_body and self.expect_continue and not self.continue_sent and not self.response_started:
+                # Only now that the app asks for the body is the client told to send it (RFC 9110 10.1.1).
+                self.continue_sent = True
+                self.conn.transport.write(_CONTINUE)
+            self.waiter = self.conn.loop.create_future()
+            await self.waiter
+
+    def _take_body(self) -> dict[str, Any]:
+        chunks = self.chunks
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        self.chunks = []
+        more = self.more_body
+        if not more:
+            self.finished_receiving = True
+        self.conn.body_consumed(self)
+        return {"type": "http.request", "body": body, "more_body": more}
+
+    # --- ASGI send ------------------------------------------------------------------------------
+
+    async def send(self, message: dict[str, Any]) -> None:
+        if self.disconnected:
+            raise ClientDisconnected("client disconnected")
+        kind = message["type"]
+        if kind == "http.response.body":
+            if self.head is None:
+                if not self.response_started:
+                    raise RuntimeError("ASGI app sent 'http.response.body' before 'http.response.start'")
+                if self.response_complete:
+                    raise RuntimeError("ASGI app sent 'http.response.body' after the response was complete")
+                self._write_body(message.get("body", b""), message.get("more_body", False))
+            else:
+                self._write_first_body(message.get("body", b""), message.get("more_body", False))
+            if self.conn.writing_paused and not self.response_complete:
+                await self.conn.drain()
+        elif kind == "http.response.start":
+            if self.response_started:
+                raise RuntimeError("ASGI app sent 'http.response.start' twice")
+            self._start(message["status"], message.get("headers", ()))
+        else:
+            raise RuntimeError(f"unexpected ASGI message type {kind!r} on an http connection")
+
+    def _start(self, status: int, headers: Any) -> None:
+        """Validate the head now; it goes on the wire with the first body (one write, known length)."""
+        lines = [_status_line(status), self.conn.state.default_headers]
+        content_length: int | None = None
+        framing = _LENGTH
+        try:
+            for name, value in headers:
+                lname = _header_name(name)
+                if lname in _SPECIAL:
+                    if lname == _CONTENT_LENGTH:
+                        content_length = _parse_content_length(value)
+                    elif lname == _TRANSFER_ENCODING:
+                        framing = _CHUNKED  # the server frames chunks itself; the app's header is dropped
+                        continue
+                    elif lname == _CONNECTION:
+                        if b"close" in value.lower():
+                            self.keep_alive = False
+                        continue
+                    else:
+                        lines[1] = self.conn.state.default_headers_without(lname)
+                lines.append(b"%s: %s\r\n" % (name, value))
+        except TypeError:
+            raise TypeError("ASGI response header names and values must be bytes") from None
+        self.response_started = True
+        self.status = status
+        self.response_headers = headers
+        if status < 200 or status == 204 or status == 304 or self.is_head:
+            framing = _NO_BODY
+        self.framing = framing
+        self.content_length = content_length
+        self.head = lines
+
+    def _finish_head(self, lines: list[bytes]) -> bytes:
+        if not self.keep_alive or self.conn.state.draining:
+            self.keep_alive = False
+            lines.append(b"connection: close\r\n")
+        elif self.scope["http_version"] == "1.0":
+            lines.append(b"connection: keep-alive\r\n")
+        lines.append(b"\r\n")
+        head = b"".join(lines)
+        # One scan per forbidden byte over the whole head instead of several per value: every piece of
+        # `lines` ends in exactly one CRLF of ours (the default headers in one each), so any other CR or
+        # LF came from a header value (response splitting).
+        expected = len(lines) - 1 + lines[1].count(b"\n")
+        if head.count(b"\n") != expected or head.count(b"\r") != expected or b"\0" in head:
+            raise RuntimeError("invalid character (CR, LF or NUL) in an ASGI response header value")
+        return head
+
+    def _write_first_body(self, body: bytes, more_body: bool) -> None:
+        lines = self.head
+        assert lines is not None
+        framing = self.framing
+        content_length = self.content_length
+        if framing == _LENGTH:
+            if content_length is None:
+                if more_body:
+                    if self.scope["http_version"] == "1.1":
+                        framing = _CHUNKED
+                    else:
+                        framing = _UNTIL_CLOSE
+                        self.keep_alive = False
+                else:
+                    content_length = len(body)
+                    lines.append(b"content-length: %d\r\n" % content_length)
+            else:
+                lines.append(b"content-length: %d\r\n" % content_length)
+        elif framing == _NO_BODY:
+            if content_length is not None:
+                lines.append(b"content-length: %d\r\n" % content_length)
+            elif self.is_head and not more_body and self.status >= 200 and self.status not in (204, 304):
+                # A HEAD response carries the headers a GET would have had, including the length.
+                lines.append(b"content-length: %d\r\n" % len(body))
+        if framing == _CHUNKED:
+            if self.scope["http_version"] == "1.1":
+                lines.append(b"transfer-encoding: chunked\r\n")
+            else:
+                framing = _UNTIL_CLOSE
+                self.keep_alive = False
+        self.framing = framing
+        self.content_length = content_length
+        if not more_body and framing == _LENGTH and len(body) != content_length:
+            self.keep_alive = False  # the body is short: closing tells the client it is incomplete
+        head = self._finish_head(lines)
+        self.head = None
+        self._write(head, body, more_body)
+
+    def _write_body(self, body: bytes, more_body: bool) -> None:
+        self._write(b"", body, more_body)
+
+    def _write(self, head: bytes, body: bytes, more_body: bool) -> None:
+        framing = self.framing
+        transport = self.conn.transport
+        if framing == _LENGTH:
+            sent = self.response_bytes + len(body)
+            if self.content_length is not None and sent > self.content_length:
+                self.keep_alive = False
+                raise RuntimeError("ASGI app sent more body than its Content-Length header declared")
+            self.response_bytes = sent
+            data = head + body if head else body
+        elif framing == _CHUNKED:
+            self.response_bytes += len(body)
+            if body:
+                data = head + b"%x\r\n%s\r\n" % (len(body), body)
+            else:
+                data = head
+            if not more_body:
+                data += b"0\r\n\r\n"
+        elif framing == _NO_BODY:
+            data = head
+        else:
+            self.response_bytes += len(body)
+            data = head + body
+        if data:
+            transport.write(data)
+        if not more_body:
+            if framing == _LENGTH and self.response_bytes != self.content_length:
+                self.keep_alive = False
+            self.response_complete = True
+            if self.waiter is not None:
+                self._wake()
+            self.conn.response_complete(self)
+
+    # --- app outcome ----------------------------------------------------------------------------
+
+    def app_finished(self, exc: BaseException | None) -> None:
+        """The app coroutine returned or raised; answer for it if it left the client waiting."""
+        conn = self.conn
+        if exc is not None:
+            if self.disconnected or isinstance(exc, ClientDisconnected):
+                conn.state.logger.debug("ASGI app raised after the client disconnected: %r", exc)
+            elif not isinstance(exc, asyncio.CancelledError):
+                conn.state.logger.error("Exception in ASGI application", exc_info=exc)
+        elif not self.response_started and not self.disconnected:
+            conn.state.logger.error("ASGI app returned without starting a response")
+        elif not self.response_complete and not self.disconnected:
+            conn.state.logger.error("ASGI app returned without completing the response")
+        if self.response_complete or self.disconnected:
+            return
+        if not self.response_started or self.head is not None:
+            conn.refuse_with(self, error_response(500, server_headers=conn.state.default_headers))
+        else:
+            conn.abort_response(self)
+
+
+def _parse_content_length(value: bytes) -> int:
+    if not value.isdigit():
+        raise RuntimeError(f"invalid Content-Length in ASGI response headers: {value!r}")
+    return int(value)

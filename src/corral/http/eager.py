@@ -1,0 +1,175 @@
+"""Runs an ASGI app coroutine eagerly: its first step inline, a Task only if it really suspends.
+
+Most ASGI apps answer a request without ever waiting (their `await send(...)` completes at once), so
+driving the coroutine one step directly saves a Task, a scheduling round and a context switch per request.
+The app must not be able to tell: it runs in its own copied `contextvars.Context`, and
+`asyncio.current_task()` returns the Task that will carry it on should it suspend (libraries such as
+anyio key their cancel scopes on that Task). On Python 3.12+ asyncio's own `eager_start` does exactly
+this; on 3.10 and 3.11 this module provides it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import sys
+import types
+from collections.abc import Callable, Coroutine, Generator
+from typing import Any
+
+__all__ = ["DoneCallback", "install", "run_eagerly"]
+
+DoneCallback = Callable[[BaseException | None], None]
+
+_NATIVE_EAGER = sys.version_info >= (3, 12)
+
+
+def run_eagerly(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any], on_done: DoneCallback) -> None:
+    """Start `coro` now; `on_done(exc)` is called once it finishes (exc is None on success)."""
+    ctx = contextvars.copy_context()
+    if _NATIVE_EAGER:
+        task = asyncio.Task(coro, loop=loop, context=ctx, eager_start=True)  # type: ignore[call-arg]
+        if task.done():
+            _report(task, on_done)
+        else:
+            task.add_done_callback(lambda t: _report(t, on_done))
+        return
+    _EagerStep(loop, coro, ctx, on_done).run()
+
+
+def _report(task: asyncio.Task[Any], on_done: DoneCallback) -> None:
+    if task.cancelled():
+        on_done(asyncio.CancelledError())
+    else:
+        on_done(task.exception())
+
+
+# --- Python 3.10/3.11 ---------------------------------------------------------------------------------
+
+_running: _EagerStep | None = None
+_c_current_task = asyncio.current_task
+_PRIMED = object()
+
+
+class _EagerStep:
+    """One app coroutine's first step, and the Task that continues it if it suspends."""
+
+    __slots__ = ("coro", "ctx", "finished", "loop", "on_done", "task", "yielded")
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        coro: Coroutine[Any, Any, Any],
+        ctx: contextvars.Context,
+        on_done: DoneCallback,
+    ) -> None:
+        self.loop = loop
+        self.coro = coro
+        self.ctx = ctx
+        self.on_done = on_done
+        self.task: asyncio.Task[None] | None = None
+        self.finished = False
+        self.yielded: Any = None
+
+    def run(self) -> None:
+        global _running
+        outer, _running = _running, self
+        try:
+            self.yielded = self.ctx.run(self.coro.send, None)
+        except StopIteration:
+            self._finish(None)
+            return
+        except BaseException as exc:
+            self._finish(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        finally:
+            _running = outer
+        self.materialize()
+
+    def materialize(self) -> asyncio.Task[None]:
+        """The Task that stands for this coroutine: made the first time anyone needs it."""
+        if self.task is None:
+            continuation = _continue(self)
+            next(continuation)  # prime it, so a cancel before its first step lands inside the try
+            self.task = self.loop.create_task(continuation, **_context_kwargs(self.ctx))  # type: ignore[arg-type]
+        return self.task
+
+    def _finish(self, exc: BaseException | None) -> None:
+        self.finished = True
+        self.on_done(exc)
+
+
+if sys.version_info >= (3, 11):
+
+    def _context_kwargs(ctx: contextvars.Context) -> dict[str, Any]:
+        return {"context": ctx}
+
+else:  # 3.10 has no context= for tasks; a copy of ctx carries the same values.
+
+    def _context_kwargs(ctx: contextvars.Context) -> dict[str, Any]:
+        return {}
+
+
+@types.coroutine
+def _continue(step: _EagerStep) -> Generator[Any, Any, None]:
+    """The body of the continuing Task: wait for what the eager step waited on, then resume the app."""
+    thrown: BaseException | None = None
+    try:
+        yield _PRIMED
+    except BaseException as exc:  # cancelled before the first step
+        thrown = exc
+    if step.finished:
+        return
+    coro = step.coro
+    pending = step.yielded
+    while True:
+        if thrown is None:
+            try:
+                yield pending
+            except BaseException as exc:
+                thrown = exc
+                continue
+            try:
+                yield from coro
+            except BaseException as exc:
+                step._finish(exc)
+                if not isinstance(exc, Exception):
+                    raise
+                return
+            step._finish(None)
+            return
+        try:
+            pending = coro.throw(thrown)
+        except StopIteration:
+            step._finish(None)
+            return
+        except BaseException as exc:
+            step._finish(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        thrown = None
+
+
+def _current_task(loop: asyncio.AbstractEventLoop | None = None) -> asyncio.Task[Any] | None:
+    if _running is not None:
+        return _running.materialize()
+    return _c_current_task(loop)
+
+
+def install() -> None:
+    """Make `asyncio.current_task()` see eagerly started coroutines.
+
+    Libraries bind `current_task` at import (`from asyncio import current_task`, as anyio does), so
+    modules imported before this call are repointed too; it should run before the app is imported.
+    """
+    if _NATIVE_EAGER or asyncio.current_task is _current_task:
+        return
+    for module in list(sys.modules.values()):
+        if getattr(module, "current_task", None) is _c_current_task:
+            try:
+                module.current_task = _current_task
+            except (AttributeError, TypeError):  # read-only extension modules keep the original
+                pass

@@ -1,0 +1,531 @@
+"""HTTP/1.1 connections: strict parsing with httptools, limits, keep-alive, pipelining and flow control.
+
+One `H1Protocol` per connection. It turns parser callbacks into `RequestCycle`s (http/asgi.py), runs the
+app for each in order, and owns everything about the connection itself: timeouts, back-pressure in both
+directions, and refusing bad requests with the right status and a close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable
+from email.utils import formatdate
+from time import perf_counter_ns
+from typing import Any
+from urllib.parse import unquote_to_bytes
+
+import httptools
+
+from corral.http.asgi import BODY_HIGH_WATER, RequestCycle
+from corral.http.eager import run_eagerly
+from corral.http.errors import (
+    BadRequest,
+    HeaderFieldsTooLarge,
+    HTTPError,
+    NotImplementedCoding,
+    PayloadTooLarge,
+    URITooLong,
+    error_response,
+)
+from corral.http.proxy import PROXY_HEADER_NAMES, ProxyHeaderError, ProxyTrust, apply_proxy_headers
+
+__all__ = ["H1Protocol", "ServerState"]
+
+_ASGI_VERSION = {"version": "3.0", "spec_version": "2.4"}
+_METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
+
+_HOST = b"host"
+_EXPECT = b"expect"
+_TRANSFER_ENCODING = b"transfer-encoding"
+_CONTENT_LENGTH = b"content-length"
+
+
+class ServerState:
+    """What every connection of one worker shares: the app, the limits, and the live connections."""
+
+    def __init__(
+        self,
+        *,
+        loop: asyncio.AbstractEventLoop,
+        app: Callable[..., Any],
+        logger: logging.Logger,
+        access_log: Any = None,
+        proxy_trust: ProxyTrust | None = None,
+        root_path: str = "",
+        server_header: str = "corral",
+        date_header: bool = True,
+        keepalive: float = 5.0,
+        header_timeout: float = 10.0,
+        limit_request_line: int = 4094,
+        limit_request_fields: int = 100,
+        limit_request_field_size: int = 8190,
+        limit_request_body: int = 0,
+        worker_connections: int = 1000,
+        app_state: dict[str, Any] | None = None,
+    ) -> None:
+        self.loop = loop
+        self.app = app
+        self.logger = logger
+        self.access_log = access_log
+        self.proxy_trust = proxy_trust
+        self.root_path = root_path
+        self.root_path_bytes = root_path.encode("utf-8")
+        self.keepalive = keepalive
+        self.header_timeout = header_timeout
+        # 0 means unlimited, as in Gunicorn.
+        self.limit_request_line = limit_request_line or 1 << 62
+        self.limit_request_fields = limit_request_fields or 1 << 62
+        self.limit_request_field_size = limit_request_field_size or 1 << 62
+        self.limit_request_body = limit_request_body
+        # A bound on the bytes of one request head, so a client cannot make the parser buffer without end.
+        self.limit_head_bytes = (
+            (limit_request_line or 65536)
+            + (limit_request_fields or 1000) * ((limit_request_field_size or 65536) + 4)
+            + 4096
+        )
+        self.worker_connections = worker_connections
+        self.app_state: dict[str, Any] = app_state if app_state is not None else {}
+        self.connections: set[H1Protocol] = set()
+        self.draining = False
+        self.clock = loop.time()
+        self.server_line = f"server: {server_header}\r\n".encode("latin-1") if server_header else b""
+        self.date_header = date_header
+        self.date_line = b""
+        self.default_headers = b""
+        self.watched = frozenset({_HOST, _EXPECT, _TRANSFER_ENCODING})
+        if limit_request_body:
+            self.watched |= {_CONTENT_LENGTH}
+        self.watched_trusted = self.watched | PROXY_HEADER_NAMES
+        self.tick()
+
+    def tick(self) -> None:
+        """Once a second: refresh the coarse clock and the Date header."""
+        self.clock = self.loop.time()
+        if self.date_header:
+            self.date_line = b"date: %s\r\n" % formatdate(usegmt=True).encode("ascii")
+        self.default_headers = self.server_line + self.date_line
+
+    def default_headers_without(self, name: bytes) -> bytes:
+        """The default headers minus one the app sets itself (rare: an app that sends its own Server)."""
+        lines = [self.server_line, self.date_line]
+        return b"".join(line for line in lines if line and not line.startswith(name + b":"))
+
+    def sweep(self) -> None:
+        """Close idle keep-alive connections and heads that arrive too slowly (one pass, no timers)."""
+        now = self.clock
+        for conn in list(self.connections):
+            conn.check_timeouts(now)
+
+
+class H1Protocol(asyncio.Protocol):
+    """One HTTP/1.1 connection."""
+
+    def __init__(self, state: ServerState) -> None:
+        self.state = state
+        self.loop = state.loop
+        self.app = state.app
+        self.parser = httptools.HttpRequestParser(self)
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self.client: tuple[str, int] | None = None
+        self.server: tuple[str, int] | None = None
+        self.scheme = "http"
+        self.trusted = False
+        self.watched = state.watched
+        # the request being parsed
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.host_count = 0
+        self.expect_continue = False
+        self.proxy_seen = False
+        self.transfer_encoding: list[bytes] | None = None
+        self.content_length: bytes | None = None
+        self.in_head = False
+        self.head_bytes = 0
+        self.head_started = 0.0
+        self.parsing: RequestCycle | None = None
+        # the request being answered, and those parsed behind it (pipelining)
+        self.cycle: RequestCycle | None = None
+        self.queue: deque[RequestCycle | bytes] = deque()
+        self.idle_since = state.clock
+        self.closing = False
+        self.reading_paused = False
+        self.writing_paused = False
+        self.drain_waiters: list[asyncio.Future[None]] = []
+
+    # --- connection events ----------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        state = self.state
+        if len(state.connections) >= state.worker_connections:
+            # Over the cap: answer at once rather than let the client hang in a queue we will not serve.
+            state.logger.warning("worker_connections (%d) reached: refusing a connection", state.worker_connections)
+            transport.write(error_response(503, "too many connections", state.default_headers))  # type: ignore[attr-defined]
+            transport.close()
+            self.closing = True
+            return
+        state.connections.add(self)
+        peer = transport.get_extra_info("peername")
+        sock = transport.get_extra_info("sockname")
+        if isinstance(peer, tuple) and len(peer) >= 2:
+            self.client = (str(peer[0]), int(peer[1]))
+        if isinstance(sock, tuple) and len(sock) >= 2:
+            self.server = (str(sock[0]), int(sock[1]))
+        elif isinstance(sock, str) and sock:
+            self.server = (sock, None)  # type: ignore[assignment]
+        if transport.get_extra_info("sslcontext") is not None:
+            self.scheme = "https"
+        trust = state.proxy_trust
+        if trust is not None and trust.is_trusted(self.client[0] if self.client else None):
+            self.trusted = True
+            self.watched = state.watched_trusted
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closing = True
+        self.state.connections.discard(self)
+        for cycle in (self.cycle, self.parsing):
+            if cycle is not None:
+                cycle.client_gone()
+        for item in self.queue:
+            if isinstance(item, RequestCycle):
+                item.client_gone()
+        self.queue.clear()
+        self._release_writers()
+
+    def pause_writing(self) -> None:
+        self.writing_paused = True
+
+    def resume_writing(self) -> None:
+        self.writing_paused = False
+        self._release_writers()
+
+    def _release_writers(self) -> None:
+        waiters, self.drain_waiters = self.drain_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def drain(self) -> None:
+        """Wait until the transport's write buffer falls below its low-water mark."""
+        if self.closing:
+            return
+        waiter = self.loop.create_future()
+        self.drain_waiters.append(waiter)
+        await waiter
+
+    def data_received(self, data: bytes) -> None:
+        if self.in_head:
+            self.head_bytes += len(data)
+            if self.head_bytes > self.state.limit_head_bytes:
+                self._refuse(431, "request header section too large")
+                return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            self._continue_after_upgrade(data, upgrade)
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__
+            if isinstance(cause, HTTPError):
+                self._refuse(cause.status, cause.reason)
+            else:
+                self.state.logger.error("Error while parsing a request", exc_info=cause)
+                self._refuse(400, "")
+        except httptools.HttpParserError as exc:
+            self._refuse(400, _parser_reason(exc))
+        if self.cycle is None and self.queue and not self.closing:
+            self._start_next()
+
+    def _continue_after_upgrade(self, data: bytes, upgrade: httptools.HttpParserUpgrade) -> None:
+        """Serve an Upgrade request as plain HTTP (RFC 9110 7.8 lets a server ignore Upgrade).
+
+        llhttp stops at an upgrade; a fresh parser takes the bytes after it.
+        """
+        offset = upgrade.args[0] if upgrade.args else len(data)
+        self.parser = httptools.HttpRequestParser(self)
+        rest = data[offset:]
+        if rest:
+            self.data_received(rest)
+
+    # --- parser callbacks -----------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self.url = b""
+        self.headers = []
+        self.host_count = 0
+        self.expect_continue = False
+        self.proxy_seen = False
+        self.transfer_encoding = None
+        self.content_length = None
+        self.in_head = True
+        self.head_bytes = 0
+        self.head_started = self.state.clock
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+        if len(self.url) + 14 > self.state.limit_request_line:
+            self._check_request_line()
+
+    def _check_request_line(self) -> None:
+        # The limit covers the whole request line: method, target and version (as Gunicorn counts it).
+        line_length = len(self.parser.get_method()) + 1 + len(self.url) + 9
+        if line_length > self.state.limit_request_line:
+            raise URITooLong("request line too long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        headers = self.headers
+        state = self.state
+        if len(headers) >= state.limit_request_fields:
+            raise HeaderFieldsTooLarge("too many header fields")
+        if len(name) + len(value) + 2 > state.limit_request_field_size:
+            raise HeaderFieldsTooLarge("header field too large")
+        name = name.lower()
+        if name in self.watched:
+            self._watch(name, value)
+        headers.append((name, value))
+
+    def _watch(self, name: bytes, value: bytes) -> None:
+        if name == _HOST:
+            self.host_count += 1
+            if self.host_count > 1:
+                raise BadRequest("more than one Host header")
+        elif name == _EXPECT:
+            if value.lower() == b"100-continue":
+                self.expect_continue = True
+        elif name == _TRANSFER_ENCODING:
+            if self.transfer_encoding is None:
+                self.transfer_encoding = []
+            self.transfer_encoding.append(value)
+        elif name == _CONTENT_LENGTH:
+            self.content_length = value
+        else:
+            self.proxy_seen = True
+
+    def on_headers_complete(self) -> None:
+        self.in_head = False
+        parser = self.parser
+        version = parser.get_http_version()
+        if version == "1.1":
+            if self.host_count == 0:
+                raise BadRequest("missing Host header")
+        elif version != "1.0":
+            raise BadRequest(f"unsupported HTTP version {version}")
+        if self.transfer_encoding is not None:
+            _check_transfer_encoding(self.transfer_encoding, version)
+        if self.content_length is not None and self.state.limit_request_body:
+            if int(self.content_length) > self.state.limit_request_body:
+                raise PayloadTooLarge("request body too large")
+        method_bytes = parser.get_method()
+        method = _METHODS.get(method_bytes) or method_bytes.decode("ascii")
+        scope = self._build_scope(method, version)
+        cycle = RequestCycle(
+            self, scope, parser.should_keep_alive(), self.expect_continue, method_bytes == b"HEAD"
+        )
+        if self.state.access_log is not None:
+            cycle.start_ns = perf_counter_ns()
+        self.parsing = cycle
+        self.queue.append(cycle)
+
+    def _build_scope(self, method: str, version: str) -> dict[str, Any]:
+        target = self.url
+        if target[:1] == b"/":
+            raw_path, _, query = target.partition(b"?")
+            if b"#" in query:
+                query = query.partition(b"#")[0]
+            elif b"#" in raw_path:
+                raw_path = raw_path.partition(b"#")[0]
+        else:
+            raw_path, query = _split_other_target(target, method)
+        if b"%" in raw_path:
+            path = unquote_to_bytes(raw_path).decode("utf-8", "replace")
+        else:
+            path = raw_path.decode("utf-8", "replace")
+        state = self.state
+        if state.root_path:
+            path = state.root_path + path
+            raw_path = state.root_path_bytes + raw_path
+        scope = {
+            "type": "http",
+            "asgi": _ASGI_VERSION,
+            "http_version": version,
+            "server": self.server,
+            "client": self.client,
+            "scheme": self.scheme,
+            "method": method,
+            "root_path": state.root_path,
+            "path": path,
+            "raw_path": raw_path,
+            "query_string": query,
+            "headers": self.headers,
+            "state": state.app_state.copy(),
+            "extensions": {},
+        }
+        if self.proxy_seen:
+            try:
+                apply_proxy_headers(scope, state.proxy_trust)  # type: ignore[arg-type]
+            except ProxyHeaderError as exc:
+                raise BadRequest(str(exc)) from None
+        return scope
+
+    def on_body(self, body: bytes) -> None:
+        cycle = self.parsing
+        if cycle is None:
+            return
+        if cycle.body_limit and cycle.body_received + len(body) > cycle.body_limit:
+            raise PayloadTooLarge("request body too large")
+        if cycle.disconnected or cycle.finished_receiving:
+            return  # the app is done with this request: discard the rest of its body
+        cycle.feed_body(body)
+        if not self.reading_paused and cycle.body_received and cycle.buffered() > BODY_HIGH_WATER:
+            self.reading_paused = True
+            self.transport.pause_reading()
+
+    def on_message_complete(self) -> None:
+        cycle = self.parsing
+        if cycle is not None:
+            cycle.message_complete()
+            self.parsing = None
+
+    # --- running requests -----------------------------------------------------------------------
+
+    def _start_next(self) -> None:
+        item = self.queue.popleft()
+        if isinstance(item, bytes):  # a refusal queued behind earlier pipelined responses
+            self.transport.write(item)
+            self._close()
+            return
+        self.cycle = item
+        if len(self.queue) and not self.reading_paused:
+            # More requests are pipelined behind this one: stop reading until we catch up.
+            self.reading_paused = True
+            self.transport.pause_reading()
+        run_eagerly(self.loop, self.app(item.scope, item.receive, item.send), item.app_finished)
+
+    def body_consumed(self, cycle: RequestCycle) -> None:
+        if self.reading_paused and cycle is self.cycle and len(self.queue) == 0 and not self.closing:
+            self.reading_paused = False
+            self.transport.resume_reading()
+
+    def response_complete(self, cycle: RequestCycle) -> None:
+        state = self.state
+        if state.access_log is not None:
+            state.access_log.log(
+                cycle.scope,
+                cycle.status,
+                cycle.response_headers,
+                cycle.response_bytes,
+                perf_counter_ns() - cycle.start_ns,
+            )
+        if cycle is not self.cycle:
+            return
+        self.cycle = None
+        if not cycle.keep_alive or cycle.more_body or self.closing:
+            # Close rather than read and discard an unread body: the client may never send it (no
+            # 100 Continue was given) and the server should not spend effort on a body nobody wants.
+            self._close()
+            return
+        self.idle_since = state.clock
+        if self.queue:
+            self.loop.call_soon(self._start_queued)
+        elif self.reading_paused:
+            self.reading_paused = False
+            self.transport.resume_reading()
+
+    def _start_queued(self) -> None:
+        if self.cycle is None and self.queue and not self.closing:
+            self._start_next()
+        elif self.reading_paused and not self.queue and not self.closing:
+            self.reading_paused = False
+            self.transport.resume_reading()
+
+    # --- refusing and closing -------------------------------------------------------------------
+
+    def _refuse(self, status: int, reason: str) -> None:
+        """Answer a bad request with `status` and close; earlier pipelined responses go out first."""
+        response = error_response(status, reason, self.state.default_headers)
+        self.in_head = False
+        if not self.reading_paused:
+            self.reading_paused = True
+            self.transport.pause_reading()
+        parsing, self.parsing = self.parsing, None
+        if parsing is not None:
+            parsing.client_gone()  # its app, if running, will get no more of this request
+            if parsing is self.cycle:
+                self.cycle = None
+                if parsing.response_started:
+                    self._close()
+                    return
+            elif parsing in self.queue:
+                self.queue.remove(parsing)
+        if self.cycle is None and not self.queue:
+            self.transport.write(response)
+            self._close()
+        else:
+            self.queue.append(response)
+
+    def refuse_with(self, cycle: RequestCycle, response: bytes) -> None:
+        """The app failed before answering: send `response` (a 500) for it and close."""
+        if cycle is self.cycle and not self.closing:
+            self.cycle = None
+            self.transport.write(response)
+            self._close()
+
+    def abort_response(self, cycle: RequestCycle) -> None:
+        """The app stopped mid-response: close so the client sees the response is incomplete."""
+        if cycle is self.cycle:
+            self.cycle = None
+            self._close()
+
+    def _close(self) -> None:
+        if not self.closing:
+            self.closing = True
+            self.state.connections.discard(self)
+            self.transport.close()
+
+    def check_timeouts(self, now: float) -> None:
+        if self.closing or self.cycle is not None or self.queue:
+            return
+        state = self.state
+        if self.in_head:
+            if now - self.head_started > state.header_timeout:
+                self._refuse(408, "request header timeout")
+        elif now - self.idle_since > state.keepalive or state.draining:
+            self._close()
+
+    def shutdown(self) -> None:
+        """Graceful drain: close now if idle, else after the response in flight (Connection: close)."""
+        if self.cycle is None and not self.queue and not self.in_head:
+            self._close()
+
+
+def _check_transfer_encoding(values: list[bytes], version: str) -> None:
+    if version == "1.0":
+        # RFC 9112 6.1: Transfer-Encoding in an HTTP/1.0 request means the framing cannot be trusted.
+        raise BadRequest("Transfer-Encoding in an HTTP/1.0 request")
+    codings = [c.strip().lower() for value in values for c in value.split(b",")]
+    if codings[-1] != b"chunked" or codings.count(b"chunked") > 1:
+        # RFC 9112 6.3: without chunked last (and once) the body length cannot be known.
+        raise BadRequest("Transfer-Encoding must end in chunked, applied once")
+    if len(codings) > 1:
+        raise NotImplementedCoding("unsupported transfer coding")
+
+
+def _split_other_target(target: bytes, method: str) -> tuple[bytes, bytes]:
+    """Targets that are not origin-form: `*` (OPTIONS), authority-form (CONNECT), absolute-form."""
+    if target == b"*":
+        return b"*", b""
+    if method == "CONNECT":
+        return target, b""
+    try:
+        url = httptools.parse_url(target)
+    except httptools.HttpParserInvalidURLError:
+        raise BadRequest("invalid request target") from None
+    if not url.schema:
+        raise BadRequest("invalid request target")
+    return url.path or b"/", url.query or b""
+
+
+def _parser_reason(exc: Exception) -> str:
+    text = str(exc)
+    return text if text.isprintable() and len(text) < 120 else "malformed request"
