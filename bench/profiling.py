@@ -28,6 +28,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--duration", type=int, default=10, help="seconds of load (10)")
     parser.add_argument("--connections", type=int, default=64, help="wrk connections (64)")
     parser.add_argument("--rate", type=int, default=500, help="py-spy samples per second (500)")
+    parser.add_argument("--blocking", action="store_true",
+                        help="pause the server at each sample: exact stacks, much slower server "
+                             "(implied by --native)")
     parser.add_argument("--native", action="store_true", help="include C frames (httptools, uvloop)")
     parser.add_argument("--access-log", action="store_true", help="run the server with its access log on")
     parser.add_argument("--top", type=int, default=30, help="functions to list (30)")
@@ -47,6 +50,8 @@ def record(args: argparse.Namespace, server: harness.RunningServer, raw_path: Pa
               "--output", str(raw_path)]
     if args.native:
         py_spy.append("--native")
+    if not (args.blocking or args.native):  # py-spy reads C stacks only from a paused process
+        py_spy.append("--nonblocking")
     path = "/echo" if args.test == "echo" else f"/{args.test}"
     with open(args.out / "profile.py-spy.log", "wb") as log:
         sampler = subprocess.Popen(harness.pinned(args.client_cpu, py_spy), stdout=log, stderr=log)
@@ -98,8 +103,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     args.out.mkdir(parents=True, exist_ok=True)
     raw_path = args.out / f"profile-{args.server}-{args.test}.txt"
+    raw_path.unlink(missing_ok=True)
     access_log = args.out / "profile.access.log" if args.access_log else None
-    server = harness.start_server(harness.SERVERS[args.server], args.server_cpu, args.out, access_log, "-profile")
+    spec = harness.SERVERS[args.server]
+    server = harness.start_server(spec, args.server_cpu, args.out, access_log, "-profile")
     try:
         problem = harness.wait_until_ready(server, 30)
         if problem:
@@ -110,7 +117,11 @@ def main(argv: list[str] | None = None) -> int:
         harness.stop_server(server.process)
         if access_log:
             access_log.unlink(missing_ok=True)
-    print(harness.parse_wrk(wrk_output).__dict__ if wrk_output else "")
+    print(f"under the profiler: {harness.parse_wrk(wrk_output)}")
+    if not raw_path.exists():
+        log = (args.out / "profile.py-spy.log").read_text(errors="replace").strip()
+        print(f"py-spy wrote no profile:\n{log[-2000:]}", file=sys.stderr)
+        return 1
     print(summarise(raw_path, args.top))
     print(f"\ncollapsed stacks: {raw_path} (flamegraph.pl or speedscope read them)")
     return 0

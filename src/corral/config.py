@@ -373,8 +373,7 @@ def parse_bind(value: str) -> BindAddress:
         if not fd.isdigit():
             raise ValueError(f"fd://N needs a file descriptor number, got {value!r}")
         return BindAddress("fd", fd=int(fd))
-    if text.startswith("tcp://"):
-        text = text[6:]
+    text = text.removeprefix("tcp://")
     if not text:
         raise ValueError("an empty address")
     if text.startswith("["):
@@ -437,8 +436,8 @@ def _import_callable(path: str) -> Any:
         raise ValueError(f"expected a callable or 'module.function', got {path!r}")
     try:
         return getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise ValueError(f"cannot import {path!r}: {exc}") from None
+    except Exception as exc:  # any import-time failure of the named module is a bad value here
+        raise ValueError(f"cannot import {path!r}: {type(exc).__name__}: {exc}") from None
 
 
 def _accepts(func: Callable[..., Any], arity: int) -> bool:
@@ -648,10 +647,11 @@ SETTINGS: tuple[Setting, ...] = (
             "Value of the Server response header; empty: no Server header.",
             cli=("--server-header",), metavar="STRING"),
     Setting("date_header", "HTTP", True, boolean,
-            "Add a Date header to responses.", cli=("--no-date-header",), kind="negflag"),
+            "Whether responses get a Date header (--no-date-header turns it off).",
+            cli=("--no-date-header",), kind="negflag"),
     Setting("sendfile", "HTTP", None, _optional_bool,
-            "Gunicorn's sendfile() switch.", cli=("--no-sendfile",), kind="negflag",
-            unsupported="corral does not use sendfile()"),
+            "Gunicorn's use of sendfile() (--no-sendfile turns it off).",
+            cli=("--no-sendfile",), kind="negflag", unsupported="corral does not use sendfile()"),
     Setting("tmp_upload_dir", "HTTP", None, optional_string,
             "Gunicorn's directory for buffered request bodies.",
             unsupported="corral streams request bodies to the app and never buffers them on disk"),
@@ -873,10 +873,13 @@ _FILE_IGNORED = frozenset({"config"})  # meaningless inside the file it would na
 class Config:
     """Every setting as a plain attribute (cfg.bind, cfg.keepalive), plus where each value came from."""
 
-    app: str | None
-    sources: dict[str, str]
+    app: str | None  # the positional APP, or wsgi_app from the config file
+    app_source: str
+    sources: dict[
+        str, str
+    ]  # setting name -> "default" | "env VAR" | "config file PATH" | ... | "command line"
     config_file: str | None
-    warnings: tuple[str, ...]
+    warnings: tuple[str, ...]  # one line each, for the CLI to print
 
     def __init__(
         self,
@@ -898,7 +901,7 @@ class Config:
 
     def __getattr__(self, name: str) -> Any:
         # Only reached for names that are not attributes: say so clearly instead of a bare AttributeError.
-        close = difflib.get_close_matches(name, SETTINGS_BY_NAME, n=1)
+        close = difflib.get_close_matches(name, SETTINGS_BY_NAME, n=1, cutoff=0.75)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise AttributeError(f"no setting named {name!r}{hint}")
 
@@ -960,8 +963,8 @@ def build_parser() -> argparse.ArgumentParser:
         usage="corral [OPTIONS] APP",
         description="Serve an ASGI application. APP is MODULE:ATTRIBUTE, e.g. main:app.",
         epilog=(
-            f"Precedence: defaults < env (PORT, WEB_CONCURRENCY, ...) < config file < ${CMD_ARGS_ENV} "
-            "< command line. The full list: docs/settings.md."
+            f"Precedence: defaults < env (PORT, WEB_CONCURRENCY, ...) < config file < ${CMD_ARGS_ENV}\n"
+            "< command line. Every setting, config-file-only ones included: docs/settings.md."
         ),
         add_help=False,
         allow_abbrev=False,
@@ -1102,7 +1105,7 @@ def _read_config_file(spec: str, cwd: str) -> _FileSettings:
     if spec.startswith("python:"):
         namespace = _import_module_settings(spec[len("python:") :])
     else:
-        path = spec[len("file:") :] if spec.startswith("file:") else spec
+        path = spec.removeprefix("file:")
         namespace = _execute_file(os.path.join(cwd, path), spec)
     values: dict[str, Any] = {}
     warnings: list[str] = []
@@ -1114,7 +1117,7 @@ def _read_config_file(spec: str, cwd: str) -> _FileSettings:
         elif name in SETTINGS_BY_NAME:
             values[name] = value
         elif _looks_like_setting(name, value):
-            close = difflib.get_close_matches(name, SETTINGS_BY_NAME, n=1)
+            close = difflib.get_close_matches(name, SETTINGS_BY_NAME, n=1, cutoff=0.75)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             warnings.append(f"config file {spec}: unknown setting {name!r} ignored{hint}")
     return _FileSettings(values, warnings)
@@ -1126,7 +1129,7 @@ def _read_config_file(spec: str, cwd: str) -> _FileSettings:
 
 
 def _from(source: str) -> str:
-    """ "from the command line", "from config file X", "from env PORT", ..."""
+    """Where a value came from, as a phrase: "from the command line", "from env PORT", ..."""
     return "from the command line" if source == "command line" else f"from {source}"
 
 
@@ -1136,7 +1139,7 @@ def _set(values: dict[str, Any], sources: dict[str, str], name: str, raw: Any, s
         raise ConfigError(f"{name}: no such setting ({_from(source)})")
     try:
         values[name] = setting.validator(raw)
-    except ValueError as exc:
+    except (ValueError, TypeError) as exc:
         raise ConfigError(f"{name}: {exc} ({_from(source)})") from None
     sources[name] = source
 
@@ -1185,8 +1188,10 @@ def _split_cmd_args(environ: Mapping[str, str]) -> list[str]:
 def _choose_config_file(cli: _Arguments, env: _Arguments, cwd: str) -> tuple[str | None, str]:
     for arguments, source in ((cli, "command line"), (env, CMD_ARGS_ENV)):
         spec = arguments.values.get("config")
-        if spec:
-            return spec, source
+        if spec is not None:
+            if not spec.strip():
+                raise ConfigError(f"config: empty file name ({_on(source)})")
+            return spec.strip(), source
     default_path = os.path.join(cwd, DEFAULT_CONFIG_FILE)
     return (default_path, "default") if os.path.isfile(default_path) else (None, "default")
 

@@ -63,10 +63,14 @@ def load_app(spec: str, *, factory: bool = False, app_dir: str | None = ".") -> 
     `app_dir` is put first on sys.path (as an absolute path) so the module is found there; None leaves
     sys.path alone.
 
-    The returned callable is ASGI 3: ASGI 3 apps come back unchanged (an `async def`, an instance with an
-    async `__call__`, a partial of either); ASGI 2 apps (`app(scope)` returning an instance with
-    `async __call__(receive, send)`) are wrapped in a small closure; calling the result always returns an
-    awaitable, a coroutine for every `async def` app. WSGI apps are refused with a hint on how to wrap them.
+    The returned callable is ASGI 3, and calling it returns a coroutine (so the server may drive it with
+    `coro.send(None)`): ASGI 3 apps come back unchanged (an `async def`, an instance with an async
+    `__call__`, a partial of either); ASGI 2 apps (`app(scope)` returning an instance with
+    `async __call__(receive, send)`, or a class whose `__init__` takes the scope) and ASGI 3 apps that are
+    not coroutine functions (a sync `__call__(scope, receive, send)` returning an awaitable, a class with
+    `__await__`) are wrapped in a small closure. A sync callable that accepts any number of arguments
+    (`def app(*args)`) is ambiguous and taken as ASGI 2, as other ASGI servers do. WSGI apps are refused
+    with a hint on how to wrap them or what to serve instead.
 
     When the app's own code fails (an exception while importing its module or calling its factory) the
     traceback is logged at ERROR on the "corral.error" logger before AppLoadError is raised: the one line
@@ -397,7 +401,7 @@ def _asgi2_to_asgi3(asgi2_app: Callable[[dict[str, Any]], Any]) -> ASGIApp:
     async def asgi2_app_as_asgi3(scope: _Scope, receive: _Channel, send: _Channel) -> None:
         await asgi2_app(scope)(receive, send)
 
-    asgi2_app_as_asgi3.asgi2_app = asgi2_app  # type: ignore[attr-defined]  # for debugging and tests
+    asgi2_app_as_asgi3.asgi2_app = asgi2_app  # type: ignore[attr-defined]  # for debugging
     return asgi2_app_as_asgi3
 
 
@@ -406,7 +410,7 @@ def _awaiting(asgi3_app: Callable[..., Any]) -> ASGIApp:
     async def awaiting_asgi3(scope: _Scope, receive: _Channel, send: _Channel) -> None:
         await asgi3_app(scope, receive, send)
 
-    awaiting_asgi3.asgi3_app = asgi3_app  # type: ignore[attr-defined]  # for debugging and tests
+    awaiting_asgi3.asgi3_app = asgi3_app  # type: ignore[attr-defined]  # for debugging
     return awaiting_asgi3
 
 

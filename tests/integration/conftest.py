@@ -31,6 +31,7 @@ __all__ = [
     "free_port",
     "parse_responses",
     "raw_request",
+    "refused",
     "wait_until",
 ]
 
@@ -236,6 +237,9 @@ class Response:
     trailers: list[tuple[bytes, bytes]] = field(default_factory=list)
     raw_head: bytes = b""
 
+    def __repr__(self) -> str:
+        return f"<Response {self.status} body={self.body[:100]!r}>"
+
     def header_values(self, name: bytes | str) -> list[bytes]:
         wanted = (name.encode() if isinstance(name, str) else name).lower()
         return [value for key, value in self.headers if key.lower() == wanted]
@@ -329,7 +333,7 @@ def _body_length(status: int, method: str, headers: list[tuple[bytes, bytes]]) -
             raise ResponseParseError(f"unexpected response Transfer-Encoding {codings!r}")
         return "chunked"
     lengths = [v for n, v in headers if n.lower() == b"content-length"]
-    if len(set(lengths)) > 1:
+    if len(lengths) > 1:
         raise ResponseParseError(f"several Content-Length lines {lengths!r}")
     if lengths:
         if not lengths[0].isdigit():
@@ -449,6 +453,21 @@ def raw_request(port: int, data: bytes, *, shut_wr: bool = False, timeout: float
     return exchange(port, data, shut_wr=shut_wr, timeout=timeout).data
 
 
+def refused(
+    port: int, data: bytes, statuses: set[int] | int, *, shut_wr: bool = False, timeout: float = READ_TIMEOUT
+) -> Response:
+    """Send `data`; assert exactly one response, with one of `statuses` and `Connection: close`, then EOF."""
+    wanted = {statuses} if isinstance(statuses, int) else statuses
+    result = exchange(port, data, shut_wr=shut_wr, timeout=timeout)
+    assert result.closed, f"the server kept the connection open; got {result.data[:300]!r}"
+    responses = result.responses()
+    assert len(responses) == 1, f"expected exactly one response, got {responses}"
+    response = responses[0]
+    assert response.status in wanted, response
+    assert response.closes, f"a refusal must carry Connection: close: {response.raw_head!r}"
+    return response
+
+
 class Conn:
     """One client connection read response by response (for keep-alive and pipelining tests)."""
 
@@ -463,6 +482,10 @@ class Conn:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+    @property
+    def eof(self) -> bool:
+        return self._eof
 
     @property
     def local_port(self) -> int:

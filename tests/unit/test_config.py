@@ -786,3 +786,14 @@ def test_docs_check_reports_a_stale_page(tmp_path):
 
 def test_committed_docs_page_is_up_to_date():
     assert docs.main(["--check"]) == 0
+
+
+def test_empty_config_file_name_is_an_error():
+    assert load_error(["-c", ""]) == "config: empty file name (on the command line)"
+
+
+def test_hook_given_as_an_import_string_that_fails_is_a_bad_value(tmp_path):
+    conf = write_config(tmp_path, "when_ready = 'no_such_module_for_corral.ready'\n")
+    assert load_error(["-c", str(conf)]).startswith(
+        "when_ready: cannot import 'no_such_module_for_corral.ready'"
+    )

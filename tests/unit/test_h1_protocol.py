@@ -107,7 +107,7 @@ def test_simple_get_gets_length_framed_response_and_stays_open() -> None:
 def test_pipelined_requests_are_answered_in_order() -> None:
     async def main() -> None:
         h = Harness(hello)
-        h.feed(b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\nGET /2 HTTP/1.1\r\nHost: x\r\n\r\nGET /3 HTTP/1.1\r\nHost: x\r\n\r\n")
+        h.feed(b"".join(b"GET /%d HTTP/1.1\r\nHost: x\r\n\r\n" % i for i in (1, 2, 3)))
         await h.settle()
         assert h.output.count(b"HTTP/1.1 200 OK") == 3
         assert h.output.index(b"hello /1") < h.output.index(b"hello /2") < h.output.index(b"hello /3")
@@ -198,6 +198,20 @@ def test_chunked_request_body_is_decoded_for_the_app() -> None:
         h.feed(b"2\r\nde\r\n0\r\n\r\n")
         await h.settle()
         assert h.output.endswith(b"\r\n\r\nabcde")
+
+    run(main())
+
+
+def test_app_content_length_is_sent_once() -> None:
+    async def app(scope: dict, receive: Callable, send: Callable) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"Content-Length", b"2")]})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async def main() -> None:
+        h = Harness(app)
+        h.feed(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert h.output.lower().count(b"content-length") == 1
+        assert h.output.endswith(b"\r\n\r\nok")
 
     run(main())
 

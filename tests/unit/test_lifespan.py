@@ -25,7 +25,7 @@ async def startup_failure(lifespan: Lifespan) -> str:
     with pytest.raises(LifespanFailure) as caught:
         await lifespan.startup()
     message = str(caught.value)
-    assert message.startswith("lifespan startup failed: ") and "\n" not in message
+    assert message and "\n" not in message
     return message
 
 
@@ -132,7 +132,7 @@ def test_starlette_startup_exception_fails_startup_with_one_line_and_logs_the_tr
 
     message = run(scenario())
 
-    assert message == "lifespan startup failed: RuntimeError: database unreachable"
+    assert message == "RuntimeError: database unreachable"
     assert "Traceback (most recent call last)" in caplog.text
     assert 'raise RuntimeError("database unreachable")' in caplog.text
     assert lifespan._task is not None and lifespan._task.done()
@@ -225,7 +225,7 @@ def test_app_that_raises_after_receiving_startup_fails_in_every_mode(mode):
 
     message = run(startup_failure(lifespan))
 
-    assert message == "lifespan startup failed: the app raised ConnectionError: no database at db:5432"
+    assert message == "the app raised ConnectionError: no database at db:5432"
 
 
 # ----------------------------------------------------------------------------------- the protocol
@@ -270,7 +270,7 @@ def test_startup_failed_message_becomes_the_failure():
     app = ScriptedApp(startup={"type": "lifespan.startup.failed", "message": "no DB"})
     lifespan = Lifespan(app, "on", LOGGER)
 
-    assert run(startup_failure(lifespan)) == "lifespan startup failed: no DB"
+    assert run(startup_failure(lifespan)) == "no DB"
 
 
 def test_startup_failed_without_message_still_says_why():
@@ -278,7 +278,7 @@ def test_startup_failed_without_message_still_says_why():
 
     message = run(startup_failure(lifespan))
 
-    assert message == "lifespan startup failed: the app sent 'lifespan.startup.failed' without a message"
+    assert message == "the app sent 'lifespan.startup.failed' without a message"
 
 
 def test_unexpected_event_during_startup_fails_startup_and_raises_into_the_app():
@@ -321,7 +321,7 @@ def test_returning_after_startup_event_without_answering_fails():
 
     message = run(startup_failure(lifespan))
 
-    assert message == "lifespan startup failed: the app returned without sending 'lifespan.startup.complete'"
+    assert message == "the app returned without sending 'lifespan.startup.complete'"
 
 
 def test_shutdown_failed_is_logged(caplog):
@@ -445,3 +445,32 @@ def test_shutdown_without_startup_does_nothing():
     run(Lifespan(app, "on", LOGGER).shutdown())
 
     assert app.scopes == []
+
+
+def test_cancelled_startup_cancels_the_app_task_and_shutdown_then_returns():
+    got_startup = asyncio.Event()
+    cancelled: list[bool] = []
+
+    async def slow_startup_app(scope, receive, send):
+        await receive()
+        got_startup.set()
+        try:
+            await asyncio.get_running_loop().create_future()  # a startup that never finishes
+        except asyncio.CancelledError:
+            cancelled.append(True)
+            raise
+
+    lifespan = Lifespan(slow_startup_app, "on", LOGGER)
+
+    async def scenario():
+        startup = asyncio.create_task(lifespan.startup())
+        await got_startup.wait()
+        startup.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await startup
+        await lifespan.shutdown()
+
+    run(scenario())
+
+    assert cancelled == [True]
+    assert lifespan._task is not None and lifespan._task.done()

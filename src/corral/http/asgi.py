@@ -212,6 +212,7 @@ class RequestCycle:
                 if lname in _SPECIAL:
                     if lname == _CONTENT_LENGTH:
                         content_length = _parse_content_length(value)
+                        continue  # written by the framing code, once
                     elif lname == _TRANSFER_ENCODING:
                         framing = _CHUNKED  # the server frames chunks itself; the app's header is dropped
                         continue
@@ -254,6 +255,15 @@ class RequestCycle:
         assert lines is not None
         framing = self.framing
         content_length = self.content_length
+        if not more_body and framing == _LENGTH and (content_length is None or content_length == len(body)):
+            # The common case, kept short: the whole response in one message, so one write.
+            lines.append(b"content-length: %d\r\n" % len(body))
+            head = self._finish_head(lines)
+            self.head = None
+            self.response_bytes = len(body)
+            self.conn.transport.write(head + body)
+            self._complete()
+            return
         if framing == _LENGTH:
             if content_length is None:
                 if more_body:
@@ -302,10 +312,7 @@ class RequestCycle:
             data = head + body if head else body
         elif framing == _CHUNKED:
             self.response_bytes += len(body)
-            if body:
-                data = head + b"%x\r\n%s\r\n" % (len(body), body)
-            else:
-                data = head
+            data = head + b"%x\r\n%s\r\n" % (len(body), body) if body else head
             if not more_body:
                 data += b"0\r\n\r\n"
         elif framing == _NO_BODY:
@@ -318,10 +325,13 @@ class RequestCycle:
         if not more_body:
             if framing == _LENGTH and self.response_bytes != self.content_length:
                 self.keep_alive = False
-            self.response_complete = True
-            if self.waiter is not None:
-                self._wake()
-            self.conn.response_complete(self)
+            self._complete()
+
+    def _complete(self) -> None:
+        self.response_complete = True
+        if self.waiter is not None:
+            self._wake()
+        self.conn.response_complete(self)
 
     # --- app outcome ----------------------------------------------------------------------------
 

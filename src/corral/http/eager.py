@@ -11,6 +11,7 @@ this; on 3.10 and 3.11 this module provides it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import sys
 import types
@@ -34,7 +35,7 @@ def run_eagerly(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any],
         else:
             task.add_done_callback(lambda t: _report(t, on_done))
         return
-    _EagerStep(loop, coro, ctx, on_done).run()
+    _run_first_step(loop, coro, ctx, on_done)
 
 
 def _report(task: asyncio.Task[Any], on_done: DoneCallback) -> None:
@@ -46,13 +47,51 @@ def _report(task: asyncio.Task[Any], on_done: DoneCallback) -> None:
 
 # --- Python 3.10/3.11 ---------------------------------------------------------------------------------
 
-_running: _EagerStep | None = None
+# The coroutine whose eager step is running now. A plain tuple, because most steps finish without anyone
+# asking for their Task; `_EagerStep` is made only when someone does, or when the step suspends.
+_Pending = tuple[asyncio.AbstractEventLoop, Coroutine[Any, Any, Any], contextvars.Context, DoneCallback]
+_running: _Pending | _EagerStep | None = None
 _c_current_task = asyncio.current_task
 _PRIMED = object()
 
 
+def _run_first_step(
+    loop: asyncio.AbstractEventLoop,
+    coro: Coroutine[Any, Any, Any],
+    ctx: contextvars.Context,
+    on_done: DoneCallback,
+) -> None:
+    global _running
+    outer = _running
+    _running = (loop, coro, ctx, on_done)
+    try:
+        yielded = ctx.run(coro.send, None)
+    except StopIteration:
+        step = _running
+        _running = outer
+        if type(step) is _EagerStep:
+            step.finished = True
+        on_done(None)
+        return
+    except BaseException as exc:
+        step = _running
+        _running = outer
+        if type(step) is _EagerStep:
+            step.finished = True
+        on_done(exc)
+        if not isinstance(exc, Exception):
+            raise
+        return
+    step = _running
+    _running = outer
+    if type(step) is not _EagerStep:
+        step = _EagerStep(loop, coro, ctx, on_done)
+    step.yielded = yielded
+    step.materialize()
+
+
 class _EagerStep:
-    """One app coroutine's first step, and the Task that continues it if it suspends."""
+    """A coroutine started eagerly that needs its Task: it suspended, or asked for current_task()."""
 
     __slots__ = ("coro", "ctx", "finished", "loop", "on_done", "task", "yielded")
 
@@ -70,23 +109,6 @@ class _EagerStep:
         self.task: asyncio.Task[None] | None = None
         self.finished = False
         self.yielded: Any = None
-
-    def run(self) -> None:
-        global _running
-        outer, _running = _running, self
-        try:
-            self.yielded = self.ctx.run(self.coro.send, None)
-        except StopIteration:
-            self._finish(None)
-            return
-        except BaseException as exc:
-            self._finish(exc)
-            if not isinstance(exc, Exception):
-                raise
-            return
-        finally:
-            _running = outer
-        self.materialize()
 
     def materialize(self) -> asyncio.Task[None]:
         """The Task that stands for this coroutine: made the first time anyone needs it."""
@@ -154,9 +176,13 @@ def _continue(step: _EagerStep) -> Generator[Any, Any, None]:
 
 
 def _current_task(loop: asyncio.AbstractEventLoop | None = None) -> asyncio.Task[Any] | None:
-    if _running is not None:
-        return _running.materialize()
-    return _c_current_task(loop)
+    global _running
+    running = _running
+    if running is None:
+        return _c_current_task(loop)
+    if type(running) is not _EagerStep:
+        running = _running = _EagerStep(*running)
+    return running.materialize()
 
 
 def install() -> None:
@@ -169,7 +195,5 @@ def install() -> None:
         return
     for module in list(sys.modules.values()):
         if getattr(module, "current_task", None) is _c_current_task:
-            try:
+            with contextlib.suppress(AttributeError, TypeError):  # read-only modules keep the original
                 module.current_task = _current_task
-            except (AttributeError, TypeError):  # read-only extension modules keep the original
-                pass

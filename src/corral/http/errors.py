@@ -7,8 +7,8 @@ from http import HTTPStatus
 __all__ = [
     "BadRequest",
     "ClientDisconnected",
-    "HeaderFieldsTooLarge",
     "HTTPError",
+    "HeaderFieldsTooLarge",
     "NotImplementedCoding",
     "PayloadTooLarge",
     "RequestTimeout",

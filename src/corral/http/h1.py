@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections import deque
 from collections.abc import Callable
 from email.utils import formatdate
@@ -40,6 +41,9 @@ _HOST = b"host"
 _EXPECT = b"expect"
 _TRANSFER_ENCODING = b"transfer-encoding"
 _CONTENT_LENGTH = b"content-length"
+_FORBIDDEN_TRAILERS = frozenset({_HOST, _TRANSFER_ENCODING, _CONTENT_LENGTH})
+# Bytes a request-target may not contain though llhttp lets them through (RFC 9112 3.2, RFC 3986).
+_TARGET_FORBIDDEN = re.compile(rb'[#"\x80-\xff]')
 
 
 class ServerState:
@@ -232,6 +236,8 @@ class H1Protocol(asyncio.Protocol):
             else:
                 self.state.logger.error("Error while parsing a request", exc_info=cause)
                 self._refuse(400, "")
+        except httptools.HttpParserInvalidMethodError:
+            self._refuse(_unknown_method_status(data), "unknown or invalid method")
         except httptools.HttpParserError as exc:
             self._refuse(400, _parser_reason(exc))
         if self.cycle is None and self.queue and not self.closing:
@@ -274,16 +280,23 @@ class H1Protocol(asyncio.Protocol):
             raise URITooLong("request line too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        headers = self.headers
-        state = self.state
-        if len(headers) >= state.limit_request_fields:
-            raise HeaderFieldsTooLarge("too many header fields")
-        if len(name) + len(value) + 2 > state.limit_request_field_size:
+        # The field size counts the whole line with ": " and CRLF, as Gunicorn does. The count limit is
+        # checked once the head is complete: data_received already bounds the head's bytes.
+        if len(name) + len(value) + 4 > self.state.limit_request_field_size:
             raise HeaderFieldsTooLarge("header field too large")
+        if not self.in_head:
+            self._trailer(name.lower())
+            return
         name = name.lower()
         if name in self.watched:
             self._watch(name, value)
-        headers.append((name, value))
+        # llhttp strips leading whitespace from values but keeps trailing whitespace (RFC 9110 5.5: OWS).
+        self.headers.append((name, value.rstrip(b" \t")))
+
+    def _trailer(self, name: bytes) -> None:
+        """Trailers are dropped (ASGI has no place for them), but never ones that repeat framing fields."""
+        if name in _FORBIDDEN_TRAILERS:
+            raise BadRequest(f"{name.decode('latin-1')} is not allowed in a trailer")
 
     def _watch(self, name: bytes, value: bytes) -> None:
         if name == _HOST:
@@ -304,6 +317,8 @@ class H1Protocol(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self.in_head = False
+        if len(self.headers) > self.state.limit_request_fields:
+            raise HeaderFieldsTooLarge("too many header fields")
         parser = self.parser
         version = parser.get_http_version()
         if version == "1.1":
@@ -313,11 +328,14 @@ class H1Protocol(asyncio.Protocol):
             raise BadRequest(f"unsupported HTTP version {version}")
         if self.transfer_encoding is not None:
             _check_transfer_encoding(self.transfer_encoding, version)
-        if self.content_length is not None and self.state.limit_request_body:
-            if int(self.content_length) > self.state.limit_request_body:
-                raise PayloadTooLarge("request body too large")
+        limit = self.state.limit_request_body
+        if limit and self.content_length is not None and int(self.content_length) > limit:
+            raise PayloadTooLarge("request body too large")
         method_bytes = parser.get_method()
         method = _METHODS.get(method_bytes) or method_bytes.decode("ascii")
+        if method == "CONNECT":
+            # A tunnel is not something an ASGI app can provide; a 2xx would tell the client it was open.
+            raise NotImplementedCoding("CONNECT is not supported")
         scope = self._build_scope(method, version)
         cycle = RequestCycle(
             self, scope, parser.should_keep_alive(), self.expect_continue, method_bytes == b"HEAD"
@@ -329,12 +347,10 @@ class H1Protocol(asyncio.Protocol):
 
     def _build_scope(self, method: str, version: str) -> dict[str, Any]:
         target = self.url
+        if _TARGET_FORBIDDEN.search(target):
+            raise BadRequest("invalid character in the request target")
         if target[:1] == b"/":
             raw_path, _, query = target.partition(b"?")
-            if b"#" in query:
-                query = query.partition(b"#")[0]
-            elif b"#" in raw_path:
-                raw_path = raw_path.partition(b"#")[0]
         else:
             raw_path, query = _split_other_target(target, method)
         if b"%" in raw_path:
@@ -514,9 +530,9 @@ def _check_transfer_encoding(values: list[bytes], version: str) -> None:
 def _split_other_target(target: bytes, method: str) -> tuple[bytes, bytes]:
     """Targets that are not origin-form: `*` (OPTIONS), authority-form (CONNECT), absolute-form."""
     if target == b"*":
+        if method != "OPTIONS":
+            raise BadRequest("asterisk-form is only for OPTIONS")
         return b"*", b""
-    if method == "CONNECT":
-        return target, b""
     try:
         url = httptools.parse_url(target)
     except httptools.HttpParserInvalidURLError:
@@ -524,6 +540,18 @@ def _split_other_target(target: bytes, method: str) -> tuple[bytes, bytes]:
     if not url.schema:
         raise BadRequest("invalid request target")
     return url.path or b"/", url.query or b""
+
+
+_METHOD_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+ ")
+
+
+def _unknown_method_status(data: bytes) -> int:
+    """501 for a well-formed method the parser does not know (RFC 9110 9.1), 400 for one that is no token.
+
+    llhttp knows a fixed set of methods and reports both the same way; when the refused request starts
+    this chunk (the usual case) its first word tells them apart.
+    """
+    return 501 if _METHOD_TOKEN.match(data) else 400
 
 
 def _parser_reason(exc: Exception) -> str:

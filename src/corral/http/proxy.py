@@ -15,10 +15,11 @@ Decisions:
 * Client: walk the hop list from the right, skip hops that are themselves trusted proxies, take the first
   untrusted one (the leftmost if all are trusted). A hop that is not an address (`unknown`, an obfuscated
   `_name`, garbage) stops the walk and leaves `client` as it was: nothing left of it can be trusted.
-* Scheme: X-Forwarded-Proto (http, https, ws, wss) and every `secure_scheme_headers` entry (Gunicorn meaning:
-  value equal to the configured one means https, any other value means http) each give a verdict; verdicts
-  that disagree raise `ProxyHeaderError` (answered 400, like Gunicorn's InvalidSchemeHeaders). An
-  X-Forwarded-Proto value that is not a known scheme is ignored. A websocket scope gets ws/wss.
+* Scheme: X-Forwarded-Proto (http, https, ws, wss) and every `secure_scheme_headers` entry (Gunicorn's
+  meaning: the configured value, compared ignoring case, means https; any other value means http) each give
+  a verdict; verdicts that disagree raise `ProxyHeaderError` (answered 400, like Gunicorn's
+  InvalidSchemeHeaders). An X-Forwarded-Proto value that is not a known scheme is ignored. A websocket scope
+  gets ws/wss. X-Forwarded-Proto is honoured even if removed from `secure_scheme_headers` (as uvicorn does).
 * X-Forwarded-Proto and X-Forwarded-Host may be lists when proxies append: a single value is used; a list
   is used only when it has one entry per X-Forwarded-For hop, and then the entry of the chosen hop; otherwise
   it is ignored as ambiguous. X-Forwarded-Port is handled the same way.
@@ -109,9 +110,9 @@ class ProxyTrust:
         self._secure_values = {
             name.strip().lower().encode("latin-1"): value.strip().lower() for name, value in headers.items()
         }
-        self._x_family_names = _X_FORWARDED_NAMES | self._secure_values.keys()
+        self._x_family_names = _X_FORWARDED_NAMES | frozenset(self._secure_values)
         self.header_names: frozenset[bytes] = self._x_family_names | {_FORWARDED}
-        # Caches, bounded and cleared when full: the same few proxies and clients repeat request after request.
+        # Bounded caches, cleared when full: the same few proxies and clients repeat request after request.
         self._decisions: dict[str, bool] = {}
         self._hop_choices: dict[bytes, _HopChoice] = {}
 
@@ -146,7 +147,7 @@ class ProxyTrust:
             self._decisions[peer_host] = decision
         return decision
 
-    def choose_hop(self, x_forwarded_for: bytes) -> _HopChoice:
+    def _choose_hop(self, x_forwarded_for: bytes) -> _HopChoice:
         """(hop index, hop count, (address, port) or None) for an X-Forwarded-For value; see `_select_hop`."""
         choice = self._hop_choices.get(x_forwarded_for)
         if choice is None:
@@ -201,7 +202,7 @@ def _apply_x_forwarded(scope: dict, found: dict[bytes, bytes], trust: ProxyTrust
     hop_count = 0
     forwarded_for = found.get(_X_FORWARDED_FOR)
     if forwarded_for is not None:
-        hop_index, hop_count, client = trust.choose_hop(forwarded_for)
+        hop_index, hop_count, client = trust._choose_hop(forwarded_for)
         if client is not None:
             scope["client"] = client
     secure = _secure_verdict(found, trust, hop_index, hop_count)
@@ -250,37 +251,46 @@ def _secure_verdict(
     found: dict[bytes, bytes], trust: ProxyTrust, hop_index: int | None, hop_count: int
 ) -> bool | None:
     """https (True) or http (False) as the scheme headers say, None if they say nothing usable."""
-    verdicts: dict[bytes, bool] = {}
+    verdict: bool | None = None
+    decided_by = b""
     secure_values = trust._secure_values
     for name, value in found.items():
         if name == _X_FORWARDED_PROTO:
-            proto = _entry_for_hop(value, hop_index, hop_count)
-            if proto is not None:
-                proto = proto.lower()
-                secure = True if proto == secure_values.get(name) else _SCHEME_IS_SECURE.get(proto)
-                if secure is not None:
-                    verdicts[name] = secure
+            says = (_proto_verdict(value, secure_values.get(name), hop_index, hop_count),)
         elif name in secure_values:
             expected = secure_values[name]
-            for element in value.decode("latin-1").split(","):
-                element = element.strip().lower()
-                if element:
-                    _add_verdict(verdicts, name, element == expected)
-    if not verdicts:
+            says = tuple(element == expected for element in _lower_elements(value))
+        else:
+            continue
+        for secure in says:
+            if secure is None:
+                continue
+            if verdict is None:
+                verdict, decided_by = secure, name
+            elif secure != verdict:
+                raise ProxyHeaderError(
+                    f"conflicting secure scheme headers ({_says(decided_by, verdict)}, {_says(name, secure)})"
+                )
+    return verdict
+
+
+def _proto_verdict(
+    value: bytes, configured: str | None, hop_index: int | None, hop_count: int
+) -> bool | None:
+    proto = _entry_for_hop(value, hop_index, hop_count)
+    if proto is None:
         return None
-    if len(verdicts) > 1 and len(set(verdicts.values())) > 1:
-        said = ", ".join(
-            f"{name.decode('latin-1')} says {'https' if secure else 'http'}"
-            for name, secure in verdicts.items()
-        )
-        raise ProxyHeaderError(f"conflicting secure scheme headers ({said})")
-    return next(iter(verdicts.values()))
+    proto = proto.lower()
+    return True if proto == configured else _SCHEME_IS_SECURE.get(proto)
 
 
-def _add_verdict(verdicts: dict[bytes, bool], name: bytes, secure: bool) -> None:
-    if verdicts.get(name, secure) != secure:
-        raise ProxyHeaderError(f"conflicting values in the {name.decode('latin-1')} header")
-    verdicts[name] = secure
+def _lower_elements(value: bytes) -> list[str]:
+    elements = (element.strip(" \t") for element in value.decode("latin-1").lower().split(","))
+    return [element for element in elements if element]
+
+
+def _says(name: bytes, secure: bool) -> str:
+    return f"{name.decode('latin-1')} says {'https' if secure else 'http'}"
 
 
 def _scheme(scope: dict, secure: bool) -> str:
@@ -404,8 +414,13 @@ def _parse_forwarded(text: str) -> list[dict[str, str] | None]:
     return elements
 
 
+# Shared results: callers must not modify them.
+_parse_forwarded_cached = functools.lru_cache(maxsize=1024)(_parse_forwarded)
+
+
 def _apply_forwarded(scope: dict, value: bytes, trust: ProxyTrust) -> None:
-    elements = _parse_forwarded(value.decode("latin-1"))
+    text = value.decode("latin-1")
+    elements = _parse_forwarded_cached(text) if len(text) <= _MAX_CACHED_VALUE else _parse_forwarded(text)
     element, client = _select_forwarded_element(elements, trust)
     if element is None:
         return

@@ -23,7 +23,11 @@ _MAX_REASON = 300  # longest app text kept in a one-line reason; the full text i
 
 
 class LifespanFailure(Exception):
-    """Lifespan startup failed. `str(error)` is one line saying why (`lifespan startup failed: ...`)."""
+    """Lifespan startup failed.
+
+    `str(error)` is one line saying why ("RuntimeError: database unreachable", or the app's own
+    `lifespan.startup.failed` message); the caller frames it ("application startup failed: ...").
+    """
 
 
 @dataclass(frozen=True)
@@ -109,7 +113,7 @@ class Lifespan:
             reason = f"the app does not support the ASGI lifespan protocol ({reason}) and lifespan is 'on'"
         if outcome.exc is not None or outcome.detail:  # the one-line reason is the caller's to report
             self._log_failure("startup", reason, outcome)
-        raise LifespanFailure(f"lifespan startup failed: {reason}")
+        raise LifespanFailure(reason)
 
     async def shutdown(self) -> None:
         """Send `lifespan.shutdown`, wait for the answer, and end the app's lifespan task.
@@ -228,7 +232,7 @@ class Lifespan:
             _resolve(shutdown, ending)
         elif not startup.done():
             _resolve(startup, self._startup_ending(exc))
-        elif not shutdown.done() and self._startup_answered and startup.result().kind == "complete":
+        elif not shutdown.done() and _completed(startup):
             _resolve(shutdown, self._shutdown_ending(exc))
         elif exc is not None:
             # Typically Starlette re-raising after it sent '...failed': that failure is already reported.
@@ -279,6 +283,10 @@ def _one_line(text: str) -> str:
 def _describe(exc: BaseException) -> str:
     text = _one_line(str(exc))
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _completed(future: asyncio.Future[_Outcome]) -> bool:
+    return future.done() and not future.cancelled() and future.result().kind == "complete"
 
 
 def _resolve(future: asyncio.Future[Any] | None, value: Any) -> None:
