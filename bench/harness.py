@@ -461,10 +461,10 @@ def wait_for_quiet(args: argparse.Namespace) -> None:
             return
 
 
-def measure(server: RunningServer, test: str, args: argparse.Namespace, warm_up: bool) -> Row:
+def measure(server: RunningServer, test: str, args: argparse.Namespace) -> Row:
     path = "/echo" if test == "echo" else f"/{test.split('+')[0]}"
     url = server.url(path)
-    if warm_up and args.warmup > 0:
+    if args.warmup > 0:
         run_wrk(wrk_command(args, url, test, args.warmup), args.warmup)
     wait_for_quiet(args)
     pids = process_tree(server.process.pid)
@@ -488,16 +488,6 @@ def measure(server: RunningServer, test: str, args: argparse.Namespace, warm_up:
         other_cpu_percent=100.0 * others_seconds / result.seconds if args.server_cpu is not None else None,
         requests=result.requests, errors=result.errors,
     )
-
-
-def measure_repeated(server: RunningServer, test: str, args: argparse.Namespace) -> Row:
-    """The run with the median req/s out of --repeat runs; the spread goes into the row's note."""
-    runs = [measure(server, test, args, warm_up=(attempt == 0)) for attempt in range(args.repeat)]
-    runs.sort(key=lambda row: row.rps or 0.0)
-    chosen = runs[len(runs) // 2]
-    if len(runs) > 1:
-        chosen.notes.append("req/s of the runs: " + ", ".join(f"{row.rps:,.0f}" for row in runs))
-    return chosen
 
 
 def worker_and_master(server: RunningServer) -> tuple[int, int | None]:
@@ -541,7 +531,7 @@ def _measure_all(server: RunningServer, tests: list[str], args: argparse.Namespa
             rows.append(Row(server.spec.name, test, status=str(wrong[test.split("+")[0]])))
             continue
         try:
-            rows.append(measure_repeated(server, test, args))
+            rows.append(measure(server, test, args))
         except (RuntimeError, ValueError, subprocess.TimeoutExpired) as error:
             rows.append(Row(server.spec.name, test, status=f"failed: {error}"[:200]))
         if server.process.poll() is not None:
@@ -661,16 +651,18 @@ TARGETS = (
 )
 
 
+def _verdict(outcome: tuple[str, bool] | None) -> str:
+    if outcome is None:
+        return "not measured"
+    return ("PASS" if outcome[1] else "FAIL") + f"  {outcome[0]}"
+
+
 def target_lines(rows: list[Row]) -> list[str]:
     by_key = {(row.server, row.test): row for row in rows if row.status == "ok"}
     lines = []
     for target in TARGETS:
         outcome = target.check(by_key)
-        if outcome is None:
-            verdict = "not measured"
-        else:
-            verdict = ("PASS" if outcome[1] else "FAIL") + f"  {outcome[0]}"
-        lines.append(f"{target.what}: {verdict}")
+        lines.append(f"{target.what}: {_verdict(outcome)}")
     return lines
 
 
@@ -692,8 +684,23 @@ def environment_facts() -> dict[str, str]:
         "python": platform.python_version(),
         "wrk": (wrk.stdout or wrk.stderr).splitlines()[0].strip() if (wrk.stdout or wrk.stderr) else "?",
     }
+    facts["corral source"] = corral_revision()
     facts.update({name: package_version(name) for name in PACKAGES})
     return facts
+
+
+def corral_revision() -> str:
+    """The commit the measured corral was built from, and whether the tree had changes on top."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              timeout=10, cwd=REPO_ROOT)
+        changes = subprocess.run(["git", "status", "--porcelain", "--", "src"], capture_output=True,
+                                 text=True, timeout=10, cwd=REPO_ROOT)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    if head.returncode != 0:
+        return "no commit yet" + (" (uncommitted sources)" if changes.stdout.strip() else "")
+    return f"commit {head.stdout.strip()}" + (" + uncommitted changes" if changes.stdout.strip() else "")
 
 
 def how_it_ran(args: argparse.Namespace) -> str:
@@ -701,6 +708,7 @@ def how_it_ran(args: argparse.Namespace) -> str:
         f"wrk -t{args.threads} -c{args.connections} -d{args.duration:g}s --latency after a {args.warmup:g}s "
         f"warm-up; server pinned to CPU {args.server_cpu}, wrk to CPU {args.client_cpu}, on 127.0.0.1; "
         f"access logs of the plaintext+log rows written in {args.access_log_dir}"
+        + (f"; each row is the median of {args.repeat} rounds over all servers" if args.repeat > 1 else "")
     )
 
 
@@ -725,6 +733,7 @@ def markdown_report(rows: list[Row], facts: dict[str, str], args: argparse.Names
     return "\n".join([
         "# Benchmark results", "",
         f"Run on {facts['date']} with `bench/run` ({how_it_ran(args)}).", "",
+        *([args.remark, ""] if args.remark else []),
         "## Machine and versions", "",
         *(f"- {key}: {value}" for key, value in facts.items() if key != "date"), "",
         "## Table", "",
@@ -764,7 +773,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--duration", type=int, default=10, help="seconds per measured run (10)")
     parser.add_argument("--warmup", type=int, default=2, help="seconds of warm-up before each run (2)")
     parser.add_argument("--repeat", type=int, default=1,
-                        help="measured runs per test; the table shows the median by req/s (1)")
+                        help="rounds over all servers; each row is the round with the median req/s (1)")
     parser.add_argument("--connections", type=int, default=64, help="wrk connections (64)")
     parser.add_argument("--threads", type=int, default=1, help="wrk threads (1)")
     parser.add_argument("--only", default=",".join(SERVERS), help="servers, comma separated: %(default)s")
@@ -779,6 +788,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=BENCH_DIR / "out", help="logs and raw results")
     parser.add_argument("--access-log-dir", type=Path, default=_default_access_log_dir(),
                         help="where the access-log pass writes its logs (default: %(default)s)")
+    parser.add_argument("--remark", default="", help="a paragraph to put at the top of the report")
     parser.add_argument("--write-results", metavar="FILE", help="also write the markdown report to FILE")
     args = parser.parse_args(argv)
     args.only = _choices(args.only, SERVERS, parser, "--only")
@@ -818,8 +828,19 @@ def check_cores(args: argparse.Namespace) -> None:
 
 
 def run_all(args: argparse.Namespace) -> tuple[list[Row], dict[str, str]]:
-    rows: list[Row] = []
+    runs: list[Row] = []
     failures: dict[str, str] = {}
+    for round_number in range(1, args.repeat + 1):
+        if args.repeat > 1:
+            print(f"bench: round {round_number} of {args.repeat}", file=sys.stderr, flush=True)
+        runs += run_round(args, failures)
+    rows = median_rows(runs)
+    add_ratios(rows)
+    return rows, failures
+
+
+def run_round(args: argparse.Namespace, failures: dict[str, str]) -> list[Row]:
+    rows: list[Row] = []
     for name in args.only:
         print(f"bench: {SERVERS[name].describe} ...", file=sys.stderr, flush=True)
         server_rows, tail = run_server(SERVERS[name], args.tests, args, access_log=None)
@@ -829,8 +850,26 @@ def run_all(args: argparse.Namespace) -> tuple[list[Row], dict[str, str]]:
     if not args.no_access_log_pass and "plaintext" in args.tests:
         for name in (n for n in ACCESS_LOG_SERVERS if n in args.only):
             rows += run_access_log_pass(SERVERS[name], args, failures)
-    add_ratios(rows)
-    return rows, failures
+    return rows
+
+
+def median_rows(runs: list[Row]) -> list[Row]:
+    """One row per (server, test): the run with the median req/s; the spread goes into its notes."""
+    grouped: dict[tuple[str, str], list[Row]] = {}
+    for row in runs:
+        grouped.setdefault((row.server, row.test), []).append(row)
+    chosen = []
+    for group in grouped.values():
+        measured = sorted((row for row in group if row.status == "ok"), key=lambda row: row.rps or 0.0)
+        if not measured:
+            chosen.append(group[0])
+            continue
+        median = measured[len(measured) // 2]
+        if len(group) > 1:
+            spread = ", ".join(f"{row.rps:,.0f}" if row.status == "ok" else row.status for row in group)
+            median.notes.append(f"req/s of the {len(group)} rounds: {spread}")
+        chosen.append(median)
+    return chosen
 
 
 def run_access_log_pass(spec: ServerSpec, args: argparse.Namespace, failures: dict[str, str]) -> list[Row]:

@@ -92,6 +92,9 @@ FLUSH_THRESHOLD = 64 * 1024
 _UNWRITTEN_LIMIT = 1024 * 1024
 # Several workers share one stdout pipe: a write of at most PIPE_BUF bytes is never interleaved with another.
 _PIPE_BUF = getattr(os, "PIPE_BUF", None) or 4096
+# The process's stdout itself, not sys.stdout: that may be replaced or buffered by the app; lines written
+# straight to the descriptor never wait in, or mix with, Python's text buffer.
+_STDOUT_FD = 1
 
 Render = Callable[[dict, int, "list[tuple[bytes, bytes]] | None", "int | None", int], str]
 
@@ -131,7 +134,7 @@ class AccessLog:
             return None
         render = compile_access_log_format(access_log_format)
         if accesslog == "-":
-            return cls(render, sys.stdout.fileno() if _has_real_stdout() else 1)
+            return cls(render, _STDOUT_FD)
         return cls(render, _open_append(accesslog), path=accesslog)
 
     def log(
@@ -142,6 +145,7 @@ class AccessLog:
         response_length: int | None,
         request_time_ns: int,
     ) -> None:
+        """Buffer one request's line; `request_time_ns` is from request start to response end."""
         line = self._render(scope, status, response_headers, response_length, request_time_ns)
         self._lines.append(line)
         self._size += len(line)
@@ -210,14 +214,6 @@ class AccessLog:
         self._lines.clear()
         self._size = 0
         self._unwritten = b""
-
-
-def _has_real_stdout() -> bool:
-    try:
-        sys.stdout.fileno()
-    except (AttributeError, OSError, ValueError):
-        return False
-    return True
 
 
 def _open_append(path: str) -> int:
@@ -353,8 +349,8 @@ def _protocol(scope: dict) -> str:
 
 def _request_line(scope: dict) -> str:
     target = scope.get("raw_path")
-    if target is None:
-        target = _raw_path(scope)
+    if target is None:  # raw_path is optional in ASGI
+        target = scope.get("path", "").encode("utf-8")
     query = scope.get("query_string")
     if query:
         target += b"?" + query
@@ -379,21 +375,17 @@ def _decimal_seconds(nanoseconds: int) -> str:
     return f"{nanoseconds // 1_000_000_000}.{nanoseconds // 1000 % 1_000_000:06d}"
 
 
-def _pick_request_headers(
-    headers: Iterable[tuple[bytes, bytes]], names: frozenset[bytes]
-) -> dict[bytes, bytes]:
-    picked: dict[bytes, bytes] = {}
-    for name, value in headers:
-        if name in names:
-            picked[name] = picked[name] + b"," + value if name in picked else value
-    return picked
-
-
 def _pick_response_headers(
     headers: Iterable[tuple[bytes, bytes]] | None, names: frozenset[bytes]
 ) -> dict[bytes, bytes]:
-    # Apps may send response header names in any case; request names arrive lower-cased from the parser.
-    return _pick_request_headers(((name.lower(), value) for name, value in headers or ()), names)
+    """The named response headers, repeats joined with ","; names compared lower-cased, as apps may send
+    them in any case (request header names already arrive lower-cased from the parser)."""
+    picked: dict[bytes, bytes] = {}
+    for name, value in headers or ():
+        name = name.lower()
+        if name in names:
+            picked[name] = picked[name] + b"," + value if name in picked else value
+    return picked
 
 
 # ---------------------------------------------------------------------------------------- format compiler
@@ -438,7 +430,6 @@ _HELPERS = {
     "_basic_auth_user": _basic_auth_user,
     "_clf_now": _clf_now,
     "_decimal_seconds": _decimal_seconds,
-    "_pick_request_headers": _pick_request_headers,
     "_pick_response_headers": _pick_response_headers,
     "_pid_label": _pid_label,
     "_protocol": _protocol,
@@ -464,7 +455,7 @@ def compile_access_log_format(access_log_format: str) -> Render:
     )
     expressions = []
     for atom in atoms:
-        header = atom.request_header or atom.response_header
+        header = atom.request_header if atom.request_header is not None else atom.response_header
         if header is None:
             expressions.append(atom.expression)
             continue
@@ -473,7 +464,7 @@ def compile_access_log_format(access_log_format: str) -> Render:
         namespace[bound_name] = header
         expressions.append(atom.expression.format(header=bound_name))
     body = ["def render(scope, status, response_headers, response_length, request_time_ns):"]
-    if request_names:  # the loop of _pick_request_headers, inlined: this runs for every request
+    if request_names:  # inlined rather than a helper call: this loop runs for every request
         body += [
             "    request_headers = {}",
             '    for name, value in scope["headers"]:',

@@ -46,9 +46,7 @@ async def _start(send: Any, status: int = 200, headers: list[tuple[bytes, bytes]
 
 
 async def _answer(send: Any, body: bytes, status: int = 200, content_type: bytes = b"text/plain") -> None:
-    await _start(
-        send, status, [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
-    )
+    await _start(send, status, [(b"content-type", content_type), (b"content-length", str(len(body)).encode())])
     await send({"type": "http.response.body", "body": body})
 
 

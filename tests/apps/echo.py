@@ -71,6 +71,9 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if scope["type"] != "http":
         return
     body = await _read_body(receive)
+    if b"mutate_state" in scope["query_string"] and "state" in scope:
+        # Tests prove that what one request does to its state is invisible to the next.
+        scope["state"]["mutated_by_request"] = True
     payload = json.dumps(_describe(scope, body)).encode("ascii")
     await send(
         {

@@ -31,6 +31,7 @@ __all__ = [
     "free_port",
     "parse_responses",
     "raw_request",
+    "read_to_eof",
     "refused",
     "wait_until",
 ]
@@ -121,8 +122,8 @@ class Server:
         return self.returncode
 
 
-def _spawn(app: str, args: Sequence[str], log_dir: Path, port: int | None = None) -> Server:
-    port = port or free_port()
+def _spawn(app: str, args: Sequence[str], log_dir: Path, app_dir: Path = REPO_ROOT) -> Server:
+    port = free_port()
     log_dir.mkdir(parents=True, exist_ok=True)
     stem = f"corral-{port}-{time.monotonic_ns()}"
     stderr_path = log_dir / f"{stem}.stderr"
@@ -130,7 +131,7 @@ def _spawn(app: str, args: Sequence[str], log_dir: Path, port: int | None = None
     command = [
         sys.executable, "-m", "corral", app,
         "--bind", f"127.0.0.1:{port}",
-        "--app-dir", str(REPO_ROOT),
+        "--app-dir", str(app_dir),
         *args,
     ]  # fmt: skip
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -147,8 +148,7 @@ def _wait_ready(server: Server) -> None:
     while time.monotonic() < deadline:
         if server.proc.poll() is not None:
             raise RuntimeError(
-                f"corral exited with {server.proc.returncode} before accepting connections:\n"
-                + server.stderr_text()
+                f"corral exited with {server.proc.returncode} before accepting connections:\n" + server.stderr_text()
             )
         if server.accepts_connections():
             return
@@ -164,8 +164,9 @@ class ServerFactory:
         self._log_dir = log_dir
         self._servers: list[Server] = []
 
-    def __call__(self, app: str, *args: str, wait_ready: bool = True) -> Server:
-        server = _spawn(app, args, self._log_dir)
+    def __call__(self, app: str, *args: str, wait_ready: bool = True, app_dir: Path = REPO_ROOT) -> Server:
+        """Start `corral APP --bind 127.0.0.1:<free port> --app-dir DIR *args`; wait until it accepts."""
+        server = _spawn(app, args, self._log_dir, app_dir)
         self._servers.append(server)
         if wait_ready:
             _wait_ready(server)
@@ -435,11 +436,17 @@ def _read_to_eof(sock: socket.socket, timeout: float) -> tuple[bytes, bool, bool
     return b"".join(chunks), False, False
 
 
+def read_to_eof(sock: socket.socket, timeout: float = READ_TIMEOUT) -> tuple[bytes, bool]:
+    """Everything the peer sends until it closes or `timeout` passes, and whether it closed."""
+    data, closed, _ = _read_to_eof(sock, timeout)
+    return data, closed
+
+
 def exchange(port: int, data: bytes, *, shut_wr: bool = False, timeout: float = READ_TIMEOUT) -> Exchange:
     """Send `data` on a fresh connection and read until the server closes it or `timeout` passes."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-        # The server may reject and close before the whole request is written.
-        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+        # The server may reject and close (or stop reading) before the whole request is written.
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError, TimeoutError):
             sock.sendall(data)
         if shut_wr:
             with contextlib.suppress(OSError):

@@ -150,9 +150,7 @@ def expected_headers(request: dict[str, Any]) -> list[tuple[bytes, bytes]]:
 
 # Corral passes underscore header names through (module docstring); gunicorn's expectation drops them.
 HEADERS_AS_SENT: dict[str, list[list[tuple[bytes, bytes]]]] = {
-    "valid/040": [
-        [(b"transfer_encoding", b"tricked"), (b"content-length", b"7"), (b"content_length", b"-1E23")]
-    ],
+    "valid/040": [[(b"transfer_encoding", b"tricked"), (b"content-length", b"7"), (b"content_length", b"-1E23")]],
 }
 
 
@@ -260,9 +258,7 @@ def check_echo(response: Response, request: dict[str, Any], headers: list[tuple[
     assert echo["body"] == base64.b64decode(request["body_b64"])
 
 
-def check_echoed(
-    result: Exchange, requests: list[dict[str, Any]], headers: list[list[tuple[bytes, bytes]]]
-) -> None:
+def check_echoed(result: Exchange, requests: list[dict[str, Any]], headers: list[list[tuple[bytes, bytes]]]) -> None:
     responses = result.responses()
     assert result.closed, "the sentinel asked for Connection: close, yet the connection stayed open"
     closes = closes_after(requests[-1])
@@ -365,14 +361,10 @@ CORE_INVALID = [
     if case_id not in INVALID_ACCEPTED_BY_POLICY and not is_config_case(CASES[case_id])
 ]
 STRICT_VALID = ids_where(
-    lambda c: (
-        c["kind"] == "valid" and c["id"] not in CORE_VALID and not is_config_case(c) and strict_reasons(c)
-    )
+    lambda c: c["kind"] == "valid" and c["id"] not in CORE_VALID and not is_config_case(c) and strict_reasons(c)
 )
 NO_HOST_VALID = ids_where(
-    lambda c: (
-        c["kind"] == "valid" and not is_config_case(c) and "http11-no-host" in c["strict_may_reject_because"]
-    )
+    lambda c: c["kind"] == "valid" and not is_config_case(c) and "http11-no-host" in c["strict_may_reject_because"]
 )
 CONFIG_CASES = ids_where(is_config_case)
 
@@ -396,9 +388,7 @@ def test_core_valid_request_reaches_the_app_exactly(corpus_server: Server, case_
 
 
 @pytest.mark.parametrize("case_id", CORE_INVALID)
-def test_core_invalid_request_is_refused_and_the_connection_closed(
-    corpus_server: Server, case_id: str
-) -> None:
+def test_core_invalid_request_is_refused_and_the_connection_closed(corpus_server: Server, case_id: str) -> None:
     case = CASES[case_id]
     truncated = case_id in TRUNCATED_CASES
     result = exchange(corpus_server.port, request_bytes(case), shut_wr=truncated)
@@ -415,9 +405,7 @@ def test_strictly_refusable_valid_request_gets_the_policy_status(corpus_server: 
 
 
 @pytest.mark.parametrize("case_id", NO_HOST_VALID)
-def test_no_host_case_with_host_added_is_judged_by_its_other_reasons(
-    corpus_server: Server, case_id: str
-) -> None:
+def test_no_host_case_with_host_added_is_judged_by_its_other_reasons(corpus_server: Server, case_id: str) -> None:
     case = CASES[case_id]
     data = with_host_added(case)
     reasons = [r for r in strict_reasons(case) if r != "http11-no-host"]
@@ -467,9 +455,7 @@ def test_case_with_a_limit_setting_runs_with_corrals_equivalent(configured_serve
         if reasons:
             check_rejected(exchange(server.port, request_bytes(case)), rejection_statuses(case, reasons))
             return
-        check_echoed(
-            replay_valid(server, request_bytes(case)), requests, [expected_headers(r) for r in requests]
-        )
+        check_echoed(replay_valid(server, request_bytes(case)), requests, [expected_headers(r) for r in requests])
         return
     check_rejected(exchange(server.port, request_bytes(case)), invalid_statuses(case))
 

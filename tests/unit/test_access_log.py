@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import corral.logging as corral_logging
 from corral.logging import (
@@ -168,9 +170,7 @@ def test_t_shows_the_local_utc_offset(frozen_utc):
 def test_t_is_formatted_once_per_second(frozen_utc, monkeypatch):
     formatted = []
     original = corral_logging._format_clf
-    monkeypatch.setattr(
-        corral_logging, "_format_clf", lambda second: formatted.append(second) or original(second)
-    )
+    monkeypatch.setattr(corral_logging, "_format_clf", lambda second: formatted.append(second) or original(second))
     compiled = compile_access_log_format("%(t)s")
     first = compiled(make_scope(), 200, [], 0, 0)
     frozen_utc(EPOCH + 0.75)
@@ -279,14 +279,15 @@ def test_request_header_atoms_ignore_name_case_and_join_repeats():
 
 def test_response_header_atoms_ignore_name_case():
     headers = [(b"Content-Type", b"text/plain"), (b"x-cache", b"HIT")]
-    assert (
-        render("%({content-type}o)s %({X-Cache}o)s %({etag}o)s", response_headers=headers)
-        == "text/plain HIT -"
-    )
+    assert render("%({content-type}o)s %({X-Cache}o)s %({etag}o)s", response_headers=headers) == "text/plain HIT -"
 
 
 def test_environment_atoms_and_unknown_atoms_are_dash():
-    assert render("%({HOME}e)s %(zz)s %({x}z)s %(R)s") == "- - - -"
+    assert render("%({HOME}e)s %(zz)s %({x}z)s %(R)s %()s") == "- - - - -"
+
+
+def test_header_atom_with_an_empty_name_is_dash():
+    assert render("%({}i)s %({}o)s") == "- -"
 
 
 # ---------------------------------------------------------------------------------------- escaping
@@ -329,6 +330,17 @@ def test_response_header_values_are_escaped():
     assert render("%({location}o)s", response_headers=[(b"location", b"/x\r\ny")]) == "/x\\x0D\\x0Ay"
 
 
+@settings(max_examples=300, deadline=None)
+@given(agent=st.binary(max_size=60), path=st.binary(max_size=30), query=st.binary(max_size=30))
+def test_any_request_bytes_give_one_printable_line_with_intact_quotes(agent, path, query):
+    scope = make_scope(raw_path=b"/" + path, query_string=query, headers=[(b"user-agent", agent)])
+    line = render('"%(r)s" "%(a)s"', scope)
+    assert line.isprintable()
+    fields = re.fullmatch(r'"((?:[^"\\]|\\.)*)" "((?:[^"\\]|\\.)*)"', line)
+    assert fields is not None, line
+    assert fields[1].startswith("GET /")
+
+
 # ---------------------------------------------------------------------------------- the format itself
 
 
@@ -355,10 +367,7 @@ def test_gunicorn_default_format_for_a_bare_request(frozen_utc):
 
 
 def test_deployment_guide_format_with_a_unicode_unit():
-    assert (
-        render(GUIDE_FORMAT, request_time_ns=2_345_678)
-        == '203.0.113.7 "GET /items?page=2 HTTP/1.1" 200 1234 2345μs'
-    )
+    assert render(GUIDE_FORMAT, request_time_ns=2_345_678) == '203.0.113.7 "GET /items?page=2 HTTP/1.1" 200 1234 2345μs'
 
 
 def test_conversion_flags_and_percent_signs_work_like_python_formatting():
@@ -391,9 +400,7 @@ def test_format_with_only_status_reads_nothing_else():
 def test_format_without_header_atoms_never_walks_the_headers():
     compiled = compile_access_log_format(GUIDE_FORMAT)
     scope = make_scope(headers=Untouchable())
-    assert (
-        compiled(scope, 200, Untouchable(), 10, 1000) == '203.0.113.7 "GET /items?page=2 HTTP/1.1" 200 10 1μs'
-    )
+    assert compiled(scope, 200, Untouchable(), 10, 1000) == '203.0.113.7 "GET /items?page=2 HTTP/1.1" 200 10 1μs'
 
 
 def test_default_format_never_walks_the_response_headers():
@@ -443,9 +450,7 @@ def test_file_is_appended_to_and_written_as_utf8(tmp_path):
     access_log = AccessLog.open(str(path), GUIDE_FORMAT)
     access_log.log(make_scope(), 200, [], 1234, 2_345_678)
     access_log.close()
-    assert (
-        path.read_text("utf-8") == 'earlier line\n203.0.113.7 "GET /items?page=2 HTTP/1.1" 200 1234 2345μs\n'
-    )
+    assert path.read_text("utf-8") == 'earlier line\n203.0.113.7 "GET /items?page=2 HTTP/1.1" 200 1234 2345μs\n'
 
 
 def test_a_full_buffer_is_flushed_without_waiting(tmp_path):
@@ -493,9 +498,7 @@ def test_writes_to_a_pipe_are_whole_lines_of_at_most_pipe_buf(monkeypatch):
     read_end, write_end = os.pipe()
     writes = []
     real_write = os.write
-    monkeypatch.setattr(
-        corral_logging.os, "write", lambda fd, data: writes.append(bytes(data)) or real_write(fd, data)
-    )
+    monkeypatch.setattr(corral_logging.os, "write", lambda fd, data: writes.append(bytes(data)) or real_write(fd, data))
     access_log = AccessLog(compile_access_log_format("%(s)s %({x-pad}i)s"), write_end)
     lines = [b"200 " + bytes([97 + i % 26]) * (30 + i * 7 % 300) for i in range(150)]
     long_line = b"200 " + b"L" * (corral_logging._PIPE_BUF + 100)

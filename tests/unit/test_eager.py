@@ -28,7 +28,7 @@ def run(coro_fn: Any) -> list[BaseException | None]:
             done.set_result(None)
 
         # Called from a plain callback, as the protocol does, not from inside a task.
-        loop.call_soon(eager.run_eagerly, loop, coro_fn(), on_done)
+        loop.call_soon(eager.run_eagerly, loop, coro_fn(), on_done, contextvars.copy_context())
         await asyncio.wait_for(done, 5)
         await asyncio.sleep(0)
 

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import ipaddress
+import re
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from corral.http.errors import BadRequest
 from corral.http.proxy import (
@@ -180,6 +185,7 @@ def test_forwarded_address_forms(value, client):
         b"[203.0.113.7]",
         b"1.2.3.4\r\nX-Injected: 1",
         b"9" * 100,
+        b"203.0.113.7:_<script>",
     ],
 )
 def test_unreadable_hop_leaves_the_client_unchanged(value):
@@ -204,9 +210,7 @@ def test_repeated_header_lines_are_joined_in_order():
 
 def test_same_header_value_gives_the_same_client_on_every_request():
     trust = trust_of()
-    clients = {
-        proxied((b"x-forwarded-for", b"203.0.113.7, 10.0.0.2"), trust=trust)["client"] for _ in range(3)
-    }
+    clients = {proxied((b"x-forwarded-for", b"203.0.113.7, 10.0.0.2"), trust=trust)["client"] for _ in range(3)}
     assert clients == {("203.0.113.7", 0)}
 
 
@@ -248,9 +252,7 @@ def test_gunicorn_secure_scheme_headers(header, scheme):
 
 
 def test_agreeing_scheme_headers_are_accepted():
-    scope = proxied(
-        (b"x-forwarded-proto", b"https"), (b"x-forwarded-ssl", b"on"), (b"x-forwarded-protocol", b"ssl")
-    )
+    scope = proxied((b"x-forwarded-proto", b"https"), (b"x-forwarded-ssl", b"on"), (b"x-forwarded-protocol", b"ssl"))
     assert scope["scheme"] == "https"
 
 
@@ -316,9 +318,7 @@ def test_x_forwarded_host_replaces_the_host_header():
 
 
 def test_x_forwarded_host_is_added_when_the_request_had_no_host():
-    assert (
-        host_of(proxied((b"x-forwarded-host", b"www.example.com:8443"), host=None)) == b"www.example.com:8443"
-    )
+    assert host_of(proxied((b"x-forwarded-host", b"www.example.com:8443"), host=None)) == b"www.example.com:8443"
 
 
 @pytest.mark.parametrize(
@@ -530,3 +530,38 @@ def test_headers_that_are_not_proxy_headers_are_left_alone():
         (b"x-forwarded-for", b"203.0.113.7"),
         (b"user-agent", b"curl"),
     ]
+
+
+# ------------------------------------------------------------------------------------------ fuzzing
+
+_header_values = st.binary(max_size=80) | st.text(alphabet='for=_unknown;,"[]:. \\\t1234567890abcdef', max_size=80).map(
+    str.encode
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(sorted(PROXY_HEADER_NAMES)), _header_values), min_size=1, max_size=3))
+def test_any_header_values_yield_a_valid_scope_or_a_bad_request(headers):
+    try:
+        scope = proxied(*headers)
+    except ProxyHeaderError:
+        return
+    host, port = scope["client"]
+    assert scope["client"] == PEER or (ipaddress.ip_address(host) and 0 <= port <= 65535)
+    assert scope["scheme"] in ("http", "https")
+    assert re.fullmatch(rb"[A-Za-z0-9._~\[\]:-]+", host_of(scope))
+
+
+def test_remembered_decisions_still_follow_each_scopes_type():
+    trust = trust_of()
+    header = (b"x-forwarded-proto", b"https")
+    assert proxied(header, trust=trust)["scheme"] == "https"
+    assert proxied(header, trust=trust, scope_type="websocket")["scheme"] == "wss"
+    assert proxied(header, trust=trust)["scheme"] == "https"
+
+
+def test_conflicts_are_refused_on_every_request():
+    trust = trust_of()
+    for _ in range(3):
+        with pytest.raises(ProxyHeaderError):
+            proxied((b"x-forwarded-proto", b"http"), (b"x-forwarded-ssl", b"on"), trust=trust)

@@ -25,9 +25,17 @@ DoneCallback = Callable[[BaseException | None], None]
 _NATIVE_EAGER = sys.version_info >= (3, 12)
 
 
-def run_eagerly(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any], on_done: DoneCallback) -> None:
-    """Start `coro` now; `on_done(exc)` is called once it finishes (exc is None on success)."""
-    ctx = contextvars.copy_context()
+def run_eagerly(
+    loop: asyncio.AbstractEventLoop,
+    coro: Coroutine[Any, Any, Any],
+    on_done: DoneCallback,
+    ctx: contextvars.Context,
+) -> None:
+    """Start `coro` now in `ctx` (a fresh Context of its own); `on_done(exc)` is called once it finishes.
+
+    The caller passes the context rather than this copying the current one, because the current one
+    may belong to another request: the next pipelined request is started from the previous one's send.
+    """
     if _NATIVE_EAGER:
         task = asyncio.Task(coro, loop=loop, context=ctx, eager_start=True)  # type: ignore[call-arg]
         if task.done():

@@ -8,6 +8,7 @@ directions, and refusing bad requests with the right status and a close.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import re
 from collections import deque
@@ -30,7 +31,7 @@ from corral.http.errors import (
     URITooLong,
     error_response,
 )
-from corral.http.proxy import PROXY_HEADER_NAMES, ProxyHeaderError, ProxyTrust, apply_proxy_headers
+from corral.http.proxy import PROXY_HEADER_NAMES, ProxyTrust, apply_proxy_headers
 
 __all__ = ["H1Protocol", "ServerState"]
 
@@ -92,6 +93,8 @@ class ServerState:
         self.worker_connections = worker_connections
         self.app_state: dict[str, Any] = app_state if app_state is not None else {}
         self.connections: set[H1Protocol] = set()
+        # Each request runs in a copy of this, never of whatever context happens to be current.
+        self.base_context = contextvars.copy_context()
         self.draining = False
         self.clock = loop.time()
         self.server_line = f"server: {server_header}\r\n".encode("latin-1") if server_header else b""
@@ -101,7 +104,7 @@ class ServerState:
         self.watched = frozenset({_HOST, _EXPECT, _TRANSFER_ENCODING})
         if limit_request_body:
             self.watched |= {_CONTENT_LENGTH}
-        self.watched_trusted = self.watched | PROXY_HEADER_NAMES
+        self.watched_trusted = self.watched | (proxy_trust.header_names if proxy_trust else PROXY_HEADER_NAMES)
         self.tick()
 
     def tick(self) -> None:
@@ -378,10 +381,7 @@ class H1Protocol(asyncio.Protocol):
             "extensions": {},
         }
         if self.proxy_seen:
-            try:
-                apply_proxy_headers(scope, state.proxy_trust)  # type: ignore[arg-type]
-            except ProxyHeaderError as exc:
-                raise BadRequest(str(exc)) from None
+            apply_proxy_headers(scope, state.proxy_trust)  # type: ignore[arg-type]  # ProxyHeaderError is a 400
         return scope
 
     def on_body(self, body: bytes) -> None:
@@ -416,7 +416,8 @@ class H1Protocol(asyncio.Protocol):
             # More requests are pipelined behind this one: stop reading until we catch up.
             self.reading_paused = True
             self.transport.pause_reading()
-        run_eagerly(self.loop, self.app(item.scope, item.receive, item.send), item.app_finished)
+        coro = self.app(item.scope, item.receive, item.send)
+        run_eagerly(self.loop, coro, item.app_finished, self.state.base_context.copy())
 
     def body_consumed(self, cycle: RequestCycle) -> None:
         if self.reading_paused and cycle is self.cycle and len(self.queue) == 0 and not self.closing:
@@ -436,7 +437,7 @@ class H1Protocol(asyncio.Protocol):
         if cycle is not self.cycle:
             return
         self.cycle = None
-        if not cycle.keep_alive or cycle.more_body or self.closing:
+        if not cycle.keep_alive or cycle.more_body or self.closing or state.draining:
             # Close rather than read and discard an unread body: the client may never send it (no
             # 100 Continue was given) and the server should not spend effort on a body nobody wants.
             self._close()

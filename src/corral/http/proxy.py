@@ -62,9 +62,7 @@ _X_FORWARDED_NAMES = frozenset({_X_FORWARDED_FOR, _X_FORWARDED_PROTO, _X_FORWARD
 # The names for Gunicorn's default secure_scheme_headers; `ProxyTrust.header_names` is the exact set for a
 # configuration (it adds any custom secure scheme header names).
 PROXY_HEADER_NAMES: frozenset[bytes] = (
-    _X_FORWARDED_NAMES
-    | {_FORWARDED}
-    | {name.lower().encode("latin-1") for name in GUNICORN_SECURE_SCHEME_HEADERS}
+    _X_FORWARDED_NAMES | {_FORWARDED} | {name.lower().encode("latin-1") for name in GUNICORN_SECURE_SCHEME_HEADERS}
 )
 
 _SCHEME_IS_SECURE = {"http": False, "https": True, "ws": False, "wss": True}
@@ -72,12 +70,15 @@ _DEFAULT_PORT = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 # reg-name restricted to the characters real host names use, or a bracketed IPv6 literal; optional port.
 _VALID_HOST = re.compile(r"(?:[A-Za-z0-9._~-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
 _VALID_PORT = re.compile(r"[0-9]{1,5}")
+_OBFUSCATED_PORT = re.compile(r"_[A-Za-z0-9._-]+")  # RFC 7239 obfport
 # The longest address node: "[" + 45-character IPv6 + "]:65535". Longer text is garbage and is not cached.
 _MAX_NODE_LENGTH = 56
 _CACHE_LIMIT = 4096
 _MAX_CACHED_VALUE = 512
 
-_HopChoice = tuple[int, int, "tuple[str, int] | None"]
+# What a set of proxy header values means: (client, secure, host, port); None where they say nothing.
+_Outcome = tuple["tuple[str, int] | None", "bool | None", "str | None", "int | None"]
+_NO_OUTCOME: _Outcome = (None, None, None, None)
 
 
 class ProxyHeaderError(BadRequest):
@@ -89,8 +90,8 @@ class ProxyTrust:
 
     __slots__ = (
         "_decisions",
-        "_hop_choices",
         "_networks",
+        "_outcomes",
         "_secure_values",
         "_x_family_names",
         "header_names",
@@ -114,16 +115,14 @@ class ProxyTrust:
         self.header_names: frozenset[bytes] = self._x_family_names | {_FORWARDED}
         # Bounded caches, cleared when full: the same few proxies and clients repeat request after request.
         self._decisions: dict[str, bool] = {}
-        self._hop_choices: dict[bytes, _HopChoice] = {}
+        self._outcomes: dict[tuple[tuple[bytes, bytes], ...], _Outcome] = {}
 
     @classmethod
     def from_setting(
         cls, forwarded_allow_ips: str | Iterable[str], secure_scheme_headers: Mapping[str, str]
     ) -> ProxyTrust:
         """Parse Gunicorn's comma-separated `forwarded_allow_ips` ("*", addresses, CIDR networks)."""
-        entries = (
-            forwarded_allow_ips.split(",") if isinstance(forwarded_allow_ips, str) else forwarded_allow_ips
-        )
+        entries = forwarded_allow_ips.split(",") if isinstance(forwarded_allow_ips, str) else forwarded_allow_ips
         networks = []
         trust_all = False
         for entry in (text.strip() for text in entries):
@@ -147,19 +146,6 @@ class ProxyTrust:
             self._decisions[peer_host] = decision
         return decision
 
-    def _choose_hop(self, x_forwarded_for: bytes) -> _HopChoice:
-        """(hop index, hop count, (address, port) or None) for an X-Forwarded-For value; see `_select_hop`."""
-        choice = self._hop_choices.get(x_forwarded_for)
-        if choice is None:
-            hops = [hop.strip() for hop in x_forwarded_for.decode("latin-1").split(",")]
-            index, client = _select_hop(hops, self)
-            choice = (index, len(hops), client)
-            if len(x_forwarded_for) <= _MAX_CACHED_VALUE:
-                if len(self._hop_choices) >= _CACHE_LIMIT:
-                    self._hop_choices.clear()
-                self._hop_choices[x_forwarded_for] = choice
-        return choice
-
     def _match(self, peer_host: str) -> bool:
         try:
             address = ipaddress.ip_address(peer_host)
@@ -175,18 +161,31 @@ def _parse_network(entry: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
     try:
         return ipaddress.ip_network(entry, strict=False)
     except ValueError:
-        raise ValueError(
-            f"forwarded_allow_ips: {entry!r} is not '*', an IP address or a network (CIDR)"
-        ) from None
+        raise ValueError(f"forwarded_allow_ips: {entry!r} is not '*', an IP address or a network (CIDR)") from None
 
 
 def apply_proxy_headers(scope: dict, trust: ProxyTrust) -> None:
-    """Rewrite `client`, `scheme` and the Host header from a trusted proxy's headers (see module doc)."""
+    """Rewrite `client`, `scheme` and the Host header from a trusted proxy's headers (see module doc).
+
+    Raises ProxyHeaderError when the scheme headers contradict each other.
+    """
     found = _collect(scope["headers"], trust.header_names)
-    if not found.keys().isdisjoint(trust._x_family_names):
-        _apply_x_forwarded(scope, found, trust)
-    elif _FORWARDED in found:
-        _apply_forwarded(scope, found[_FORWARDED], trust)
+    # The same proxy sends the same header values for a client request after request: decide once.
+    key = tuple(found.items())
+    outcome = trust._outcomes.get(key)
+    if outcome is None:
+        outcome = _decide(found, trust)
+        if sum(len(value) for value in found.values()) <= _MAX_CACHED_VALUE:
+            if len(trust._outcomes) >= _CACHE_LIMIT:
+                trust._outcomes.clear()
+            trust._outcomes[key] = outcome
+    client, secure, host, port = outcome
+    if client is not None:
+        scope["client"] = client
+    if secure is not None:
+        scope["scheme"] = _scheme(scope, secure)
+    if host is not None or port is not None:
+        _rewrite_host(scope, host, port)
 
 
 def _collect(headers: Iterable[tuple[bytes, bytes]], names: frozenset[bytes]) -> dict[bytes, bytes]:
@@ -197,33 +196,30 @@ def _collect(headers: Iterable[tuple[bytes, bytes]], names: frozenset[bytes]) ->
     return found
 
 
-def _apply_x_forwarded(scope: dict, found: dict[bytes, bytes], trust: ProxyTrust) -> None:
+def _decide(found: dict[bytes, bytes], trust: ProxyTrust) -> _Outcome:
+    if not found.keys().isdisjoint(trust._x_family_names):
+        return _decide_x_forwarded(found, trust)
+    if _FORWARDED in found:
+        return _decide_forwarded(found[_FORWARDED], trust)
+    return _NO_OUTCOME
+
+
+def _decide_x_forwarded(found: dict[bytes, bytes], trust: ProxyTrust) -> _Outcome:
     hop_index: int | None = None
     hop_count = 0
+    client = None
     forwarded_for = found.get(_X_FORWARDED_FOR)
     if forwarded_for is not None:
-        hop_index, hop_count, client = trust._choose_hop(forwarded_for)
-        if client is not None:
-            scope["client"] = client
+        hops = [hop.strip() for hop in forwarded_for.decode("latin-1").split(",")]
+        hop_count = len(hops)
+        hop_index, client = _select_hop(hops, trust)
     secure = _secure_verdict(found, trust, hop_index, hop_count)
-    if secure is not None:
-        scope["scheme"] = _scheme(scope, secure)
-    if _X_FORWARDED_HOST in found or _X_FORWARDED_PORT in found:
-        _apply_forwarded_host(scope, found, hop_index, hop_count)
-
-
-def _apply_forwarded_host(
-    scope: dict, found: dict[bytes, bytes], hop_index: int | None, hop_count: int
-) -> None:
     host = _entry_for_hop(found.get(_X_FORWARDED_HOST), hop_index, hop_count)
     if host is not None and not _VALID_HOST.fullmatch(host):
         host = None
     port_text = _entry_for_hop(found.get(_X_FORWARDED_PORT), hop_index, hop_count)
     port = _parse_port(port_text) if port_text is not None else None
-    if port == 0:
-        port = None
-    if host is not None or port is not None:
-        _rewrite_host(scope, host, port)
+    return client, secure, host, port or None  # port 0 is not a port a client can have used
 
 
 def _select_hop(hops: list[str], trust: ProxyTrust) -> tuple[int, tuple[str, int] | None]:
@@ -247,9 +243,7 @@ def _entry_for_hop(value: bytes | None, hop_index: int | None, hop_count: int) -
     return None
 
 
-def _secure_verdict(
-    found: dict[bytes, bytes], trust: ProxyTrust, hop_index: int | None, hop_count: int
-) -> bool | None:
+def _secure_verdict(found: dict[bytes, bytes], trust: ProxyTrust, hop_index: int | None, hop_count: int) -> bool | None:
     """https (True) or http (False) as the scheme headers say, None if they say nothing usable."""
     verdict: bool | None = None
     decided_by = b""
@@ -274,9 +268,7 @@ def _secure_verdict(
     return verdict
 
 
-def _proto_verdict(
-    value: bytes, configured: str | None, hop_index: int | None, hop_count: int
-) -> bool | None:
+def _proto_verdict(value: bytes, configured: str | None, hop_index: int | None, hop_count: int) -> bool | None:
     proto = _entry_for_hop(value, hop_index, hop_count)
     if proto is None:
         return None
@@ -303,7 +295,11 @@ def _rewrite_host(scope: dict, host: str | None, port: int | None) -> None:
     headers = scope["headers"]
     if not isinstance(headers, list):
         headers = scope["headers"] = list(headers)
-    index = next((i for i, (name, _) in enumerate(headers) if name == b"host"), None)
+    index: int | None = None
+    for position, (name, _) in enumerate(headers):
+        if name == b"host":
+            index = position
+            break
     if host is None:
         if index is None:
             return  # a port alone has no Host to attach to
@@ -357,7 +353,7 @@ def _parse_node(text: str) -> tuple[str, int] | None:
         return str(address), 0
     if rest[0] != ":":
         return None
-    if rest.startswith(":_") and len(rest) > 2:
+    if _OBFUSCATED_PORT.fullmatch(rest, 1):
         return str(address), 0
     port = _parse_port(rest[1:])
     return None if port is None else (str(address), port)
@@ -414,24 +410,15 @@ def _parse_forwarded(text: str) -> list[dict[str, str] | None]:
     return elements
 
 
-# Shared results: callers must not modify them.
-_parse_forwarded_cached = functools.lru_cache(maxsize=1024)(_parse_forwarded)
-
-
-def _apply_forwarded(scope: dict, value: bytes, trust: ProxyTrust) -> None:
-    text = value.decode("latin-1")
-    elements = _parse_forwarded_cached(text) if len(text) <= _MAX_CACHED_VALUE else _parse_forwarded(text)
-    element, client = _select_forwarded_element(elements, trust)
+def _decide_forwarded(value: bytes, trust: ProxyTrust) -> _Outcome:
+    element, client = _select_forwarded_element(_parse_forwarded(value.decode("latin-1")), trust)
     if element is None:
-        return
-    if client is not None:
-        scope["client"] = client
+        return _NO_OUTCOME
     secure = _SCHEME_IS_SECURE.get(element.get("proto", "").lower())
-    if secure is not None:
-        scope["scheme"] = _scheme(scope, secure)
     host = element.get("host")
-    if host is not None and _VALID_HOST.fullmatch(host):
-        _rewrite_host(scope, host, None)
+    if host is not None and not _VALID_HOST.fullmatch(host):
+        host = None
+    return client, secure, host, None
 
 
 def _select_forwarded_element(
