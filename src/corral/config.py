@@ -875,9 +875,7 @@ class Config:
 
     app: str | None  # the positional APP, or wsgi_app from the config file
     app_source: str
-    sources: dict[
-        str, str
-    ]  # setting name -> "default" | "env VAR" | "config file PATH" | ... | "command line"
+    sources: dict[str, str]  # setting name -> "default" | "env VAR" | "config file PATH" | ... | "command line"
     config_file: str | None
     warnings: tuple[str, ...]  # one line each, for the CLI to print
 
@@ -994,9 +992,7 @@ def _add_option(group: Any, setting: Setting) -> None:
         group.add_argument(*setting.cli, action=action, metavar=setting.metavar or "VALUE", **common)
 
 
-_FLAG_TO_SETTING: Mapping[str, str] = types.MappingProxyType(
-    {flag: s.name for s in SETTINGS for flag in s.cli}
-)
+_FLAG_TO_SETTING: Mapping[str, str] = types.MappingProxyType({flag: s.name for s in SETTINGS for flag in s.cli})
 _EXTRA_FLAGS = ("-h", "--help", "-v", "--version")
 
 
@@ -1093,12 +1089,7 @@ def _import_module_settings(module_name: str) -> dict[str, Any]:
 
 def _looks_like_setting(name: str, value: Any) -> bool:
     """Module-level helpers in config files are normal; only plain lowercase data names deserve a warning."""
-    return (
-        name.islower()
-        and name.isidentifier()
-        and not callable(value)
-        and not isinstance(value, types.ModuleType)
-    )
+    return name.islower() and name.isidentifier() and not callable(value) and not isinstance(value, types.ModuleType)
 
 
 def _read_config_file(spec: str, cwd: str) -> _FileSettings:
@@ -1173,9 +1164,7 @@ def _check_supported(values: Mapping[str, Any], sources: Mapping[str, str]) -> N
         where = _given(setting, values[setting.name], sources[setting.name])
         if setting.unsupported is not None:
             raise ConfigError(f"{setting.name}: not supported ({setting.unsupported}); {where}")
-        raise ConfigError(
-            f"{setting.name}: not supported yet (planned in issue {setting.implemented_in}); {where}"
-        )
+        raise ConfigError(f"{setting.name}: not supported yet (planned in issue {setting.implemented_in}); {where}")
 
 
 def _split_cmd_args(environ: Mapping[str, str]) -> list[str]:

@@ -277,13 +277,9 @@ def _uncallable_factory(factory: Any, label: str, spec: _Spec, signature: inspec
 def _as_asgi3(obj: Any, label: str, module: str) -> ASGIApp:
     """Return `obj` as an ASGI 3 callable, or raise AppLoadError saying what it is instead."""
     if isinstance(obj, types.ModuleType):
-        raise AppLoadError(
-            f"{label} is a module, not an app; name the app inside it, e.g. '{obj.__name__}:app'"
-        )
+        raise AppLoadError(f"{label} is a module, not an app; name the app inside it, e.g. '{obj.__name__}:app'")
     if not callable(obj):
-        raise AppLoadError(
-            f"{label} is not an ASGI app: it is not callable (it is of type {type(obj).__name__})"
-        )
+        raise AppLoadError(f"{label} is not an ASGI app: it is not callable (it is of type {type(obj).__name__})")
     if inspect.isclass(obj):
         return _class_as_asgi3(obj, label)
     if inspect.isasyncgenfunction(_call_target(obj)):

@@ -23,9 +23,7 @@ _CONFIG_ENV = ("CORRAL_CMD_ARGS", "GUNICORN_CMD_ARGS", "PORT", "WEB_CONCURRENCY"
 _LINE = re.compile(r"^(\w+) *= (.*)  # (.*)$")
 
 
-def run_corral(
-    args: list[str], cwd: Path, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
+def run_corral(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     child_env = {k: v for k, v in os.environ.items() if k not in _CONFIG_ENV}
     child_env.update(env or {})
     return subprocess.run(
@@ -98,9 +96,7 @@ def test_config_error_happens_before_anything_is_bound(tmp_path):
 
 def test_config_file_syntax_error_names_the_file_and_line(tmp_path):
     (tmp_path / "broken.py").write_text("bind = '127.0.0.1:8000'\nworkers = (\n")
-    line = assert_one_error_line(
-        run_corral(["-c", "broken.py", "main:app"], tmp_path), "config file broken.py"
-    )
+    line = assert_one_error_line(run_corral(["-c", "broken.py", "main:app"], tmp_path), "config file broken.py")
     assert re.search(r"line \d+: syntax error", line)
 
 
@@ -116,9 +112,7 @@ def test_print_config_shows_values_and_where_each_came_from(tmp_path):
         )
     )
     env = {"CORRAL_CMD_ARGS": "--backlog 256 --root-path /api", "FORWARDED_ALLOW_IPS": "10.0.0.0/8"}
-    result = run_corral(
-        ["-c", "gunicorn.conf.py", "--print-config", "--root-path", "/v2", "main:app"], tmp_path, env
-    )
+    result = run_corral(["-c", "gunicorn.conf.py", "--print-config", "--root-path", "/v2", "main:app"], tmp_path, env)
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
     rows = printed_config(result.stdout)
@@ -149,14 +143,10 @@ def test_port_env_sets_bind_when_nothing_else_does(tmp_path):
 
 
 def test_unknown_names_in_a_config_file_are_warned_about(tmp_path):
-    (tmp_path / "c.py").write_text(
-        "import multiprocessing\ncores = multiprocessing.cpu_count()\nbacklog = 8\n"
-    )
+    (tmp_path / "c.py").write_text("import multiprocessing\ncores = multiprocessing.cpu_count()\nbacklog = 8\n")
     result = run_corral(["-c", "c.py", "--print-config", "main:app"], tmp_path)
     assert result.returncode == 0, result.stderr
-    assert result.stderr.splitlines() == [
-        "corral: warning: config file c.py: unknown setting 'cores' ignored"
-    ]
+    assert result.stderr.splitlines() == ["corral: warning: config file c.py: unknown setting 'cores' ignored"]
 
 
 def test_check_config_imports_the_app(tmp_path):

@@ -794,6 +794,4 @@ def test_empty_config_file_name_is_an_error():
 
 def test_hook_given_as_an_import_string_that_fails_is_a_bad_value(tmp_path):
     conf = write_config(tmp_path, "when_ready = 'no_such_module_for_corral.ready'\n")
-    assert load_error(["-c", str(conf)]).startswith(
-        "when_ready: cannot import 'no_such_module_for_corral.ready'"
-    )
+    assert load_error(["-c", str(conf)]).startswith("when_ready: cannot import 'no_such_module_for_corral.ready'")

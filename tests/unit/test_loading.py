@@ -76,9 +76,7 @@ def write_module(directory: Path, name: str, source: str) -> None:
 # ------------------------------------------------------------------------------------------------ ASGI 3
 
 
-@pytest.mark.parametrize(
-    "attribute", ["app", "asgi3_instance", "asgi3_partial", "partial_of_instance", "star_args"]
-)
+@pytest.mark.parametrize("attribute", ["app", "asgi3_instance", "asgi3_partial", "partial_of_instance", "star_args"])
 def test_asgi3_apps_are_returned_unchanged(attribute):
     app = load(f"loading_apps:{attribute}")
     assert app is getattr(sys.modules["loading_apps"], attribute)
@@ -222,9 +220,7 @@ def test_django_wsgi_handler_is_refused_pointing_at_asgi_py(tmp_path):
     handlers.mkdir(parents=True)
     for package in (tmp_path / "django", tmp_path / "django" / "core", handlers):
         (package / "__init__.py").write_text("")
-    write_module(
-        handlers, "wsgi", "class WSGIHandler:\n    def __call__(self, environ, start_response): ...\n"
-    )
+    write_module(handlers, "wsgi", "class WSGIHandler:\n    def __call__(self, environ, start_response): ...\n")
     (tmp_path / "mysite").mkdir()
     (tmp_path / "mysite" / "__init__.py").write_text("")
     write_module(

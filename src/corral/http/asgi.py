@@ -33,9 +33,7 @@ _SERVER = b"server"
 _DATE = b"date"
 _SPECIAL = frozenset({_CONTENT_LENGTH, _TRANSFER_ENCODING, _CONNECTION, _SERVER, _DATE})
 
-_STATUS_LINES: dict[int, bytes] = {
-    int(s): b"HTTP/1.1 %d %s\r\n" % (s, s.phrase.encode("ascii")) for s in HTTPStatus
-}
+_STATUS_LINES: dict[int, bytes] = {int(s): b"HTTP/1.1 %d %s\r\n" % (s, s.phrase.encode("ascii")) for s in HTTPStatus}
 
 # Framing of the response body.
 _LENGTH = 0  # Content-Length (given by the app or computed from a single body message)

@@ -72,7 +72,6 @@ def error_response(status: int, reason: str = "", server_headers: bytes = b"") -
     return (
         b"HTTP/1.1 %d %s\r\n" % (status, phrase.encode("ascii"))
         + server_headers
-        + b"content-type: text/plain; charset=utf-8\r\nconnection: close\r\ncontent-length: %d\r\n\r\n"
-        % len(payload)
+        + b"content-type: text/plain; charset=utf-8\r\nconnection: close\r\ncontent-length: %d\r\n\r\n" % len(payload)
         + payload
     )

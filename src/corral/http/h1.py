@@ -340,9 +340,7 @@ class H1Protocol(asyncio.Protocol):
             # A tunnel is not something an ASGI app can provide; a 2xx would tell the client it was open.
             raise NotImplementedCoding("CONNECT is not supported")
         scope = self._build_scope(method, version)
-        cycle = RequestCycle(
-            self, scope, parser.should_keep_alive(), self.expect_continue, method_bytes == b"HEAD"
-        )
+        cycle = RequestCycle(self, scope, parser.should_keep_alive(), self.expect_continue, method_bytes == b"HEAD")
         if self.state.access_log is not None:
             cycle.start_ns = perf_counter_ns()
         self.parsing = cycle
