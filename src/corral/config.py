@@ -19,20 +19,20 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from corral.master.sockets import parse_bind
+
 __all__ = [
     "CMD_ARGS_ENV",
     "DEFAULT_CONFIG_FILE",
     "SECTIONS",
     "SETTINGS",
     "SETTINGS_BY_NAME",
-    "BindAddress",
     "Config",
     "ConfigError",
     "Setting",
     "build_parser",
     "format_value",
     "load_config",
-    "parse_bind",
 ]
 
 CMD_ARGS_ENV = "CORRAL_CMD_ARGS"
@@ -307,90 +307,6 @@ def forwarded_ips(raw: Any) -> str:
         except ValueError:
             raise ValueError(f"{entry!r} is not an IP address, a network (CIDR) or '*'") from None
     return ",".join(entries)
-
-
-_HOSTNAME_RE = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9_])?$")
-_DEFAULT_PORT = 8000
-
-
-@dataclass(frozen=True)
-class BindAddress:
-    """A parsed `bind` value; str() gives the canonical form stored in Config.bind."""
-
-    kind: Literal["tcp", "unix", "fd"]
-    host: str = ""
-    port: int = 0
-    path: str = ""
-    fd: int = -1
-
-    def __str__(self) -> str:
-        if self.kind == "unix":
-            return f"unix:{self.path}"
-        if self.kind == "fd":
-            return f"fd://{self.fd}"
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
-
-
-def _parse_port(text: str, value: str) -> int:
-    if not text.isdigit() or not 0 <= int(text) <= 65535:
-        raise ValueError(f"port must be a number from 0 to 65535 in {value!r}")
-    return int(text)
-
-
-def _parse_host(host: str, value: str) -> str:
-    if not host:
-        return "0.0.0.0"
-    if re.fullmatch(r"[\d.]+", host):
-        try:
-            return str(ipaddress.IPv4Address(host))
-        except ValueError:
-            raise ValueError(f"{host!r} is not a valid IPv4 address in {value!r}") from None
-    if not _HOSTNAME_RE.match(host):
-        raise ValueError(f"{host!r} is not a valid host name or address in {value!r}")
-    return host.lower()
-
-
-def _parse_ipv6(text: str, value: str) -> str:
-    try:
-        return str(ipaddress.IPv6Address(text))
-    except ValueError:
-        raise ValueError(f"{text!r} is not a valid IPv6 address in {value!r}") from None
-
-
-def parse_bind(value: str) -> BindAddress:
-    """Parse HOST, HOST:PORT, [IPV6]:PORT, unix:PATH (or unix://PATH) or fd://N.
-
-    A bare HOST means port 8000; an empty host means 0.0.0.0; port 0 lets the kernel choose."""
-    text = value.strip()
-    if text.startswith(("unix://", "unix:")):
-        path = text[7:] if text.startswith("unix://") else text[5:]
-        if not path:
-            raise ValueError(f"unix socket address needs a path: {value!r}")
-        return BindAddress("unix", path=path)
-    if text.startswith("fd://"):
-        fd = text[5:]
-        if not fd.isdigit():
-            raise ValueError(f"fd://N needs a file descriptor number, got {value!r}")
-        return BindAddress("fd", fd=int(fd))
-    text = text.removeprefix("tcp://")
-    if not text:
-        raise ValueError("an empty address")
-    if text.startswith("["):
-        host, sep, rest = text[1:].partition("]")
-        if not sep:
-            raise ValueError(f"missing ']' in {value!r}")
-        if rest and not rest.startswith(":"):
-            raise ValueError(f"expected [IPV6]:PORT, got {value!r}")
-        port = _parse_port(rest[1:], value) if rest else _DEFAULT_PORT
-        return BindAddress("tcp", host=_parse_ipv6(host, value), port=port)
-    if text.count(":") > 1:
-        # "::1:80" is itself a valid IPv6 address, so without brackets the port would be a guess.
-        raise ValueError(f"write IPv6 addresses in brackets, e.g. [::1]:8000; got {value!r}")
-    host, sep, port_text = text.rpartition(":")
-    if not sep:
-        host, port_text = text, str(_DEFAULT_PORT)
-    return BindAddress("tcp", host=_parse_host(host, value), port=_parse_port(port_text, value))
 
 
 def bind_list(raw: Any) -> list[str]:

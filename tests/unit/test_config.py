@@ -13,12 +13,11 @@ from corral.config import (
     SECTIONS,
     SETTINGS,
     SETTINGS_BY_NAME,
-    BindAddress,
     Config,
     ConfigError,
     load_config,
-    parse_bind,
 )
+from corral.master.sockets import BindAddress, parse_bind
 
 # Gunicorn's documented settings (its settings page), every one of which corral must at least declare.
 GUNICORN_SETTINGS = [

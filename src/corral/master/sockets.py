@@ -3,58 +3,103 @@
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
+import re
 import socket
 import stat
 from dataclasses import dataclass
+from typing import Literal
 
-__all__ = ["BindError", "Listener", "create_listeners", "describe", "parse_bind"]
+__all__ = ["BindAddress", "BindError", "create_listeners", "describe", "parse_bind"]
 
 
-class BindError(Exception):
-    """A `bind` value that cannot be bound; str(e) is one line naming the address and the reason."""
+class BindError(ValueError):
+    """A `bind` value that cannot be parsed or bound; str(e) is one line naming the address and the reason."""
+
+
+_HOSTNAME_RE = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9_])?$")
+_DEFAULT_PORT = 8000
 
 
 @dataclass(frozen=True)
-class Listener:
-    """A parsed `bind` value: a TCP host and port, a unix socket path, or an inherited descriptor."""
+class BindAddress:
+    """A parsed `bind` value; str() gives the canonical form stored in Config.bind."""
 
-    kind: str  # "tcp" | "unix" | "fd"
+    kind: Literal["tcp", "unix", "fd"]
     host: str = ""
     port: int = 0
     path: str = ""
     fd: int = -1
 
+    def __str__(self) -> str:
+        if self.kind == "unix":
+            return f"unix:{self.path}"
+        if self.kind == "fd":
+            return f"fd://{self.fd}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
 
-def parse_bind(value: str) -> Listener:
-    if value.startswith("unix:"):
-        path = value[len("unix:") :]
-        if not path:
-            raise BindError(f"bind {value!r}: empty unix socket path")
-        return Listener("unix", path=path)
-    if value.startswith("fd://"):
+
+def _parse_port(text: str, value: str) -> int:
+    if not text.isdigit() or not 0 <= int(text) <= 65535:
+        raise BindError(f"port must be a number from 0 to 65535 in {value!r}")
+    return int(text)
+
+
+def _parse_host(host: str, value: str) -> str:
+    if not host:
+        return "0.0.0.0"
+    if re.fullmatch(r"[\d.]+", host):
         try:
-            return Listener("fd", fd=int(value[len("fd://") :]))
+            return str(ipaddress.IPv4Address(host))
         except ValueError:
-            raise BindError(f"bind {value!r}: fd:// needs a descriptor number") from None
-    if value.startswith("["):
-        host, sep, port = value[1:].partition("]")
-        if not sep:
-            raise BindError(f"bind {value!r}: missing ']' after the IPv6 address")
-        port = port.lstrip(":")
-    elif value.count(":") == 1:
-        host, _, port = value.partition(":")
-    elif ":" in value:
-        host, port = value, ""  # a bare IPv6 address
-    else:
-        host, port = value, ""
+            raise BindError(f"{host!r} is not a valid IPv4 address in {value!r}") from None
+    if not _HOSTNAME_RE.match(host):
+        raise BindError(f"{host!r} is not a valid host name or address in {value!r}")
+    return host.lower()
+
+
+def _parse_ipv6(text: str, value: str) -> str:
     try:
-        port_number = int(port) if port else 8000
+        return str(ipaddress.IPv6Address(text))
     except ValueError:
-        raise BindError(f"bind {value!r}: port {port!r} is not a number") from None
-    if not 0 <= port_number <= 65535:
-        raise BindError(f"bind {value!r}: port {port_number} is out of range")
-    return Listener("tcp", host=host or "0.0.0.0", port=port_number)
+        raise BindError(f"{text!r} is not a valid IPv6 address in {value!r}") from None
+
+
+def parse_bind(value: str) -> BindAddress:
+    """Parse HOST, HOST:PORT, [IPV6]:PORT, unix:PATH (or unix://PATH) or fd://N.
+
+    A bare HOST means port 8000; an empty host means 0.0.0.0; port 0 lets the kernel choose."""
+    text = value.strip()
+    if text.startswith(("unix://", "unix:")):
+        path = text[7:] if text.startswith("unix://") else text[5:]
+        if not path:
+            raise BindError(f"unix socket address needs a path: {value!r}")
+        return BindAddress("unix", path=path)
+    if text.startswith("fd://"):
+        fd = text[5:]
+        if not fd.isdigit():
+            raise BindError(f"fd://N needs a file descriptor number, got {value!r}")
+        return BindAddress("fd", fd=int(fd))
+    text = text.removeprefix("tcp://")
+    if not text:
+        raise BindError("an empty address")
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep:
+            raise BindError(f"missing ']' in {value!r}")
+        if rest and not rest.startswith(":"):
+            raise BindError(f"expected [IPV6]:PORT, got {value!r}")
+        port = _parse_port(rest[1:], value) if rest else _DEFAULT_PORT
+        return BindAddress("tcp", host=_parse_ipv6(host, value), port=port)
+    if text.count(":") > 1:
+        # "::1:80" is itself a valid IPv6 address, so without brackets the port would be a guess.
+        raise BindError(f"write IPv6 addresses in brackets, e.g. [::1]:8000; got {value!r}")
+    host, sep, port_text = text.rpartition(":")
+    if not sep:
+        host, port_text = text, str(_DEFAULT_PORT)
+    return BindAddress("tcp", host=_parse_host(host, value), port=_parse_port(port_text, value))
 
 
 def describe(sock: socket.socket) -> str:
@@ -80,7 +125,7 @@ def create_listeners(binds: list[str], backlog: int) -> list[socket.socket]:
     return sockets
 
 
-def _bind_one(value: str, listener: Listener, backlog: int) -> socket.socket:
+def _bind_one(value: str, listener: BindAddress, backlog: int) -> socket.socket:
     if listener.kind == "fd":
         try:
             sock = socket.socket(fileno=listener.fd)
