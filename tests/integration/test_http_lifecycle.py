@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import re
 import signal
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
+
+import httpx
 
 from tests.apps.behaviours import FIXED_BODY, startup_failure_message
 from tests.integration.conftest import Conn, ServerFactory, exchange, wait_until
@@ -51,6 +56,50 @@ def test_term_lets_the_request_in_flight_finish_then_exits_0(serve: ServerFactor
         # Draining: the server tells the client this connection will not be reused, then closes it.
         assert response.closes
         assert conn.wait_closed(timeout=10) == b""
+    assert server.wait(30) == 0, server.stderr_text()
+
+
+def test_term_under_load_fails_no_request_in_flight(serve: ServerFactory, tmp_path: Path) -> None:
+    """Many clients mid-request (some still uploading) when TERM arrives: every one gets its full answer."""
+    server = serve("tests.apps.behaviours:app", "--graceful-timeout", "20")
+    clients = 24
+    term_sent = threading.Event()
+    sleeper_markers = [tmp_path / f"started-{i}" for i in range(clients) if i % 3]
+    results: dict[int, tuple[int, bytes] | BaseException] = {}
+
+    def slow_body() -> Iterator[bytes]:
+        yield b"x" * 1000
+        term_sent.wait(15)  # the body is still arriving when TERM comes: the request must still finish
+        time.sleep(0.2)
+        yield b"y" * 1000
+
+    def client(index: int) -> None:
+        try:
+            with httpx.Client(timeout=30) as http:
+                if index % 3 == 0:
+                    response = http.post(f"{server.url}/upload-digest", content=slow_body())
+                else:
+                    marker = tmp_path / f"started-{index}"
+                    response = http.get(f"{server.url}/sleep", params={"seconds": "1", "marker": str(marker)})
+                results[index] = (response.status_code, response.content)
+        except BaseException as exc:  # reported below, with the index
+            results[index] = exc
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    assert wait_until(lambda: all(p.exists() for p in sleeper_markers), 15), "requests never reached the app"
+    server.signal(signal.SIGTERM)
+    term_sent.set()
+    for thread in threads:
+        thread.join(40)
+    failures = {i: r for i, r in results.items() if isinstance(r, BaseException) or r[0] != 200}
+    assert len(results) == clients
+    assert failures == {}, server.stderr_text()
+    for index, result in results.items():
+        assert isinstance(result, tuple)
+        expected = b"slept\n" if index % 3 else b'"length": 2000'
+        assert expected in result[1]
     assert server.wait(30) == 0, server.stderr_text()
 
 
