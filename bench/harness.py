@@ -19,6 +19,7 @@ import resource
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -419,6 +420,7 @@ class Row:
     server_cpu_percent: float | None = None
     wrk_cpu_percent: float | None = None
     other_cpu_percent: float | None = None
+    client_other_cpu_percent: float | None = None
     requests: int | None = None
     errors: str = ""
     worker_rss_mib: float | None = None
@@ -469,8 +471,10 @@ def measure(server: RunningServer, test: str, args: argparse.Namespace) -> Row:
     wait_for_quiet(args)
     pids = process_tree(server.process.pid)
     before, core_before = tree_cpu(pids), core_busy_ticks(args.server_cpu)
+    client_before = core_busy_ticks(args.client_cpu)
     output, wrk_cpu = run_wrk(wrk_command(args, url, test, args.duration), args.duration)
     after, core_after = tree_cpu(pids), core_busy_ticks(args.server_cpu)
+    client_after = core_busy_ticks(args.client_cpu)
     result = parse_wrk(output)
     if result.requests == 0:
         raise RuntimeError(f"no request completed ({result.errors or 'no errors reported'})")
@@ -480,12 +484,15 @@ def measure(server: RunningServer, test: str, args: argparse.Namespace) -> Row:
     server_seconds = sum(used.values()) / CLOCK_TICKS
     # Whatever else ran on the server's core (other processes, steal) makes this row less trustworthy.
     others_seconds = max(0, core_after - core_before - sum(used.values())) / CLOCK_TICKS
+    client_others_seconds = max(0.0, (client_after - client_before) / CLOCK_TICKS - wrk_cpu)
     return Row(
         server=server.spec.name, test=test, rps=result.rps, p50_ms=result.p50_ms, p99_ms=result.p99_ms,
         cpu_us_per_request=server_seconds / result.requests * 1e6 if result.requests else None,
         server_cpu_percent=100.0 * server_seconds / result.seconds,
         wrk_cpu_percent=100.0 * wrk_cpu / result.seconds,
         other_cpu_percent=100.0 * others_seconds / result.seconds if args.server_cpu is not None else None,
+        client_other_cpu_percent=(100.0 * client_others_seconds / result.seconds
+                                  if args.client_cpu is not None else None),
         requests=result.requests, errors=result.errors,
     )
 
@@ -708,11 +715,11 @@ def how_it_ran(args: argparse.Namespace) -> str:
         f"wrk -t{args.threads} -c{args.connections} -d{args.duration:g}s --latency after a {args.warmup:g}s "
         f"warm-up; server pinned to CPU {args.server_cpu}, wrk to CPU {args.client_cpu}, on 127.0.0.1; "
         f"access logs of the plaintext+log rows written in {args.access_log_dir}"
-        + (f"; each row is the median of {args.repeat} rounds over all servers" if args.repeat > 1 else "")
+        + (f"; each figure is the median of {args.repeat} rounds over all servers" if args.repeat > 1 else "")
     )
 
 
-def write_outputs(rows: list[Row], failures: dict[str, str], facts: dict[str, str],
+def write_outputs(rows: list[Row], runs: list[Row], failures: dict[str, str], facts: dict[str, str],
                   args: argparse.Namespace) -> str:
     report = "\n".join([
         text_table(rows), "",
@@ -720,7 +727,8 @@ def write_outputs(rows: list[Row], failures: dict[str, str], facts: dict[str, st
         *(f"\n{name} stderr (tail):\n{tail}" for name, tail in failures.items() if tail),
     ])
     (args.out / "last-run.json").write_text(json.dumps(
-        {"facts": facts, "how": how_it_ran(args), "rows": [dataclasses.asdict(r) for r in rows]}, indent=2
+        {"facts": facts, "how": how_it_ran(args), "rows": [dataclasses.asdict(r) for r in rows],
+         "rounds": [dataclasses.asdict(r) for r in runs]}, indent=2
     ))
     (args.out / "last-run.md").write_text(markdown_report(rows, facts, args))
     if args.write_results:
@@ -773,7 +781,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--duration", type=int, default=10, help="seconds per measured run (10)")
     parser.add_argument("--warmup", type=int, default=2, help="seconds of warm-up before each run (2)")
     parser.add_argument("--repeat", type=int, default=1,
-                        help="rounds over all servers; each row is the round with the median req/s (1)")
+                        help="rounds over all servers; each figure is the median over the rounds (1)")
     parser.add_argument("--connections", type=int, default=64, help="wrk connections (64)")
     parser.add_argument("--threads", type=int, default=1, help="wrk threads (1)")
     parser.add_argument("--only", default=",".join(SERVERS), help="servers, comma separated: %(default)s")
@@ -827,7 +835,7 @@ def check_cores(args: argparse.Namespace) -> None:
     os.sched_setaffinity(0, {args.client_cpu})
 
 
-def run_all(args: argparse.Namespace) -> tuple[list[Row], dict[str, str]]:
+def run_all(args: argparse.Namespace) -> tuple[list[Row], list[Row], dict[str, str]]:
     runs: list[Row] = []
     failures: dict[str, str] = {}
     for round_number in range(1, args.repeat + 1):
@@ -836,7 +844,7 @@ def run_all(args: argparse.Namespace) -> tuple[list[Row], dict[str, str]]:
         runs += run_round(args, failures)
     rows = median_rows(runs)
     add_ratios(rows)
-    return rows, failures
+    return rows, runs, failures
 
 
 def run_round(args: argparse.Namespace, failures: dict[str, str]) -> list[Row]:
@@ -853,23 +861,41 @@ def run_round(args: argparse.Namespace, failures: dict[str, str]) -> list[Row]:
     return rows
 
 
+MEDIAN_FIELDS = (
+    "rps", "p50_ms", "p99_ms", "cpu_us_per_request", "server_cpu_percent", "other_cpu_percent",
+    "client_other_cpu_percent", "wrk_cpu_percent", "requests", "worker_rss_mib", "master_rss_mib",
+    "loaded_rss_mib",
+)
+
+
 def median_rows(runs: list[Row]) -> list[Row]:
-    """One row per (server, test): the run with the median req/s; the spread goes into its notes."""
+    """One row per (server, test), each figure the median of that figure over the rounds that measured."""
     grouped: dict[tuple[str, str], list[Row]] = {}
     for row in runs:
         grouped.setdefault((row.server, row.test), []).append(row)
-    chosen = []
-    for group in grouped.values():
-        measured = sorted((row for row in group if row.status == "ok"), key=lambda row: row.rps or 0.0)
-        if not measured:
-            chosen.append(group[0])
-            continue
-        median = measured[len(measured) // 2]
-        if len(group) > 1:
-            spread = ", ".join(f"{row.rps:,.0f}" if row.status == "ok" else row.status for row in group)
-            median.notes.append(f"req/s of the {len(group)} rounds: {spread}")
-        chosen.append(median)
-    return chosen
+    return [_median_row(group) for group in grouped.values()]
+
+
+def _median_row(group: list[Row]) -> Row:
+    measured = [row for row in group if row.status == "ok"]
+    if len(group) == 1 or not measured:
+        return group[0]
+    combined = dataclasses.replace(measured[0], notes=[])
+    for name in MEDIAN_FIELDS:
+        values = [getattr(row, name) for row in measured if getattr(row, name) is not None]
+        setattr(combined, name, statistics.median(values) if values else None)
+    combined.errors = "; ".join(dict.fromkeys(row.errors for row in measured if row.errors))
+    combined.notes = list(dict.fromkeys(note for row in measured for note in row.notes
+                                        if not note.startswith("access log lines")))
+    combined.notes.append(f"{len(group)} rounds, req/s: " + ", ".join(_round_figure(row, "rps", ",.0f")
+                                                                    for row in group))
+    combined.notes.append("CPU us/req: " + ", ".join(_round_figure(row, "cpu_us_per_request", ".1f")
+                                                     for row in group))
+    return combined
+
+
+def _round_figure(row: Row, name: str, pattern: str) -> str:
+    return format(getattr(row, name), pattern) if row.status == "ok" else row.status
 
 
 def run_access_log_pass(spec: ServerSpec, args: argparse.Namespace, failures: dict[str, str]) -> list[Row]:
@@ -907,10 +933,10 @@ def main(argv: list[str] | None = None) -> int:
     # A TERM (or ^C) must still stop the servers: turn it into an exception that reaches `finally`.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
-        rows, failures = run_all(args)
+        rows, runs, failures = run_all(args)
     finally:
         stop_all_started()
-    print(write_outputs(rows, failures, environment_facts(), args))
+    print(write_outputs(rows, runs, failures, environment_facts(), args))
     return 0
 
 

@@ -52,9 +52,7 @@ def _status_line(status: Any) -> bytes:
 
 
 def _header_name(name: Any) -> bytes:
-    lname = _NAME_CACHE.get(name)
-    if lname is not None:
-        return lname
+    """Validate and lower-case a header name the cache has not seen."""
     if not isinstance(name, bytes):
         raise TypeError(f"ASGI header names must be bytes, got {type(name).__name__}")
     if not _TOKEN.fullmatch(name):
@@ -206,7 +204,7 @@ class RequestCycle:
         framing = _LENGTH
         try:
             for name, value in headers:
-                lname = _header_name(name)
+                lname = _NAME_CACHE.get(name) or _header_name(name)
                 if lname in _SPECIAL:
                     if lname == _CONTENT_LENGTH:
                         content_length = _parse_content_length(value)

@@ -36,14 +36,11 @@ def run_eagerly(
     The caller passes the context rather than this copying the current one, because the current one
     may belong to another request: the next pipelined request is started from the previous one's send.
     """
-    if _NATIVE_EAGER:
-        task = asyncio.Task(coro, loop=loop, context=ctx, eager_start=True)  # type: ignore[call-arg]
-        if task.done():
-            _report(task, on_done)
-        else:
-            task.add_done_callback(lambda t: _report(t, on_done))
-        return
-    _run_first_step(loop, coro, ctx, on_done)
+    task = asyncio.Task(coro, loop=loop, context=ctx, eager_start=True)  # type: ignore[call-arg]
+    if task.done():
+        _report(task, on_done)
+    else:
+        task.add_done_callback(lambda t: _report(t, on_done))
 
 
 def _report(task: asyncio.Task[Any], on_done: DoneCallback) -> None:
@@ -66,9 +63,10 @@ _PRIMED = object()
 def _run_first_step(
     loop: asyncio.AbstractEventLoop,
     coro: Coroutine[Any, Any, Any],
-    ctx: contextvars.Context,
     on_done: DoneCallback,
+    ctx: contextvars.Context,
 ) -> None:
+    """run_eagerly for Python < 3.12 (bound to that name at the end of the module)."""
     global _running
     outer = _running
     _running = (loop, coro, ctx, on_done)
@@ -205,3 +203,7 @@ def install() -> None:
         if getattr(module, "current_task", None) is _c_current_task:
             with contextlib.suppress(AttributeError, TypeError):  # read-only modules keep the original
                 module.current_task = _current_task
+
+
+if not _NATIVE_EAGER:
+    run_eagerly = _run_first_step  # the same contract, without asyncio's eager_start

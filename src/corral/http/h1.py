@@ -148,7 +148,8 @@ class H1Protocol(asyncio.Protocol):
         self.proxy_seen = False
         self.transfer_encoding: list[bytes] | None = None
         self.content_length: bytes | None = None
-        self.in_head = False
+        # Between requests and while a head arrives; head_bytes > 0 once its first bytes came.
+        self.in_head = True
         self.head_bytes = 0
         self.head_started = 0.0
         self.parsing: RequestCycle | None = None
@@ -224,6 +225,8 @@ class H1Protocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self.in_head:
+            if not self.head_bytes:
+                self.head_started = self.state.clock
             self.head_bytes += len(data)
             if self.head_bytes > self.state.limit_head_bytes:
                 self._refuse(431, "request header section too large")
@@ -258,18 +261,6 @@ class H1Protocol(asyncio.Protocol):
             self.data_received(rest)
 
     # --- parser callbacks -----------------------------------------------------------------------
-
-    def on_message_begin(self) -> None:
-        self.url = b""
-        self.headers = []
-        self.host_count = 0
-        self.expect_continue = False
-        self.proxy_seen = False
-        self.transfer_encoding = None
-        self.content_length = None
-        self.in_head = True
-        self.head_bytes = 0
-        self.head_started = self.state.clock
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -341,10 +332,23 @@ class H1Protocol(asyncio.Protocol):
             raise NotImplementedCoding("CONNECT is not supported")
         scope = self._build_scope(method, version)
         cycle = RequestCycle(self, scope, parser.should_keep_alive(), self.expect_continue, method_bytes == b"HEAD")
+        self._reset_head()
         if self.state.access_log is not None:
             cycle.start_ns = perf_counter_ns()
         self.parsing = cycle
         self.queue.append(cycle)
+
+    def _reset_head(self) -> None:
+        """Ready for the next request's head (cheaper here than in an on_message_begin callback)."""
+        self.url = b""
+        self.headers = []
+        self.host_count = 0
+        if self.expect_continue or self.proxy_seen:
+            self.expect_continue = False
+            self.proxy_seen = False
+        if self.transfer_encoding is not None or self.content_length is not None:
+            self.transfer_encoding = None
+            self.content_length = None
 
     def _build_scope(self, method: str, version: str) -> dict[str, Any]:
         target = self.url
@@ -396,6 +400,8 @@ class H1Protocol(asyncio.Protocol):
             self.transport.pause_reading()
 
     def on_message_complete(self) -> None:
+        self.in_head = True
+        self.head_bytes = 0
         cycle = self.parsing
         if cycle is not None:
             cycle.message_complete()
@@ -502,7 +508,7 @@ class H1Protocol(asyncio.Protocol):
         if self.closing or self.cycle is not None or self.queue:
             return
         state = self.state
-        if self.in_head:
+        if self.in_head and self.head_bytes:
             if now - self.head_started > state.header_timeout:
                 self._refuse(408, "request header timeout")
         elif now - self.idle_since > state.keepalive or state.draining:
@@ -510,7 +516,7 @@ class H1Protocol(asyncio.Protocol):
 
     def shutdown(self) -> None:
         """Graceful drain: close now if idle, else after the response in flight (Connection: close)."""
-        if self.cycle is None and not self.queue and not self.in_head:
+        if self.cycle is None and not self.queue and not (self.in_head and self.head_bytes):
             self._close()
 
 
