@@ -78,6 +78,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not cfg.app:
         return _error(_MISSING_APP, EXIT_CONFIG_ERROR, sys.stderr)
-    from corral.worker.server import run  # imported late: config errors must not pay for the server import
+    from corral.master.arbiter import run  # imported late: config errors must not pay for the server import
 
-    return run(cfg)
+    return run(cfg, reload_config=lambda: load_config(args))

@@ -130,7 +130,7 @@ def test_lifespan_startup_failure_exits_3_with_the_apps_message(serve: ServerFac
     server = serve("tests.apps.behaviours:failing_lifespan_app", wait_ready=False)
     assert server.wait(30) == EXIT_APP_ERROR
     assert startup_failure_message in server.stderr_text()
-    assert "Listening on" not in server.stderr_text()
+    assert "failed to boot: lifespan startup failed" in server.stderr_text()
 
 
 def test_lifespan_startup_exception_with_lifespan_on_exits_3(serve: ServerFactory) -> None:

@@ -196,7 +196,7 @@ def test_hooks_are_config_file_only_callables_defaulting_to_none():
 
 @pytest.mark.parametrize(
     ("name", "issue"),
-    [("workers", 3), ("timeout", 3), ("preload_app", 3), ("user", 3), ("reload", 4), ("certfile", 4),
+    [("pidfile", 3), ("reuse_port", 3), ("umask", 3), ("user", 3), ("reload", 4), ("certfile", 4),
      ("raw_env", 4), ("ws_max_size", 5), ("admin_bind", 6), ("statsd_host", 6), ("log_format", 6)],
 )  # fmt: skip
 def test_unimplemented_settings_name_the_issue_that_implements_them(name, issue):
@@ -216,6 +216,12 @@ def test_settings_implemented_now_are_marked_implemented():
         "date_header",
         "accesslog",
         "lifespan",
+        "workers",
+        "timeout",
+        "max_requests",
+        "preload_app",
+        "boot_timeout",
+        "loop_lag_warn",
     ]
     for name in implemented_now:
         assert SETTINGS_BY_NAME[name].implemented, name
@@ -506,9 +512,9 @@ def test_more_than_one_app_is_an_error():
 
 
 def test_unimplemented_setting_with_non_default_value_fails_naming_the_issue():
-    message = load_error(["-w", "3", "main:app"])
-    assert message.startswith("workers: not supported yet (planned in issue 3)")
-    assert "got 3 from the command line" in message
+    message = load_error(["--pid", "/run/corral.pid", "main:app"])
+    assert message.startswith("pidfile: not supported yet (planned in issue 3)")
+    assert "from the command line" in message
 
 
 def test_unimplemented_setting_at_its_default_value_is_accepted(tmp_path):
@@ -517,21 +523,18 @@ def test_unimplemented_setting_at_its_default_value_is_accepted(tmp_path):
     assert (cfg.workers, cfg.sources["workers"]) == (1, f"config file {conf}")
 
 
-def test_workers_auto_is_valid_but_not_supported_yet():
-    assert load_error(["-w", "auto"]).startswith("workers: not supported yet (planned in issue 3)")
+def test_workers_auto_is_valid():
+    assert load(["-w", "auto"]).workers == "auto"
 
 
 def test_workers_computed_from_the_cpu_count_passes_validation(tmp_path):
     conf = write_config(tmp_path, "import multiprocessing\nworkers = multiprocessing.cpu_count() * 2 + 1\n")
-    message = load_error(["-c", str(conf)])
-    assert message.startswith("workers: not supported yet (planned in issue 3)")
+    assert load(["-c", str(conf)]).workers >= 3
 
 
-def test_web_concurrency_env_that_is_not_one_is_not_supported_yet():
-    message = load_error([], {"WEB_CONCURRENCY": "4"})
-    assert message.startswith("workers: not supported yet")
-    assert "env WEB_CONCURRENCY" in message
-    assert load([], {"WEB_CONCURRENCY": "1"}).sources["workers"] == "env WEB_CONCURRENCY"
+def test_web_concurrency_env_sets_workers():
+    cfg = load([], {"WEB_CONCURRENCY": "4"})
+    assert (cfg.workers, cfg.sources["workers"]) == (4, "env WEB_CONCURRENCY")
 
 
 def test_hook_defined_in_a_config_file_is_not_supported_yet(tmp_path):
@@ -571,7 +574,7 @@ def test_config_replace_validates_and_checks_support():
     changed = cfg.replace(keepalive="1")
     assert (changed.keepalive, changed.sources["keepalive"], cfg.keepalive) == (1.0, "override", 5.0)
     with pytest.raises(ConfigError):
-        cfg.replace(workers=2)
+        cfg.replace(pidfile="/run/corral.pid")
     with pytest.raises(ConfigError):
         cfg.replace(backlog=0)
 

@@ -46,8 +46,8 @@ def _status_line(status: Any) -> bytes:
     line = _STATUS_LINES.get(status)
     if line is not None:
         return line
-    if type(status) is not int or not 100 <= status <= 999:
-        raise RuntimeError(f"ASGI response status must be an int in 100..999, got {status!r}")
+    if type(status) is not int or not 100 <= status <= 599:
+        raise RuntimeError(f"ASGI response status must be an int in 100..599 (RFC 9110 15), got {status!r}")
     return b"HTTP/1.1 %d \r\n" % status
 
 
@@ -87,6 +87,7 @@ class RequestCycle:
         "response_started",
         "scope",
         "start_ns",
+        "started",
         "status",
         "waiter",
     )
@@ -118,6 +119,7 @@ class RequestCycle:
         self.framing = _LENGTH
         self.response_bytes = 0
         self.start_ns = 0
+        self.started = conn.state.clock
 
     # --- fed by the connection ------------------------------------------------------------------
 

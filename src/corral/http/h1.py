@@ -32,6 +32,7 @@ from corral.http.errors import (
     error_response,
 )
 from corral.http.proxy import PROXY_HEADER_NAMES, ProxyTrust, apply_proxy_headers
+from corral.master.scoreboard import WorkerCounters
 
 __all__ = ["H1Protocol", "ServerState"]
 
@@ -69,6 +70,9 @@ class ServerState:
         limit_request_body: int = 0,
         worker_connections: int = 1000,
         app_state: dict[str, Any] | None = None,
+        counters: WorkerCounters | None = None,
+        max_requests: int = 0,
+        on_max_requests: Callable[[], None] | None = None,
     ) -> None:
         self.loop = loop
         self.app = app
@@ -92,6 +96,10 @@ class ServerState:
         )
         self.worker_connections = worker_connections
         self.app_state: dict[str, Any] = app_state if app_state is not None else {}
+        # What the worker publishes to the scoreboard; plain int updates on the hot path.
+        self.counters = counters if counters is not None else WorkerCounters()
+        self.max_requests = max_requests  # 0: never (the count starts at 1)
+        self.on_max_requests = on_max_requests
         self.connections: set[H1Protocol] = set()
         # Each request runs in a copy of this, never of whatever context happens to be current.
         self.base_context = contextvars.copy_context()
@@ -224,6 +232,7 @@ class H1Protocol(asyncio.Protocol):
         await waiter
 
     def data_received(self, data: bytes) -> None:
+        self.state.counters.bytes_in += len(data)
         if self.in_head:
             if not self.head_bytes:
                 self.head_started = self.state.clock
@@ -430,6 +439,12 @@ class H1Protocol(asyncio.Protocol):
 
     def response_complete(self, cycle: RequestCycle) -> None:
         state = self.state
+        counters = state.counters
+        counters.requests += 1
+        counters.responses[cycle.status // 100 - 1] += 1
+        counters.bytes_out += cycle.response_bytes
+        if counters.requests == state.max_requests and state.on_max_requests is not None:
+            state.on_max_requests()
         if state.access_log is not None:
             state.access_log.log(
                 cycle.scope,
@@ -503,6 +518,17 @@ class H1Protocol(asyncio.Protocol):
             self.closing = True
             self.state.connections.discard(self)
             self.transport.close()
+
+    def in_flight(self) -> tuple[str, str, str, float] | None:
+        """The request being answered, for diagnostics: (method, path, client, age in seconds)."""
+        cycle = self.cycle
+        if cycle is None:
+            return None
+        scope = cycle.scope
+        client = scope["client"]
+        peer = f"{client[0]}:{client[1]}" if client else "-"
+        # loop.time(), not the coarse clock: this is read while the loop is stalled and the clock stopped.
+        return scope["method"], scope["path"], peer, self.loop.time() - cycle.started
 
     def check_timeouts(self, now: float) -> None:
         if self.closing or self.cycle is not None or self.queue:

@@ -1,30 +1,35 @@
-"""One serving process: event loop, app and lifespan, listeners, housekeeping tick, signals and drain.
+"""One worker's serving life: lifespan, listeners, the once-a-second tick (heartbeat), and graceful drain.
 
-Today `corral APP` runs this directly as a single process; the master (a later step) forks it per worker.
+The worker process (worker/process.py) runs `Worker.serve()` after the master forked it; the master reads
+what the tick publishes in the worker's scoreboard slot.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import socket
-import sys
+import time
+from collections.abc import Callable
 from typing import Any
 
-from corral.http import eager
 from corral.http.h1 import H1Protocol, ServerState
 from corral.http.proxy import ProxyTrust
-from corral.logging import AccessLog, setup_error_log
-from corral.master.sockets import BindError, create_listeners, describe
+from corral.logging import AccessLog
+from corral.master.scoreboard import Slot, WorkerCounters, WorkerState
+from corral.master.sizing import rss_bytes
+from corral.master.sockets import describe
+from corral.worker.lifespan import Lifespan, LifespanFailure
 
-__all__ = ["Worker", "new_event_loop", "run"]
+__all__ = ["EXIT_LIFESPAN", "EXIT_OK", "Worker", "new_event_loop"]
 
 EXIT_OK = 0
-EXIT_CONFIG = 2
-EXIT_APP = 3
+EXIT_LIFESPAN = 4
 
-# How often the coarse clock, the Date header, idle/slow connection checks and log flushing run.
+# How often the coarse clock, the Date header, idle/slow connection checks, log flushing and the
+# heartbeat run.
 TICK_SECONDS = 1.0
 
 
@@ -41,37 +46,8 @@ def new_event_loop(choice: str) -> asyncio.AbstractEventLoop:
     return asyncio.new_event_loop()
 
 
-def run(cfg: Any) -> int:
-    """Serve `cfg.app` until a signal says stop; the exit status says how it ended."""
-    logger = setup_error_log(cfg.errorlog, cfg.loglevel)
-    eager.install()  # before the app (and anyio) is imported
-    try:
-        listeners = create_listeners(list(cfg.bind), cfg.backlog)
-    except BindError as exc:
-        print(f"corral: error: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    from corral.loading import AppLoadError, load_app
-
-    try:
-        app = load_app(cfg.app, factory=cfg.factory, app_dir=cfg.app_dir)
-    except AppLoadError as exc:
-        print(f"corral: error: {exc}", file=sys.stderr)
-        for sock in listeners:
-            sock.close()
-        return EXIT_APP
-    loop = new_event_loop(cfg.loop)
-    asyncio.set_event_loop(loop)
-    worker = Worker(cfg, app, listeners, loop, logger)
-    try:
-        return loop.run_until_complete(worker.serve())
-    finally:
-        for sock in listeners:
-            sock.close()
-        loop.close()
-
-
 class Worker:
-    """Serves the listeners with the app; TERM drains gracefully, INT stops at once."""
+    """Serves the listeners with the app; TERM drains gracefully, INT and QUIT stop at once."""
 
     def __init__(
         self,
@@ -80,42 +56,55 @@ class Worker:
         listeners: list[socket.socket],
         loop: asyncio.AbstractEventLoop,
         logger: logging.Logger,
+        *,
+        slot: Slot | None = None,
+        final_shutdown: Callable[[], bool] = lambda: True,
+        max_requests: int = 0,
     ) -> None:
         self.cfg = cfg
         self.app = app
         self.listeners = listeners
         self.loop = loop
         self.logger = logger
+        self.slot = slot
+        self.final_shutdown = final_shutdown
+        self.max_requests = max_requests
+        self.counters = WorkerCounters()
         self.servers: list[asyncio.AbstractServer] = []
         self.stop_requested: asyncio.Future[bool] = loop.create_future()
         self.state: ServerState | None = None
         self.access_log: AccessLog | None = None
         self.tick_handle: asyncio.TimerHandle | None = None
+        self.watchdog: Any = None
 
     async def serve(self) -> int:
-        from corral.worker.lifespan import Lifespan, LifespanFailure
-
         cfg = self.cfg
         self._install_signals()
+        self._schedule_tick()  # the heartbeat runs while booting too: a slow lifespan is not a dead loop
         lifespan = Lifespan(self.app, cfg.lifespan, self.logger)
         try:
             await lifespan.startup()
         except LifespanFailure as exc:
             self.logger.error("Application startup failed: %s", exc)
-            print(f"corral: error: application startup failed: {exc}", file=sys.stderr)
-            return EXIT_APP
+            return EXIT_LIFESPAN
         if self.stop_requested.done():
             await lifespan.shutdown()
             return EXIT_OK
         self.access_log = AccessLog.open(cfg.accesslog, cfg.access_log_format)
         self.state = self._make_state(lifespan.state)
         await self._start_servers()
+        self._start_watchdog()
+        if self.slot is not None:
+            self.slot.set_state(WorkerState.READY, time.monotonic())
         self.logger.info("Application startup complete")
-        self._schedule_tick()
         graceful = await self.stop_requested
+        if self.slot is not None:
+            self.slot.set_state(WorkerState.DRAINING, time.monotonic())
         await self._stop_servers(graceful)
         if graceful:
             await lifespan.shutdown()
+        if self.watchdog is not None:
+            self.watchdog.stop()
         if self.tick_handle is not None:
             self.tick_handle.cancel()
         if self.access_log is not None:
@@ -142,6 +131,9 @@ class Worker:
             limit_request_body=cfg.limit_request_body,
             worker_connections=cfg.worker_connections,
             app_state=app_state,
+            counters=self.counters,
+            max_requests=self.max_requests,
+            on_max_requests=self._max_requests_reached,
         )
 
     async def _start_servers(self) -> None:
@@ -152,36 +144,71 @@ class Worker:
             return H1Protocol(state)
 
         for sock in self.listeners:
+            # The server gets a duplicate: closing it must leave our descriptor open, so that on the final
+            # shutdown the connections still queued in the kernel can be accepted and answered.
+            served = sock.dup()
             if sock.family == socket.AF_UNIX:
-                server = await self.loop.create_unix_server(protocol_factory, sock=sock, backlog=self.cfg.backlog)
+                server = await self.loop.create_unix_server(protocol_factory, sock=served, backlog=self.cfg.backlog)
             else:
-                server = await self.loop.create_server(protocol_factory, sock=sock, backlog=self.cfg.backlog)
+                server = await self.loop.create_server(protocol_factory, sock=served, backlog=self.cfg.backlog)
             self.servers.append(server)
-            self.logger.info("Listening on %s", describe(sock))
+            self.logger.debug("Listening on %s", describe(sock))
+
+    def _start_watchdog(self) -> None:
+        threshold = float(getattr(self.cfg, "loop_lag_warn", 0) or 0)
+        if not threshold:
+            return
+        from corral.worker.watchdog import LoopWatchdog
+
+        self.watchdog = LoopWatchdog(self.loop, threshold, self.logger, self._in_flight)
+        self.watchdog.start()
+
+    def _in_flight(self) -> list[tuple[str, str, str, float]]:
+        if self.state is None:
+            return []
+        requests = [conn.in_flight() for conn in list(self.state.connections)]
+        return [request for request in requests if request is not None]
 
     def _install_signals(self) -> None:
         self.loop.add_signal_handler(signal.SIGTERM, self._request_stop, True)
         self.loop.add_signal_handler(signal.SIGINT, self._request_stop, False)
         self.loop.add_signal_handler(signal.SIGQUIT, self._request_stop, False)
+        self.loop.add_signal_handler(signal.SIGUSR1, self._reopen_logs)
+
+    def _reopen_logs(self) -> None:
+        from corral.logging import reopen_error_log
+
+        reopen_error_log()
+        if self.access_log is not None:
+            self.access_log.reopen()
 
     def _request_stop(self, graceful: bool) -> None:
         if not self.stop_requested.done():
-            self.logger.info("Shutting down%s", " gracefully" if graceful else "")
+            self.logger.info("Worker shutting down%s", " gracefully" if graceful else "")
             self.stop_requested.set_result(graceful)
-        elif self.state is not None and self.state.draining:
-            # A second signal during the drain: stop waiting for the stragglers.
+        elif not graceful:
+            # A fast stop during the drain: stop waiting for the stragglers.
             self._abort_connections()
+
+    def _max_requests_reached(self) -> None:
+        self.logger.info("max_requests (%d) reached: asking the master for a replacement", self.max_requests)
+        if self.slot is not None:
+            self.slot.request_retirement()
 
     def _schedule_tick(self) -> None:
         self.tick_handle = self.loop.call_later(TICK_SECONDS, self._tick)
 
     def _tick(self) -> None:
         state = self.state
-        assert state is not None
-        state.tick()
-        state.sweep()
+        if state is not None:
+            state.tick()
+            state.sweep()
+            self.counters.active_connections = len(state.connections)
+            self.counters.active_requests = sum(1 for conn in state.connections if conn.cycle is not None)
         if self.access_log is not None:
             self.access_log.flush()
+        if self.slot is not None:
+            self.slot.publish(self.counters, time.monotonic(), rss_bytes())
         self._schedule_tick()
 
     async def _stop_servers(self, graceful: bool) -> None:
@@ -190,6 +217,8 @@ class Worker:
         state.draining = True
         for server in self.servers:
             server.close()
+        if graceful and self.final_shutdown():
+            self._accept_backlog(state)
         if graceful:
             for conn in list(state.connections):
                 conn.shutdown()
@@ -203,10 +232,35 @@ class Worker:
                     len(state.connections),
                 )
         self._abort_connections()
-        for server in self.servers:
-            await server.wait_closed()
+        for sock in self.listeners:
+            sock.close()
+
+    def _accept_backlog(self, state: ServerState) -> None:
+        """Take the connections already queued in the kernel, so the shutdown answers them too."""
+
+        def protocol_factory() -> H1Protocol:
+            return H1Protocol(state)
+
+        for sock in self.listeners:
+            while True:
+                try:
+                    conn, _ = sock.accept()
+                except (BlockingIOError, InterruptedError, OSError):
+                    break
+                conn.setblocking(False)
+                with contextlib.suppress(OSError):
+                    if sock.family != socket.AF_UNIX:
+                        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                task = self.loop.create_task(self.loop.connect_accepted_socket(protocol_factory, conn))
+                task.add_done_callback(_log_accept_failure)
 
     def _abort_connections(self) -> None:
-        assert self.state is not None
+        if self.state is None:
+            return
         for conn in list(self.state.connections):
             conn.transport.abort()
+
+
+def _log_accept_failure(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        logging.getLogger("corral.error").debug("could not serve a queued connection: %r", task.exception())

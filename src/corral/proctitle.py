@@ -1,0 +1,17 @@
+"""Process titles (`corral: master [name]`, `corral: worker [name]`), so `ps` and `top` show who is who."""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["set_title"]
+
+
+def set_title(cfg: Any, role: str) -> None:
+    """Title this process after its role and `proc_name` (default: the app spec); silent without setproctitle."""
+    try:
+        from setproctitle import setproctitle
+    except ImportError:
+        return
+    name = getattr(cfg, "proc_name", None) or cfg.app or "corral"
+    setproctitle(f"corral: {role} [{name}]")

@@ -1,0 +1,123 @@
+"""A worker process from fork to exit: signals, tracebacks on SIGABRT, process title, app, event loop.
+
+The exit status tells the master why a worker ended (see `EXIT_*`); the master turns those into log lines,
+boot-failure decisions and restart counts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import faulthandler
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from typing import Any, NoReturn
+
+from corral.http import eager
+from corral.master.scoreboard import MasterState, Scoreboard, Slot
+from corral.proctitle import set_title
+from corral.worker.server import EXIT_LIFESPAN, EXIT_OK, Worker, new_event_loop
+
+__all__ = ["EXIT_APP_LOAD", "EXIT_CRASH", "EXIT_LIFESPAN", "EXIT_OK", "run_worker_process"]
+
+EXIT_APP_LOAD = 3
+EXIT_CRASH = 1
+
+# Signals the master handles; a fresh worker must not inherit its handlers or its blocked mask.
+_MASTER_SIGNALS = (
+    signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU,
+    signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH, signal.SIGCHLD,
+)  # fmt: skip
+
+
+def run_worker_process(
+    cfg: Any,
+    listeners: list[socket.socket],
+    scoreboard: Scoreboard,
+    slot: Slot,
+    generation: int,
+    app: Any | None,
+    max_requests: int,
+) -> NoReturn:
+    """Run in the child after fork; never returns."""
+    code = EXIT_CRASH
+    try:
+        code = _serve(cfg, listeners, scoreboard, slot, generation, app, max_requests)
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else EXIT_CRASH
+    except BaseException:
+        logging.getLogger("corral.error").exception("Worker crashed")
+    finally:
+        _flush_std_streams()
+    os._exit(code)
+
+
+def _serve(
+    cfg: Any,
+    listeners: list[socket.socket],
+    scoreboard: Scoreboard,
+    slot: Slot,
+    generation: int,
+    app: Any | None,
+    max_requests: int,
+) -> int:
+    _reset_signals()
+    slot.claim(os.getpid(), generation, time.monotonic())
+    logger = logging.getLogger("corral.error")
+    # On SIGABRT (the master's timeout) print every thread's Python stack to the error log, so the operator
+    # sees where the worker was stuck before it died.
+    faulthandler.enable(file=_error_log_stream(logger), all_threads=True)
+    set_title(cfg, "worker")
+    eager.install()
+    if app is None:
+        from corral.loading import AppLoadError, load_app
+
+        try:
+            app = load_app(cfg.app, factory=cfg.factory, app_dir=cfg.app_dir)
+        except AppLoadError as exc:
+            logger.error("Worker could not load the app: %s", exc)
+            return EXIT_APP_LOAD
+    loop = new_event_loop(cfg.loop)
+    asyncio.set_event_loop(loop)
+
+    def final_shutdown() -> bool:
+        return scoreboard.read_master().state in (MasterState.DRAINING, MasterState.STOPPING)
+
+    worker = Worker(
+        cfg, app, listeners, loop, logger, slot=slot, final_shutdown=final_shutdown, max_requests=max_requests
+    )
+    try:
+        code = loop.run_until_complete(worker.serve())
+    finally:
+        loop.close()
+    return EXIT_LIFESPAN if code == EXIT_LIFESPAN else EXIT_OK
+
+
+def _reset_signals() -> None:
+    for sig in _MASTER_SIGNALS:
+        signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
+    signal.set_wakeup_fd(-1)
+
+
+def _error_log_stream(logger: logging.Logger) -> Any:
+    """The file the error log writes to (faulthandler needs a real file descriptor)."""
+    for handler in logger.handlers:
+        stream = getattr(handler, "stream", None)
+        if stream is not None and hasattr(stream, "fileno"):
+            try:
+                stream.fileno()
+            except (OSError, ValueError):
+                continue
+            return stream
+    return sys.stderr
+
+
+def _flush_std_streams() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
