@@ -185,10 +185,12 @@ def memory_kib(pid: int, key: str = "VmRSS") -> int:
 
 
 def command_name(pid: int) -> str:
+    """The program's name and its first arguments, without directories (reports name no local paths)."""
     try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:120].strip()
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
     except OSError:
         return "?"
+    return " ".join([Path(argv[0]).name, *argv[1:3]]).strip()
 
 
 # --------------------------------------------------------------------------- running a server
@@ -689,7 +691,7 @@ def environment_facts() -> dict[str, str]:
         "cpus": f"{os.cpu_count()} ({cpu_model})",
         "kernel": platform.release(),
         "python": platform.python_version(),
-        "wrk": (wrk.stdout or wrk.stderr).splitlines()[0].strip() if (wrk.stdout or wrk.stderr) else "?",
+        "wrk": (wrk.stdout or wrk.stderr or "?").splitlines()[0].split(" Copyright")[0].strip(),
     }
     facts["corral source"] = corral_revision()
     facts.update({name: package_version(name) for name in PACKAGES})
@@ -884,7 +886,10 @@ def _median_row(group: list[Row]) -> Row:
     for name in MEDIAN_FIELDS:
         values = [getattr(row, name) for row in measured if getattr(row, name) is not None]
         setattr(combined, name, statistics.median(values) if values else None)
-    combined.errors = "; ".join(dict.fromkeys(row.errors for row in measured if row.errors))
+    with_errors = [row.errors for row in measured if row.errors]
+    combined.errors = with_errors[0] if with_errors else ""
+    if len(with_errors) > 1:
+        combined.errors += f" (errors in {len(with_errors)} of {len(measured)} rounds)"
     combined.notes = list(dict.fromkeys(note for row in measured for note in row.notes
                                         if not note.startswith("access log lines")))
     combined.notes.append(f"{len(group)} rounds, req/s: " + ", ".join(_round_figure(row, "rps", ",.0f")

@@ -267,6 +267,31 @@ def user_or_group(raw: Any) -> int | str | None:
     return integer(minimum=0)(raw)
 
 
+def user_value(raw: Any) -> int | str | None:
+    """A user name or uid that exists on this machine (workers switch to it after binding)."""
+    value = user_or_group(raw)
+    if isinstance(value, str):
+        import pwd
+
+        try:
+            pwd.getpwnam(value)
+        except KeyError:
+            raise ValueError(f"no such user {value!r}") from None
+    return value
+
+
+def group_value(raw: Any) -> int | str | None:
+    value = user_or_group(raw)
+    if isinstance(value, str):
+        import grp
+
+        try:
+            grp.getgrnam(value)
+        except KeyError:
+            raise ValueError(f"no such group {value!r}") from None
+    return value
+
+
 def umask_value(raw: Any) -> int:
     # Like Gunicorn: a leading zero means octal ("0022"), and 0x/0o prefixes work.
     if isinstance(raw, str):
@@ -487,7 +512,7 @@ SETTINGS: tuple[Setting, ...] = (
             cli=("--preload",), kind="flag"),
     Setting("chdir", "Application", None, optional_string,
             "Change to this directory before loading the app.",
-            cli=("--chdir",), metavar="DIR", implemented_in=_MASTER),
+            cli=("--chdir",), metavar="DIR"),
     Setting("raw_env", "Application", [], key_value_list,
             "Set an environment variable (KEY=VALUE) for the app; repeatable.",
             cli=("-e", "--env"), metavar="ENV", kind="append", implemented_in=_DROP_IN),
@@ -689,20 +714,17 @@ SETTINGS: tuple[Setting, ...] = (
             "Name shown in process titles (corral: master [NAME]).",
             cli=("-n", "--name"), metavar="STRING"),
     Setting("pidfile", "Process", None, optional_string,
-            "Write the master's pid to this file.", cli=("-p", "--pid"), metavar="FILE",
-            implemented_in=_MASTER),
-    Setting("user", "Process", None, user_or_group,
-            "Run workers as this user (name or uid), after binding.", cli=("-u", "--user"), metavar="USER",
-            implemented_in=_MASTER),
-    Setting("group", "Process", None, user_or_group,
+            "Write the master's pid to this file.", cli=("-p", "--pid"), metavar="FILE"),
+    Setting("user", "Process", None, user_value,
+            "Run workers as this user (name or uid), after binding.", cli=("-u", "--user"), metavar="USER"),
+    Setting("group", "Process", None, group_value,
             "Run workers as this group (name or gid), after binding.", cli=("-g", "--group"),
-            metavar="GROUP", implemented_in=_MASTER),
+            metavar="GROUP"),
     Setting("umask", "Process", 0, umask_value,
-            "umask for files corral creates, unix sockets included (0022, 0o22 or 18).",
-            cli=("-m", "--umask"), metavar=_INT, implemented_in=_MASTER),
+            "umask applied while binding unix sockets (0022, 0o22 or 18); 0 leaves them open to all, as Gunicorn.",
+            cli=("-m", "--umask"), metavar=_INT),
     Setting("initgroups", "Process", False, boolean,
-            "Also give workers every supplementary group of the user.", cli=("--initgroups",), kind="flag",
-            implemented_in=_MASTER),
+            "Also give workers every supplementary group of the user.", cli=("--initgroups",), kind="flag"),
     Setting("worker_tmp_dir", "Process", None, optional_string,
             "Directory for worker temporary files.", cli=("--worker-tmp-dir",), metavar="DIR",
             implemented_in=_MASTER),

@@ -1,7 +1,8 @@
 """Integration harness: run `python -m corral` as a real process on 127.0.0.1 and talk to it over sockets.
 
 Gives the `serve` fixture factories (function, module and session scope), raw-socket helpers and a small
-strict HTTP/1.1 response parser that copes with pipelined responses, chunked bodies and HEAD.
+strict HTTP/1.1 response parser that copes with pipelined responses, chunked bodies and HEAD; for the pre-fork
+master, the workers of a server (from /proc and its log) and a steady client load.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -24,15 +26,23 @@ __all__ = [
     "REPO_ROOT",
     "Conn",
     "Exchange",
+    "Outcome",
+    "RequestLoad",
     "Response",
     "ResponseParseError",
     "Server",
+    "child_pids",
+    "cpu_seconds",
     "exchange",
     "free_port",
+    "logged_ready_pids",
     "parse_responses",
+    "process_group_gone",
     "raw_request",
     "read_to_eof",
+    "ready_workers",
     "refused",
+    "wait_for_ready_workers",
     "wait_until",
 ]
 
@@ -554,3 +564,146 @@ class Conn:
             raise AssertionError(f"server kept the connection open; got {self._buffer[:200]!r}")
         data, self._buffer = self._buffer, b""
         return data
+
+
+# --------------------------------------------------------------------------------------------------
+# The pre-fork master: its workers, their readiness and a steady client load
+
+_READY_LINE = re.compile(r"\[(\d+)\] \[INFO\] Application startup complete")
+_PID_IN_BODY = re.compile(rb"pid=(\d+)")
+
+
+def _proc_stat(pid: int) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command name (index 0 is the state), or None if gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name may hold spaces and parentheses: it ends at the last ")".
+    return text[text.rindex(")") + 2 :].split()
+
+
+def child_pids(parent: int) -> set[int]:
+    """The living (not zombie) child processes of `parent`."""
+    children = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        fields = _proc_stat(int(entry.name))
+        if fields is not None and fields[0] not in ("Z", "X") and int(fields[1]) == parent:
+            children.add(int(entry.name))
+    return children
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) `pid` has used so far."""
+    fields = _proc_stat(pid)
+    assert fields is not None, f"process {pid} is gone"
+    # utime and stime are fields 14 and 15 of /proc/PID/stat, i.e. 11 and 12 after the command name.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def process_group_gone(pgid: int) -> bool:
+    """True once no process is left in the group (the server runs in its own session, pgid == its pid)."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def logged_ready_pids(server: Server) -> list[int]:
+    """Pids that logged "Application startup complete" (a worker marks itself READY just before), in order."""
+    return [int(pid) for pid in _READY_LINE.findall(server.stderr_text())]
+
+
+def ready_workers(server: Server) -> set[int]:
+    """The master's living children that have reported READY."""
+    return child_pids(server.proc.pid) & set(logged_ready_pids(server))
+
+
+def wait_for_ready_workers(server: Server, count: int, timeout: float = READY_TIMEOUT) -> set[int]:
+    """Wait until exactly `count` workers are alive and READY; those pids (fails the test on timeout)."""
+    ok = wait_until(
+        lambda: len(ready_workers(server)) == count == len(child_pids(server.proc.pid)), timeout, interval=0.05
+    )
+    assert ok, f"wanted {count} READY workers, have {sorted(ready_workers(server))}:\n{server.stderr_text()}"
+    return ready_workers(server)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One request of a `RequestLoad`: when it started, its status (None: no response) and who served it."""
+
+    started: float
+    status: int | None
+    pid: int | None
+    error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status == 200
+
+
+class RequestLoad:
+    """A thread sending sequential GETs, each on a fresh connection, until stopped or its bounds are reached.
+
+    Use as a context manager; `outcomes()` lists every finished request. The app's answers should contain
+    "pid=N" (tests/apps/master_apps.py does) so each outcome names the worker that served it.
+    """
+
+    def __init__(self, port: int, path: str = "/", *, max_requests: int = 5_000, max_seconds: float = 60.0) -> None:
+        self.port = port
+        self.request = f"GET {path} HTTP/1.1\r\nHost: corral.test\r\nConnection: close\r\n\r\n".encode()
+        self.max_requests = max_requests
+        self.max_seconds = max_seconds
+        self._outcomes: list[Outcome] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="request-load", daemon=True)
+
+    def __enter__(self) -> RequestLoad:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def stop(self, timeout: float = 2 * READ_TIMEOUT) -> list[Outcome]:
+        self._stop.set()
+        self._thread.join(timeout)
+        return self.outcomes()
+
+    def join(self, timeout: float) -> bool:
+        """Wait for the load to reach its bounds by itself; whether it did."""
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def outcomes(self) -> list[Outcome]:
+        return list(self._outcomes)
+
+    def wait_for_more(self, count: int, timeout: float = 20.0) -> bool:
+        """Wait until `count` more requests than now have finished."""
+        target = len(self._outcomes) + count
+        return wait_until(lambda: len(self._outcomes) >= target or not self._thread.is_alive(), timeout) and (
+            len(self._outcomes) >= target
+        )
+
+    def _run(self) -> None:
+        deadline = time.monotonic() + self.max_seconds
+        for _ in range(self.max_requests):
+            if self._stop.is_set() or time.monotonic() > deadline:
+                return
+            self._outcomes.append(self._one())
+
+    def _one(self) -> Outcome:
+        started = time.monotonic()
+        try:
+            responses = exchange(self.port, self.request).final_responses()
+        except (OSError, AssertionError) as exc:  # ResponseParseError is an AssertionError
+            return Outcome(started, None, None, repr(exc))
+        if len(responses) != 1:
+            return Outcome(started, None, None, f"{len(responses)} responses")
+        match = _PID_IN_BODY.search(responses[0].body)
+        return Outcome(started, responses[0].status, int(match.group(1)) if match else None)

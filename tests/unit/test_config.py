@@ -196,7 +196,7 @@ def test_hooks_are_config_file_only_callables_defaulting_to_none():
 
 @pytest.mark.parametrize(
     ("name", "issue"),
-    [("pidfile", 3), ("reuse_port", 3), ("umask", 3), ("user", 3), ("reload", 4), ("certfile", 4),
+    [("reuse_port", 3), ("worker_tmp_dir", 3), ("reload", 4), ("certfile", 4),
      ("raw_env", 4), ("ws_max_size", 5), ("admin_bind", 6), ("statsd_host", 6), ("log_format", 6)],
 )  # fmt: skip
 def test_unimplemented_settings_name_the_issue_that_implements_them(name, issue):
@@ -222,6 +222,11 @@ def test_settings_implemented_now_are_marked_implemented():
         "preload_app",
         "boot_timeout",
         "loop_lag_warn",
+        "pidfile",
+        "user",
+        "group",
+        "umask",
+        "chdir",
     ]
     for name in implemented_now:
         assert SETTINGS_BY_NAME[name].implemented, name
@@ -512,8 +517,8 @@ def test_more_than_one_app_is_an_error():
 
 
 def test_unimplemented_setting_with_non_default_value_fails_naming_the_issue():
-    message = load_error(["--pid", "/run/corral.pid", "main:app"])
-    assert message.startswith("pidfile: not supported yet (planned in issue 3)")
+    message = load_error(["--worker-tmp-dir", "/dev/shm", "main:app"])
+    assert message.startswith("worker_tmp_dir: not supported yet (planned in issue 3)")
     assert "from the command line" in message
 
 
@@ -574,7 +579,7 @@ def test_config_replace_validates_and_checks_support():
     changed = cfg.replace(keepalive="1")
     assert (changed.keepalive, changed.sources["keepalive"], cfg.keepalive) == (1.0, "override", 5.0)
     with pytest.raises(ConfigError):
-        cfg.replace(pidfile="/run/corral.pid")
+        cfg.replace(reuse_port=True)
     with pytest.raises(ConfigError):
         cfg.replace(backlog=0)
 
@@ -797,3 +802,11 @@ def test_empty_config_file_name_is_an_error():
 def test_hook_given_as_an_import_string_that_fails_is_a_bad_value(tmp_path):
     conf = write_config(tmp_path, "when_ready = 'no_such_module_for_corral.ready'\n")
     assert load_error(["-c", str(conf)]).startswith("when_ready: cannot import 'no_such_module_for_corral.ready'")
+
+
+def test_user_that_does_not_exist_is_a_configuration_error():
+    assert load_error(["-u", "no-such-user-here", "main:app"]).startswith("user: no such user 'no-such-user-here'")
+
+
+def test_group_that_does_not_exist_is_a_configuration_error():
+    assert load_error(["-g", "no-such-group-here", "main:app"]).startswith("group: no such group")

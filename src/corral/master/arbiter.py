@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from corral.master import sizing
+from corral.master.pidfile import Pidfile, PidfileError
+from corral.master.privileges import Identity, resolve_identity
 from corral.master.scoreboard import MasterState, Scoreboard, Slot, WorkerState
 from corral.master.sockets import BindError, create_listeners, describe
 from corral.proctitle import set_title
@@ -77,10 +79,43 @@ def run(cfg: Any, reload_config: Callable[[], Any] | None = None) -> int:
 
     logger = setup_error_log(cfg.errorlog, cfg.loglevel)
     try:
-        listeners = create_listeners(list(cfg.bind), cfg.backlog)
-    except BindError as exc:
+        if cfg.chdir:
+            os.chdir(cfg.chdir)
+        identity = resolve_identity(cfg.user, cfg.group, cfg.initgroups)
+        owner = (identity.uid, identity.gid) if identity is not None else None
+        listeners = create_listeners(list(cfg.bind), cfg.backlog, umask=cfg.umask, owner=owner)
+    except (BindError, ValueError, OSError) as exc:
+        print(f"corral: error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_CONFIG
+    pidfile = Pidfile(cfg.pidfile) if cfg.pidfile else None
+    try:
+        if pidfile is not None:
+            pidfile.create(os.getpid())
+        return _run_pool(cfg, listeners, logger, identity, reload_config)
+    except PidfileError as exc:
         print(f"corral: error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    finally:
+        if pidfile is not None:
+            pidfile.unlink()
+        for sock in listeners:
+            with contextlib.suppress(OSError):
+                sock.close()
+
+
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.filename or 'chdir'}: {exc.strerror}" if exc.filename else exc.strerror
+    return str(exc)
+
+
+def _run_pool(
+    cfg: Any,
+    listeners: list[socket.socket],
+    logger: logging.Logger,
+    identity: Identity | None,
+    reload_config: Callable[[], Any] | None,
+) -> int:
     app = None
     if getattr(cfg, "preload_app", False):
         from corral.http import eager
@@ -92,13 +127,7 @@ def run(cfg: Any, reload_config: Callable[[], Any] | None = None) -> int:
         except AppLoadError as exc:
             print(f"corral: error: {exc}", file=sys.stderr)
             return EXIT_APP
-    arbiter = Arbiter(cfg, listeners, logger, app=app, reload_config=reload_config)
-    try:
-        return arbiter.run()
-    finally:
-        for sock in listeners:
-            with contextlib.suppress(OSError):
-                sock.close()
+    return Arbiter(cfg, listeners, logger, app=app, reload_config=reload_config, identity=identity).run()
 
 
 class Arbiter:
@@ -112,8 +141,10 @@ class Arbiter:
         *,
         app: Any = None,
         reload_config: Callable[[], Any] | None = None,
+        identity: Identity | None = None,
     ) -> None:
         self.cfg = cfg
+        self.identity = identity
         self.listeners = listeners
         self.log = logger
         self.app = app
@@ -288,9 +319,16 @@ class Arbiter:
         slot.claim(0, self.generation, now)
         cfg = self.cfg
         max_requests = cfg.max_requests + random.randint(0, cfg.max_requests_jitter) if cfg.max_requests else 0
-        pid = os.fork()
-        if pid == 0:
-            self._become_worker(slot, max_requests)
+        # Signals stay blocked across fork: one arriving before the child has reset the master's handlers
+        # would otherwise be queued in the child's copy of the master and lost. The child unblocks them
+        # once its own handling is in place (worker/process.py).
+        signal.pthread_sigmask(signal.SIG_BLOCK, self._HANDLED)
+        try:
+            pid = os.fork()
+            if pid == 0:
+                self._become_worker(slot, max_requests)
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, self._HANDLED)
         lifetime = float(cfg.max_worker_lifetime or 0)
         deadline = now + lifetime + random.uniform(0, lifetime * 0.1) if lifetime else None
         self.workers[pid] = WorkerHandle(pid, slot, self.generation, now, max_requests, lifetime_deadline=deadline)
@@ -302,7 +340,9 @@ class Arbiter:
 
         os.close(self.wake_r)
         os.close(self.wake_w)
-        run_worker_process(self.cfg, self.listeners, self.scoreboard, slot, self.generation, self.app, max_requests)
+        run_worker_process(
+            self.cfg, self.listeners, self.scoreboard, slot, self.generation, self.app, max_requests, self.identity
+        )
 
     # --- reaping --------------------------------------------------------------------------------
 

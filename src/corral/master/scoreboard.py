@@ -33,8 +33,8 @@ Slot i, 512 bytes at offset 64 + i * 512 (a multiple of 64, so no two slots shar
      32     8  f64      heartbeat             master (claim), worker (beat/set_state/publish)
      40     8  u64      requests              worker (publish) ─┐
      48    40  u64 x 5  responses 1xx..5xx                       │
-     88     8  i64      active_requests                          │ one pack_into:
-     96     8  i64      active_connections                       │ heartbeat .. rss
+     88     8  i64      active_requests                          │ publish() writes
+     96     8  i64      active_connections                       │ heartbeat .. rss at once
     104     8  u64      bytes_in                                 │
     112     8  u64      bytes_out                                │
     120     8  i64      websockets                               │
@@ -46,14 +46,17 @@ Slot i, 512 bytes at offset 64 + i * 512 (a multiple of 64, so no two slots shar
 Times are time.monotonic() seconds (CLOCK_MONOTONIC, the same clock in every process).
 
 Widths: totals are u64 (a worker serving 10^9 requests a second would need 584 years to wrap one); gauges
-(active requests and connections, websockets) are i64 so a transient miscount can never make the
-heartbeat's pack_into fail; pids are u32 (Linux caps them at 2^22).
+(active requests and connections, websockets) are i64 so a transient miscount can never make
+publish() fail; pids are u32 (Linux caps them at 2^22).
 
-Torn reads: a reader may run while a writer is half way through a pack_into, and then sees some fields of
-the previous write and some of the new one. Every field is 8-byte aligned and written whole by memcpy, so
-in practice each field is old or new, never a mix of bytes; decoding never fails whatever the bytes
-(an unknown state byte reads as EMPTY / STARTING). The state byte is written last (after ready_at and
-heartbeat), so a reader that sees READY also sees the READY time and a fresh heartbeat.
+Torn reads: a reader may run while a writer is half way through a write, and then sees some fields of the
+previous write and some of the new one. Writers never use struct.pack_into on the mapping: it zero-fills
+its destination before packing the fields, so a racing reader would see transient zeros (a heartbeat of
+0.0, a worker silent since boot). Each write packs into private bytes and copies them in with one slice
+assignment (a memcpy); every field is 8-byte aligned, so in practice each field reads whole, old or new.
+Decoding never fails whatever the bytes (an unknown state byte reads as EMPTY / STARTING). The state byte
+is written last (after ready_at and heartbeat), so a reader that sees READY also sees the READY time and
+a fresh heartbeat.
 """
 
 from __future__ import annotations
@@ -106,28 +109,29 @@ LATENCY_BUCKETS = 16
 _HEADER_IDENTITY = struct.Struct("<4sHHI")  # magic, version, slot size, slot count at 0
 _MASTER = struct.Struct("<IBB6xQ")  # pid, state, draining, generation at 12
 _MASTER_OFFSET = 12
+_MASTER_END = _MASTER_OFFSET + _MASTER.size
 
 # Slot structs (offsets from the start of the slot).
 _CLAIM = struct.Struct("<IBB2xQddd")  # pid .. heartbeat at 0
 _RELEASE = struct.Struct("<IB")  # pid, state at 0
 _PID = struct.Struct("<I")
-_PID_OFFSET = 0
-_BYTE = struct.Struct("<B")
 _STATE_OFFSET = 4
 _RETIRE_OFFSET = 5
 _TIME = struct.Struct("<d")
 _HEARTBEAT_OFFSET = 32
+_HEARTBEAT_END = _HEARTBEAT_OFFSET + _TIME.size
 _READY_AT_AND_HEARTBEAT = struct.Struct("<dd")  # ready_at, heartbeat at 24
 _READY_AT_OFFSET = 24
 _PUBLISH = struct.Struct("<dQ5QqqQQqQ")  # heartbeat .. rss at 32
+_PUBLISH_END = _HEARTBEAT_OFFSET + _PUBLISH.size
 _READ = struct.Struct("<IBB2xQdddQ5QqqQQqQ")  # pid .. rss at 0
 
-_ZERO_SLOT = bytes(SLOT_SIZE)
 _WORKER_STATES = tuple(WorkerState)
 _MASTER_STATES = tuple(MasterState)
 
-assert _PUBLISH.size + _HEARTBEAT_OFFSET == _READ.size <= LATENCY_OFFSET
-assert _MASTER.size + _MASTER_OFFSET <= HEADER_SIZE
+assert _PUBLISH_END == _READ.size <= LATENCY_OFFSET
+assert _READY_AT_OFFSET + _READY_AT_AND_HEARTBEAT.size == _HEARTBEAT_END
+assert _MASTER_END <= HEADER_SIZE
 assert LATENCY_OFFSET + 8 * LATENCY_BUCKETS <= SLOT_SIZE
 
 
@@ -191,12 +195,15 @@ class MasterHeader(NamedTuple):
 class Slot:
     """A view of one worker's slot; cheap to create, holds no state of its own besides where the slot is."""
 
-    __slots__ = ("_buf", "_offset", "index")
+    __slots__ = ("_buf", "_heartbeat", "_offset", "_publish", "index")
 
     def __init__(self, buf: mmap.mmap, index: int) -> None:
         self._buf = buf
         self.index = index
-        self._offset = HEADER_SIZE + index * SLOT_SIZE
+        self._offset = offset = HEADER_SIZE + index * SLOT_SIZE
+        # Where the hot writes go, precomputed: (start, end) within the mapping.
+        self._heartbeat = (offset + _HEARTBEAT_OFFSET, offset + _HEARTBEAT_END)
+        self._publish = (offset + _HEARTBEAT_OFFSET, offset + _PUBLISH_END)
 
     def __repr__(self) -> str:
         return f"<Slot {self.index} pid={self.pid} state={self.state.name}>"
@@ -205,13 +212,13 @@ class Slot:
 
     def claim(self, pid: int, generation: int, now: float) -> None:
         """Give the slot to a new worker: every field zeroed, state BOOTING, started = heartbeat = now."""
-        offset = self._offset
-        self._buf[offset : offset + SLOT_SIZE] = _ZERO_SLOT
-        _CLAIM.pack_into(self._buf, offset, pid, WorkerState.BOOTING, 0, generation, now, 0.0, now)
+        image = bytearray(SLOT_SIZE)
+        _CLAIM.pack_into(image, 0, pid, WorkerState.BOOTING, 0, generation, now, 0.0, now)
+        self._buf[self._offset : self._offset + SLOT_SIZE] = image
 
     def release(self) -> None:
         """Mark the slot free (state EMPTY, pid 0). The counters stay readable until the next claim."""
-        _RELEASE.pack_into(self._buf, self._offset, 0, WorkerState.EMPTY)
+        self._buf[self._offset : self._offset + _RELEASE.size] = _RELEASE.pack(0, WorkerState.EMPTY)
 
     # -- worker side ---------------------------------------------------------------------------------
 
@@ -221,21 +228,22 @@ class Slot:
         # ready_at and heartbeat first, the state byte last: whoever sees the new state sees them too.
         # A long boot would otherwise leave a stale heartbeat that the master could take for a hang.
         if state == WorkerState.READY:
-            _READY_AT_AND_HEARTBEAT.pack_into(buf, offset + _READY_AT_OFFSET, now, now)
+            buf[offset + _READY_AT_OFFSET : offset + _HEARTBEAT_END] = _READY_AT_AND_HEARTBEAT.pack(now, now)
         else:
-            _TIME.pack_into(buf, offset + _HEARTBEAT_OFFSET, now)
-        _BYTE.pack_into(buf, offset + _STATE_OFFSET, state)
+            start, end = self._heartbeat
+            buf[start:end] = _TIME.pack(now)
+        buf[offset + _STATE_OFFSET] = state
 
     def beat(self, now: float) -> None:
         """Write the heartbeat only."""
-        _TIME.pack_into(self._buf, self._offset + _HEARTBEAT_OFFSET, now)
+        start, end = self._heartbeat
+        self._buf[start:end] = _TIME.pack(now)
 
     def publish(self, counters: WorkerCounters, now: float, rss: int) -> None:
-        """Write the heartbeat, every counter and the RSS in one pack_into."""
+        """Write the heartbeat, every counter and the RSS: one pack, one copy into the mapping."""
         responses = counters.responses
-        _PUBLISH.pack_into(
-            self._buf,
-            self._offset + _HEARTBEAT_OFFSET,
+        start, end = self._publish
+        self._buf[start:end] = _PUBLISH.pack(
             now,
             counters.requests,
             responses[0],
@@ -253,7 +261,7 @@ class Slot:
 
     def request_retirement(self) -> None:
         """Ask the master to replace this worker (e.g. max_requests reached); the claim of a successor clears it."""
-        _BYTE.pack_into(self._buf, self._offset + _RETIRE_OFFSET, 1)
+        self._buf[self._offset + _RETIRE_OFFSET] = 1
 
     # -- readers -------------------------------------------------------------------------------------
 
@@ -301,7 +309,7 @@ class Slot:
 
     @property
     def pid(self) -> int:
-        return _PID.unpack_from(self._buf, self._offset + _PID_OFFSET)[0]
+        return _PID.unpack_from(self._buf, self._offset)[0]
 
     @property
     def state(self) -> WorkerState:
@@ -309,7 +317,7 @@ class Slot:
 
     @property
     def heartbeat(self) -> float:
-        return _TIME.unpack_from(self._buf, self._offset + _HEARTBEAT_OFFSET)[0]
+        return _TIME.unpack_from(self._buf, self._heartbeat[0])[0]
 
     @property
     def retire_requested(self) -> bool:
@@ -356,10 +364,10 @@ class Scoreboard:
         return None
 
     def set_master(self, pid: int, state: MasterState, generation: int, *, draining: bool | None = None) -> None:
-        """Write the master's header in one pack_into; draining defaults to state DRAINING or STOPPING."""
+        """Write the master's header in one copy; draining defaults to state DRAINING or STOPPING."""
         if draining is None:
             draining = state in (MasterState.DRAINING, MasterState.STOPPING)
-        _MASTER.pack_into(self._mm, _MASTER_OFFSET, pid, state, draining, generation)
+        self._mm[_MASTER_OFFSET:_MASTER_END] = _MASTER.pack(pid, state, draining, generation)
 
     def read_master(self) -> MasterHeader:
         pid, state, draining, generation = _MASTER.unpack_from(self._mm, _MASTER_OFFSET)

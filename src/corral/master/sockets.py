@@ -112,12 +112,18 @@ def describe(sock: socket.socket) -> str:
     return f"http://{host}:{port}"
 
 
-def create_listeners(binds: list[str], backlog: int) -> list[socket.socket]:
-    """Bind every `bind` value; on any failure close what was bound and raise BindError."""
+def create_listeners(
+    binds: list[str], backlog: int, *, umask: int = 0, owner: tuple[int, int] | None = None
+) -> list[socket.socket]:
+    """Bind every `bind` value; on any failure close what was bound and raise BindError.
+
+    `umask` applies while unix sockets are created (their file mode); `owner` (uid, gid) is given the
+    unix socket files, so that workers running as that user can manage them.
+    """
     sockets: list[socket.socket] = []
     try:
         for value in binds:
-            sockets.append(_bind_one(value, parse_bind(value), backlog))
+            sockets.append(_bind_one(value, parse_bind(value), backlog, umask, owner))
     except BaseException:
         for sock in sockets:
             sock.close()
@@ -125,7 +131,9 @@ def create_listeners(binds: list[str], backlog: int) -> list[socket.socket]:
     return sockets
 
 
-def _bind_one(value: str, listener: BindAddress, backlog: int) -> socket.socket:
+def _bind_one(
+    value: str, listener: BindAddress, backlog: int, umask: int, owner: tuple[int, int] | None
+) -> socket.socket:
     if listener.kind == "fd":
         try:
             sock = socket.socket(fileno=listener.fd)
@@ -134,7 +142,7 @@ def _bind_one(value: str, listener: BindAddress, backlog: int) -> socket.socket:
         sock.setblocking(False)
         return sock
     if listener.kind == "unix":
-        return _bind_unix(value, listener.path, backlog)
+        return _bind_unix(value, listener.path, backlog, umask, owner)
     return _bind_tcp(value, listener.host, listener.port, backlog)
 
 
@@ -159,17 +167,22 @@ def _bind_tcp(value: str, host: str, port: int, backlog: int) -> socket.socket:
     return sock
 
 
-def _bind_unix(value: str, path: str, backlog: int) -> socket.socket:
+def _bind_unix(value: str, path: str, backlog: int, umask: int, owner: tuple[int, int] | None) -> socket.socket:
     with contextlib.suppress(FileNotFoundError):
         # Replace a stale socket file left by a previous run, but never a regular file.
         if stat.S_ISSOCK(os.stat(path).st_mode):
             os.unlink(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    previous_umask = os.umask(umask)
     try:
         sock.bind(path)
+        if owner is not None:
+            os.chown(path, *owner)
         sock.listen(backlog)
     except OSError as exc:
         sock.close()
         raise BindError(f"bind {value!r}: {exc.strerror or exc}") from None
+    finally:
+        os.umask(previous_umask)
     sock.setblocking(False)
     return sock

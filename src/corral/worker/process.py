@@ -18,6 +18,7 @@ import time
 from typing import Any, NoReturn
 
 from corral.http import eager
+from corral.master.privileges import Identity, drop_privileges
 from corral.master.scoreboard import MasterState, Scoreboard, Slot
 from corral.proctitle import set_title
 from corral.worker.server import EXIT_LIFESPAN, EXIT_OK, Worker, new_event_loop
@@ -42,11 +43,12 @@ def run_worker_process(
     generation: int,
     app: Any | None,
     max_requests: int,
+    identity: Identity | None = None,
 ) -> NoReturn:
     """Run in the child after fork; never returns."""
     code = EXIT_CRASH
     try:
-        code = _serve(cfg, listeners, scoreboard, slot, generation, app, max_requests)
+        code = _serve(cfg, listeners, scoreboard, slot, generation, app, max_requests, identity)
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else EXIT_CRASH
     except BaseException:
@@ -64,9 +66,12 @@ def _serve(
     generation: int,
     app: Any | None,
     max_requests: int,
+    identity: Identity | None,
 ) -> int:
     _reset_signals()
     slot.claim(os.getpid(), generation, time.monotonic())
+    if identity is not None:
+        drop_privileges(identity)
     logger = logging.getLogger("corral.error")
     # On SIGABRT (the master's timeout) print every thread's Python stack to the error log, so the operator
     # sees where the worker was stuck before it died.
