@@ -39,6 +39,11 @@ __all__ = ["H1Protocol", "ServerState"]
 _ASGI_VERSION = {"version": "3.0", "spec_version": "2.4"}
 _METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
 
+# While draining, an idle keep-alive connection is kept this long for its next request, which is then
+# answered with Connection: close. Closing at once would race a request already on the wire: the client
+# would see a reset instead of an answer. A busy client sends its next request well within this.
+DRAIN_IDLE_GRACE = 1.0
+
 _HOST = b"host"
 _EXPECT = b"expect"
 _TRANSFER_ENCODING = b"transfer-encoding"
@@ -101,6 +106,7 @@ class ServerState:
         self.max_requests = max_requests  # 0: never (the count starts at 1)
         self.on_max_requests = on_max_requests
         self.connections: set[H1Protocol] = set()
+        self.drain_started = 0.0
         # Each request runs in a copy of this, never of whatever context happens to be current.
         self.base_context = contextvars.copy_context()
         self.draining = False
@@ -537,13 +543,12 @@ class H1Protocol(asyncio.Protocol):
         if self.in_head and self.head_bytes:
             if now - self.head_started > state.header_timeout:
                 self._refuse(408, "request header timeout")
-        elif now - self.idle_since > state.keepalive or state.draining:
+        elif now - self.idle_since > state.keepalive or self._drain_grace_over(now):
             self._close()
 
-    def shutdown(self) -> None:
-        """Graceful drain: close now if idle, else after the response in flight (Connection: close)."""
-        if self.cycle is None and not self.queue and not (self.in_head and self.head_bytes):
-            self._close()
+    def _drain_grace_over(self, now: float) -> bool:
+        state = self.state
+        return state.draining and now - max(self.idle_since, state.drain_started) >= DRAIN_IDLE_GRACE
 
 
 def _check_transfer_encoding(values: list[bytes], version: str) -> None:

@@ -214,17 +214,19 @@ class Worker:
     async def _stop_servers(self, graceful: bool) -> None:
         state = self.state
         assert state is not None
-        state.draining = True
+        state.draining = True  # from now on every response says Connection: close
         for server in self.servers:
             server.close()
         if graceful and self.final_shutdown():
             self._accept_backlog(state)
         if graceful:
-            for conn in list(state.connections):
-                conn.shutdown()
+            state.tick()
+            state.drain_started = state.clock
             deadline = self.loop.time() + self.cfg.graceful_timeout
             while state.connections and self.loop.time() < deadline:
                 await asyncio.sleep(0.05)
+                state.tick()
+                state.sweep()
             if state.connections:
                 self.logger.warning(
                     "graceful_timeout (%ss) expired with %d connection(s) still open: closing them",
