@@ -535,7 +535,7 @@ SETTINGS: tuple[Setting, ...] = (
             "Maximum number of pending connections queued by the kernel.", cli=("--backlog",), metavar=_INT),
     Setting("reuse_port", "Server Socket", False, boolean,
             "Set SO_REUSEPORT: each worker gets its own listening socket.",
-            cli=("--reuse-port",), kind="flag", implemented_in=_MASTER),
+            cli=("--reuse-port",), kind="flag"),
     # Worker Processes
     Setting("workers", "Worker Processes", 1, workers_value,
             "Number of worker processes, or 'auto' (the CPUs this process may use).",

@@ -124,3 +124,19 @@ def test_umask_sets_the_unix_socket_mode(serve: ServerFactory, tmp_path: Path) -
     serve("tests.apps.echo:app", "--bind", f"unix:{path}", "--umask", "077", wait_ready=False)
     assert wait_until(path.exists, 15)
     assert stat.S_IMODE(path.stat().st_mode) == 0o700
+
+
+def listening_sockets(port: int) -> int:
+    """How many sockets listen on 127.0.0.1:port (from /proc/net/tcp: state 0A is LISTEN)."""
+    wanted = f"0100007F:{port:04X}"
+    with open("/proc/net/tcp") as table:
+        return sum(1 for line in table if line.split()[1:4:2] == [wanted, "0A"])
+
+
+def test_reuse_port_gives_each_worker_its_own_listening_socket(serve: ServerFactory) -> None:
+    server = serve("tests.apps.echo:app", "--reuse-port", "--workers", "2")
+    assert wait_until(lambda: listening_sockets(server.port) == 2, 15)
+    for _ in range(20):
+        with socket.create_connection((server.host, server.port), timeout=5) as conn:
+            conn.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            assert conn.recv(4096).startswith(b"HTTP/1.1 200 ")

@@ -196,7 +196,7 @@ def test_hooks_are_config_file_only_callables_defaulting_to_none():
 
 @pytest.mark.parametrize(
     ("name", "issue"),
-    [("reuse_port", 3), ("worker_tmp_dir", 3), ("reload", 4), ("certfile", 4),
+    [("worker_tmp_dir", 3), ("reload", 4), ("certfile", 4),
      ("raw_env", 4), ("ws_max_size", 5), ("admin_bind", 6), ("statsd_host", 6), ("log_format", 6)],
 )  # fmt: skip
 def test_unimplemented_settings_name_the_issue_that_implements_them(name, issue):
@@ -579,7 +579,7 @@ def test_config_replace_validates_and_checks_support():
     changed = cfg.replace(keepalive="1")
     assert (changed.keepalive, changed.sources["keepalive"], cfg.keepalive) == (1.0, "override", 5.0)
     with pytest.raises(ConfigError):
-        cfg.replace(reuse_port=True)
+        cfg.replace(worker_tmp_dir="/dev/shm")
     with pytest.raises(ConfigError):
         cfg.replace(backlog=0)
 

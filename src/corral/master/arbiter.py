@@ -26,7 +26,7 @@ from corral.master import sizing
 from corral.master.pidfile import Pidfile, PidfileError
 from corral.master.privileges import Identity, resolve_identity
 from corral.master.scoreboard import MasterState, Scoreboard, Slot, WorkerState
-from corral.master.sockets import BindError, create_listeners, describe
+from corral.master.sockets import BindError, create_listeners, describe, tcp_migrate_req_enabled
 from corral.proctitle import set_title
 
 __all__ = ["Arbiter", "run"]
@@ -83,7 +83,9 @@ def run(cfg: Any, reload_config: Callable[[], Any] | None = None) -> int:
             os.chdir(cfg.chdir)
         identity = resolve_identity(cfg.user, cfg.group, cfg.initgroups)
         owner = (identity.uid, identity.gid) if identity is not None else None
-        listeners = create_listeners(list(cfg.bind), cfg.backlog, umask=cfg.umask, owner=owner)
+        listeners = create_listeners(
+            list(cfg.bind), cfg.backlog, umask=cfg.umask, owner=owner, reuse_port=cfg.reuse_port
+        )
     except (BindError, ValueError, OSError) as exc:
         print(f"corral: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_CONFIG
@@ -116,6 +118,11 @@ def _run_pool(
     identity: Identity | None,
     reload_config: Callable[[], Any] | None,
 ) -> int:
+    if cfg.reuse_port and tcp_migrate_req_enabled() is False:
+        logger.warning(
+            "reuse_port: net.ipv4.tcp_migrate_req is 0, so connections still queued on a replaced worker's "
+            "own socket are reset; set it to 1 (sysctl -w net.ipv4.tcp_migrate_req=1)"
+        )
     app = None
     if getattr(cfg, "preload_app", False):
         from corral.http import eager

@@ -11,7 +11,15 @@ import stat
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["BindAddress", "BindError", "create_listeners", "describe", "parse_bind"]
+__all__ = [
+    "BindAddress",
+    "BindError",
+    "create_listeners",
+    "describe",
+    "parse_bind",
+    "tcp_migrate_req_enabled",
+    "worker_listeners",
+]
 
 
 class BindError(ValueError):
@@ -113,7 +121,12 @@ def describe(sock: socket.socket) -> str:
 
 
 def create_listeners(
-    binds: list[str], backlog: int, *, umask: int = 0, owner: tuple[int, int] | None = None
+    binds: list[str],
+    backlog: int,
+    *,
+    umask: int = 0,
+    owner: tuple[int, int] | None = None,
+    reuse_port: bool = False,
 ) -> list[socket.socket]:
     """Bind every `bind` value; on any failure close what was bound and raise BindError.
 
@@ -123,7 +136,7 @@ def create_listeners(
     sockets: list[socket.socket] = []
     try:
         for value in binds:
-            sockets.append(_bind_one(value, parse_bind(value), backlog, umask, owner))
+            sockets.append(_bind_one(value, parse_bind(value), backlog, umask, owner, reuse_port))
     except BaseException:
         for sock in sockets:
             sock.close()
@@ -132,7 +145,7 @@ def create_listeners(
 
 
 def _bind_one(
-    value: str, listener: BindAddress, backlog: int, umask: int, owner: tuple[int, int] | None
+    value: str, listener: BindAddress, backlog: int, umask: int, owner: tuple[int, int] | None, reuse_port: bool
 ) -> socket.socket:
     if listener.kind == "fd":
         try:
@@ -143,10 +156,10 @@ def _bind_one(
         return sock
     if listener.kind == "unix":
         return _bind_unix(value, listener.path, backlog, umask, owner)
-    return _bind_tcp(value, listener.host, listener.port, backlog)
+    return _bind_tcp(value, listener.host, listener.port, backlog, reuse_port)
 
 
-def _bind_tcp(value: str, host: str, port: int, backlog: int) -> socket.socket:
+def _bind_tcp(value: str, host: str, port: int, backlog: int, reuse_port: bool) -> socket.socket:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as exc:
@@ -154,17 +167,60 @@ def _bind_tcp(value: str, host: str, port: int, backlog: int) -> socket.socket:
     family, socktype, proto, _, address = infos[0]
     sock = socket.socket(family, socktype, proto)
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        _configure_tcp(sock, reuse_port)
         sock.bind(address)
-        sock.listen(backlog)
+        if not reuse_port:
+            # With reuse_port the master's socket only holds the address; each worker listens on its own.
+            sock.listen(backlog)
     except OSError as exc:
         sock.close()
         raise BindError(f"bind {value!r}: {exc.strerror or exc}") from None
     sock.setblocking(False)
     return sock
+
+
+def _configure_tcp(sock: socket.socket, reuse_port: bool) -> None:
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    if sock.family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def worker_listeners(master_sockets: list[socket.socket], backlog: int, reuse_port: bool) -> list[socket.socket]:
+    """The sockets a worker serves: the master's, or with reuse_port its own twin of each TCP one.
+
+    A twin is a new SO_REUSEPORT socket bound to the same address, so the kernel spreads connections over
+    the workers' own accept queues instead of waking them all on one shared queue.
+    """
+    if not reuse_port:
+        return master_sockets
+    sockets = []
+    for shared in master_sockets:
+        if shared.family not in (socket.AF_INET, socket.AF_INET6) or _is_listening(shared):
+            sockets.append(shared)  # unix sockets and inherited descriptors stay shared
+            continue
+        own = socket.socket(shared.family, socket.SOCK_STREAM)
+        _configure_tcp(own, reuse_port=True)
+        own.bind(shared.getsockname())
+        own.listen(backlog)
+        own.setblocking(False)
+        sockets.append(own)
+    return sockets
+
+
+def _is_listening(sock: socket.socket) -> bool:
+    return bool(sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN))
+
+
+def tcp_migrate_req_enabled(path: str = "/proc/sys/net/ipv4/tcp_migrate_req") -> bool | None:
+    """Whether the kernel moves queued connections off a closing SO_REUSEPORT socket (None: unknown)."""
+    try:
+        with open(path) as file:
+            return file.read().strip() == "1"
+    except OSError:
+        return None
 
 
 def _bind_unix(value: str, path: str, backlog: int, umask: int, owner: tuple[int, int] | None) -> socket.socket:

@@ -20,6 +20,7 @@ from typing import Any, NoReturn
 from corral.http import eager
 from corral.master.privileges import Identity, drop_privileges
 from corral.master.scoreboard import MasterState, Scoreboard, Slot
+from corral.master.sockets import worker_listeners
 from corral.proctitle import set_title
 from corral.worker.server import EXIT_LIFESPAN, EXIT_OK, Worker, new_event_loop
 
@@ -89,11 +90,14 @@ def _serve(
     loop = new_event_loop(cfg.loop)
     asyncio.set_event_loop(loop)
 
+    own_sockets = worker_listeners(listeners, cfg.backlog, cfg.reuse_port)
+
     def final_shutdown() -> bool:
-        return scoreboard.read_master().state in (MasterState.DRAINING, MasterState.STOPPING)
+        # With reuse_port the queue is this worker's own: whatever waits in it must be answered now.
+        return cfg.reuse_port or scoreboard.read_master().state in (MasterState.DRAINING, MasterState.STOPPING)
 
     worker = Worker(
-        cfg, app, listeners, loop, logger, slot=slot, final_shutdown=final_shutdown, max_requests=max_requests
+        cfg, app, own_sockets, loop, logger, slot=slot, final_shutdown=final_shutdown, max_requests=max_requests
     )
     try:
         code = loop.run_until_complete(worker.serve())
