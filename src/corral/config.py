@@ -726,8 +726,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("initgroups", "Process", False, boolean,
             "Also give workers every supplementary group of the user.", cli=("--initgroups",), kind="flag"),
     Setting("worker_tmp_dir", "Process", None, optional_string,
-            "Directory for worker temporary files.", cli=("--worker-tmp-dir",), metavar="DIR",
-            implemented_in=_MASTER),
+            "Accepted from Gunicorn configs; unused: corral's heartbeats live in shared memory, not in files.",
+            cli=("--worker-tmp-dir",), metavar="DIR"),
     Setting("daemon", "Process", False, boolean,
             "Gunicorn's daemon mode.", cli=("-D", "--daemon"), kind="flag",
             unsupported="corral does not daemonize; run it in the foreground under systemd, "

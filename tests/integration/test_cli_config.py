@@ -64,7 +64,7 @@ def assert_one_error_line(result: subprocess.CompletedProcess[str], setting: str
         (["main:app", "-b", "127.0.0.1:99999"], "bind: "),
         (["main:app", "--limit-request-line", "-1"], "limit_request_line: "),
         (["main:app", "-k", "sync"], "worker_class: "),
-        (["main:app", "--worker-tmp-dir", "/dev/shm"], "worker_tmp_dir: not supported yet (planned in issue 3)"),
+        (["main:app", "--certfile", "/etc/ssl/corral.pem"], "certfile: not supported yet (planned in issue 4)"),
         (["main:app", "--no-such-flag"], "--no-such-flag: unknown option"),
         (["main:app", "-D"], "daemon: not supported (corral does not daemonize"),
         (["main:app", "-c", "missing.conf.py"], "config file missing.conf.py: no such file"),

@@ -196,7 +196,7 @@ def test_hooks_are_config_file_only_callables_defaulting_to_none():
 
 @pytest.mark.parametrize(
     ("name", "issue"),
-    [("worker_tmp_dir", 3), ("reload", 4), ("certfile", 4),
+    [("reload", 4), ("certfile", 4),
      ("raw_env", 4), ("ws_max_size", 5), ("admin_bind", 6), ("statsd_host", 6), ("log_format", 6)],
 )  # fmt: skip
 def test_unimplemented_settings_name_the_issue_that_implements_them(name, issue):
@@ -517,8 +517,8 @@ def test_more_than_one_app_is_an_error():
 
 
 def test_unimplemented_setting_with_non_default_value_fails_naming_the_issue():
-    message = load_error(["--worker-tmp-dir", "/dev/shm", "main:app"])
-    assert message.startswith("worker_tmp_dir: not supported yet (planned in issue 3)")
+    message = load_error(["--certfile", "/etc/ssl/corral.pem", "main:app"])
+    assert message.startswith("certfile: not supported yet (planned in issue 4)")
     assert "from the command line" in message
 
 
@@ -579,7 +579,7 @@ def test_config_replace_validates_and_checks_support():
     changed = cfg.replace(keepalive="1")
     assert (changed.keepalive, changed.sources["keepalive"], cfg.keepalive) == (1.0, "override", 5.0)
     with pytest.raises(ConfigError):
-        cfg.replace(worker_tmp_dir="/dev/shm")
+        cfg.replace(certfile="/etc/ssl/corral.pem")
     with pytest.raises(ConfigError):
         cfg.replace(backlog=0)
 
@@ -779,7 +779,7 @@ def test_docs_page_lists_every_setting_with_its_status():
     text = docs.render_settings()
     for setting in SETTINGS:
         assert f"| `{setting.name}` |" in text
-    assert "Planned: issue 3" in text
+    assert "Planned: issue 4" in text
     assert "Not supported: corral does not daemonize" in text
 
 

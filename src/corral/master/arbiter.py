@@ -26,7 +26,13 @@ from corral.master import sizing
 from corral.master.pidfile import Pidfile, PidfileError
 from corral.master.privileges import Identity, resolve_identity
 from corral.master.scoreboard import MasterState, Scoreboard, Slot, WorkerState
-from corral.master.sockets import BindError, create_listeners, describe, tcp_migrate_req_enabled
+from corral.master.sockets import (
+    BindError,
+    create_listeners,
+    describe,
+    systemd_listeners,
+    tcp_migrate_req_enabled,
+)
 from corral.proctitle import set_title
 
 __all__ = ["Arbiter", "run"]
@@ -83,7 +89,7 @@ def run(cfg: Any, reload_config: Callable[[], Any] | None = None) -> int:
             os.chdir(cfg.chdir)
         identity = resolve_identity(cfg.user, cfg.group, cfg.initgroups)
         owner = (identity.uid, identity.gid) if identity is not None else None
-        listeners = create_listeners(
+        listeners = systemd_listeners() or create_listeners(
             list(cfg.bind), cfg.backlog, umask=cfg.umask, owner=owner, reuse_port=cfg.reuse_port
         )
     except (BindError, ValueError, OSError) as exc:

@@ -17,6 +17,7 @@ __all__ = [
     "create_listeners",
     "describe",
     "parse_bind",
+    "systemd_listeners",
     "tcp_migrate_req_enabled",
     "worker_listeners",
 ]
@@ -242,3 +243,28 @@ def _bind_unix(value: str, path: str, backlog: int, umask: int, owner: tuple[int
         os.umask(previous_umask)
     sock.setblocking(False)
     return sock
+
+
+SD_LISTEN_FDS_START = 3
+
+
+def systemd_listeners(environ: dict[str, str] | None = None, pid: int | None = None) -> list[socket.socket] | None:
+    """The sockets systemd passed by socket activation (LISTEN_FDS for this pid), or None when there are none.
+
+    The variables are removed once read, so that workers and apps do not take the sockets for their own.
+    """
+    env = os.environ if environ is None else environ
+    if env.get("LISTEN_PID") != str(os.getpid() if pid is None else pid):
+        return None
+    try:
+        count = int(env.get("LISTEN_FDS", "0"))
+    except ValueError:
+        return None
+    for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        env.pop(name, None)
+    sockets = []
+    for fd in range(SD_LISTEN_FDS_START, SD_LISTEN_FDS_START + count):
+        sock = socket.socket(fileno=fd)
+        sock.setblocking(False)
+        sockets.append(sock)
+    return sockets or None
