@@ -267,6 +267,8 @@ def stop_server(process: subprocess.Popen[bytes], grace: float = 10.0) -> None:
             os.kill(pid, signal.SIGKILL)
     with contextlib.suppress(subprocess.TimeoutExpired):
         process.wait(timeout=5)
+    if process.poll() is not None and not _group_alive(process.pid) and process in STARTED:
+        STARTED.remove(process)  # gone for good: its pid may now belong to someone else's process
 
 
 def _group_alive(pgid: int) -> bool:
@@ -283,7 +285,7 @@ def _signal_group(pgid: int, sig: signal.Signals) -> None:
 
 
 def stop_all_started() -> None:
-    for process in STARTED:
+    for process in list(STARTED):
         stop_server(process, grace=3.0)
 
 

@@ -700,10 +700,12 @@ class RequestLoad:
     def _one(self) -> Outcome:
         started = time.monotonic()
         try:
-            responses = exchange(self.port, self.request).final_responses()
+            result = exchange(self.port, self.request)
+            responses = result.final_responses()
         except (OSError, AssertionError) as exc:  # ResponseParseError is an AssertionError
             return Outcome(started, None, None, repr(exc))
         if len(responses) != 1:
-            return Outcome(started, None, None, f"{len(responses)} responses")
+            how = "reset by the server" if result.reset else "closed" if result.closed else "still open"
+            return Outcome(started, None, None, f"{len(responses)} responses, connection {how}")
         match = _PID_IN_BODY.search(responses[0].body)
         return Outcome(started, responses[0].status, int(match.group(1)) if match else None)

@@ -175,20 +175,25 @@ class H1Protocol(asyncio.Protocol):
         self.reading_paused = False
         self.writing_paused = False
         self.drain_waiters: list[asyncio.Future[None]] = []
+        # Counted from the moment the connection is accepted, not from connection_made a loop turn later:
+        # a draining worker must see a connection it has accepted but not yet started, or it would exit
+        # and close it unanswered.
+        self.accepted_at = state.clock
+        state.connections.add(self)
 
     # --- connection events ----------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         state = self.state
-        if len(state.connections) >= state.worker_connections:
+        if len(state.connections) > state.worker_connections:
             # Over the cap: answer at once rather than let the client hang in a queue we will not serve.
             state.logger.warning("worker_connections (%d) reached: refusing a connection", state.worker_connections)
             transport.write(error_response(503, "too many connections", state.default_headers))  # type: ignore[attr-defined]
             transport.close()
             self.closing = True
+            state.connections.discard(self)
             return
-        state.connections.add(self)
         peer = transport.get_extra_info("peername")
         sock = transport.get_extra_info("sockname")
         if isinstance(peer, tuple) and len(peer) >= 2:
@@ -537,6 +542,11 @@ class H1Protocol(asyncio.Protocol):
         return scope["method"], scope["path"], peer, self.loop.time() - cycle.started
 
     def check_timeouts(self, now: float) -> None:
+        if self.transport is None:
+            # Accepted but never started (say, a TLS handshake that failed): forget it after a while.
+            if now - self.accepted_at > self.state.header_timeout:
+                self.state.connections.discard(self)
+            return
         if self.closing or self.cycle is not None or self.queue:
             return
         state = self.state

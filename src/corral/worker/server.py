@@ -260,7 +260,8 @@ class Worker:
         if self.state is None:
             return
         for conn in list(self.state.connections):
-            conn.transport.abort()
+            if conn.transport is not None:
+                conn.transport.abort()
 
 
 def _log_accept_failure(task: asyncio.Task[Any]) -> None:
