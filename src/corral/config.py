@@ -537,7 +537,7 @@ SETTINGS: tuple[Setting, ...] = (
             "Set SO_REUSEPORT: each worker gets its own listening socket.",
             cli=("--reuse-port",), kind="flag"),
     # Worker Processes
-    Setting("workers", "Worker Processes", 1, workers_value,
+    Setting("workers", "Worker Processes", "auto", workers_value,
             "Number of worker processes, or 'auto' (the CPUs this process may use).",
             cli=("-w", "--workers"), env="WEB_CONCURRENCY", metavar=_INT),
     Setting("worker_class", "Worker Processes", "corral", worker_class_value,

@@ -138,10 +138,14 @@ def _spawn(app: str, args: Sequence[str], log_dir: Path, app_dir: Path = REPO_RO
     stem = f"corral-{port}-{time.monotonic_ns()}"
     stderr_path = log_dir / f"{stem}.stderr"
     stdout_path = log_dir / f"{stem}.stdout"
+    # One worker unless the test asks for more: the default ("auto") follows the machine's CPUs, and a
+    # test's expectations (connection caps, which worker answers) must not.
+    workers = [] if any(arg in ("-w", "--workers") or arg.startswith("--workers=") for arg in args) else ["-w", "1"]
     command = [
         sys.executable, "-m", "corral", app,
         "--bind", f"127.0.0.1:{port}",
         "--app-dir", str(app_dir),
+        *workers,
         *args,
     ]  # fmt: skip
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}

@@ -264,7 +264,7 @@ def test_defaults_without_any_input():
     assert cfg.access_log_format == '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s"'
     assert (cfg.lifespan, cfg.factory, cfg.app_dir, cfg.loop) == ("auto", False, ".", "auto")
     assert cfg.worker_class == "corral"
-    assert cfg.workers == 1
+    assert cfg.workers == "auto"
     assert cfg.on_starting is None
     assert set(cfg.sources.values()) == {"default"}
     assert cfg.config_file is None
@@ -342,7 +342,7 @@ def test_command_line_app_wins_over_cmd_args_env():
 
 def test_gunicorn_cmd_args_is_not_read_yet_but_warned_about():
     cfg = load([], {"GUNICORN_CMD_ARGS": "--workers 4"})
-    assert cfg.workers == 1
+    assert cfg.workers == "auto"
     assert any("GUNICORN_CMD_ARGS" in warning for warning in cfg.warnings)
 
 
