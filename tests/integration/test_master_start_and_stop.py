@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 from pathlib import Path
@@ -75,3 +76,28 @@ def test_lifespan_startup_that_hangs_is_killed_after_boot_timeout_and_exits_3(se
     assert "did not boot within boot_timeout (2 s)" in log
     assert "Application startup complete" not in log
     assert wait_until(lambda: process_group_gone(server.proc.pid), 10), "a worker outlived the master"
+
+
+def test_connections_queued_in_the_kernel_at_shutdown_are_answered(serve: ServerFactory) -> None:
+    """Gunicorn resets these (its issue 3397); corral's draining worker accepts and answers them."""
+    server = serve(APP, "-w", "1")
+    (worker,) = wait_for_ready_workers(server, 1)
+    os.kill(worker, signal.SIGSTOP)  # the worker cannot accept: new connections wait in the backlog
+    queued: list[socket.socket] = []
+    try:
+        for _ in range(5):
+            conn = socket.create_connection((server.host, server.port), timeout=10)
+            conn.sendall(b"GET / HTTP/1.1\r\nHost: corral.test\r\n\r\n")
+            queued.append(conn)
+        server.signal(signal.SIGTERM)
+        assert wait_until(lambda: "Received TERM" in server.stderr_text(), 10)
+    finally:
+        os.kill(worker, signal.SIGCONT)
+    for conn in queued:
+        with conn:
+            reply = b""
+            while chunk := conn.recv(4096):
+                reply += chunk
+            # Answered, then closed by the drain (whether the answer came just before or during it).
+            assert reply.startswith(b"HTTP/1.1 200 "), reply[:80]
+    assert server.wait(30) == EXIT_OK, server.stderr_text()
