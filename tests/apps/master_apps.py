@@ -19,6 +19,7 @@ __all__ = [
     "RELOADABLE_APP_SOURCE",
     "app",
     "block_the_loop",
+    "grow",
     "hanging_lifespan_app",
     "hello",
     "sleep_politely",
@@ -83,7 +84,16 @@ async def hello(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await _answer(send, "hello")
 
 
-_ROUTES = {"/stuck": stuck_in_time_sleep, "/block": block_the_loop, "/sleep": sleep_politely}
+_HELD: list[bytearray] = []
+
+
+async def grow(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Keeps `mib` MiB alive in this worker (a leak): max_worker_memory must replace the worker."""
+    _HELD.append(bytearray(int(_query(scope).get("mib", "64")) * 1024 * 1024))
+    await _answer(send, "grown")
+
+
+_ROUTES = {"/stuck": stuck_in_time_sleep, "/block": block_the_loop, "/sleep": sleep_politely, "/grow": grow}
 
 
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
