@@ -269,26 +269,23 @@ def user_or_group(raw: Any) -> int | str | None:
 
 def user_value(raw: Any) -> int | str | None:
     """A user name or uid that exists on this machine (workers switch to it after binding)."""
-    value = user_or_group(raw)
-    if isinstance(value, str):
-        import pwd
+    import pwd
 
-        try:
-            pwd.getpwnam(value)
-        except KeyError:
-            raise ValueError(f"no such user {value!r}") from None
-    return value
+    return _existing(user_or_group(raw), pwd.getpwnam, "user")
 
 
 def group_value(raw: Any) -> int | str | None:
-    value = user_or_group(raw)
-    if isinstance(value, str):
-        import grp
+    import grp
 
+    return _existing(user_or_group(raw), grp.getgrnam, "group")
+
+
+def _existing(value: int | str | None, lookup: Callable[[str], Any], kind: str) -> int | str | None:
+    if isinstance(value, str):
         try:
-            grp.getgrnam(value)
+            lookup(value)
         except KeyError:
-            raise ValueError(f"no such group {value!r}") from None
+            raise ValueError(f"no such {kind} {value!r}") from None
     return value
 
 
