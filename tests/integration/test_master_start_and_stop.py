@@ -5,10 +5,13 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 from tests.apps.master_apps import BROKEN_APP_SOURCE
 from tests.integration.conftest import (
+    REPO_ROOT,
     Conn,
     ServerFactory,
     free_port,
@@ -101,3 +104,36 @@ def test_connections_queued_in_the_kernel_at_shutdown_are_answered(serve: Server
             # Answered, then closed by the drain (whether the answer came just before or during it).
             assert reply.startswith(b"HTTP/1.1 200 "), reply[:80]
     assert server.wait(30) == EXIT_OK, server.stderr_text()
+
+
+def test_drain_delay_keeps_serving_new_connections_after_term(serve: ServerFactory) -> None:
+    server = serve(APP, "-w", "1", "--drain-delay", "2")
+    wait_for_ready_workers(server, 1)
+    server.signal(signal.SIGTERM)
+    assert wait_until(lambda: "drain_delay" in server.stderr_text(), 10)
+    # Load balancers still send traffic for a moment after a pod is told to stop: it must be served.
+    with socket.create_connection((server.host, server.port), timeout=10) as conn:
+        conn.sendall(b"GET / HTTP/1.1\r\nHost: corral.test\r\nConnection: close\r\n\r\n")
+        assert conn.recv(4096).startswith(b"HTTP/1.1 200 ")
+    assert server.wait(30) == EXIT_OK
+
+
+def test_inherited_descriptor_is_served_with_fd_bind(tmp_path: Path) -> None:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    fd = listener.fileno()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "corral", APP, "--bind", f"fd://{fd}", "-w", "1"],
+        cwd=REPO_ROOT, pass_fds=(fd,), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        port = listener.getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port), timeout=15) as conn:
+            conn.sendall(b"GET / HTTP/1.1\r\nHost: corral.test\r\nConnection: close\r\n\r\n")
+            conn.settimeout(15)
+            assert conn.recv(4096).startswith(b"HTTP/1.1 200 ")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == EXIT_OK
+        listener.close()
