@@ -135,7 +135,9 @@ def test_chunked_body_over_the_limit_gets_413(body_limited_server: Server) -> No
 
 @pytest.fixture(scope="module")
 def slow_client_server(serve_module: ServerFactory) -> Server:
-    return serve_module("tests.apps.echo:app", "--header-timeout", str(HEADER_TIMEOUT))
+    return serve_module(
+        "tests.apps.echo:app", "--header-timeout", str(HEADER_TIMEOUT), "--body-timeout", str(HEADER_TIMEOUT)
+    )
 
 
 def trickle_until_closed(conn: Conn, pieces: list[bytes], interval: float) -> bytes:
@@ -176,6 +178,14 @@ def test_request_that_stops_midway_through_the_headers_is_closed(slow_client_ser
     with Conn(slow_client_server.port, timeout=10 * HEADER_TIMEOUT) as conn:
         conn.send(b"GET / HTTP/1.1\r\nHost: exa")
         assert_timed_out(conn.wait_closed())
+
+
+def test_request_body_that_stops_arriving_is_cut_off(slow_client_server: Server) -> None:
+    with Conn(slow_client_server.port, timeout=10 * HEADER_TIMEOUT) as conn:
+        conn.send(b"POST / HTTP/1.1\r\nHost: example.com\r\nContent-Length: 100\r\n\r\nonly part of it")
+        received = conn.wait_closed()
+        # The app was waiting for the rest: it never answered, and the connection was closed.
+        assert not received.startswith(b"HTTP/1.1 200")
 
 
 def test_server_still_serves_after_cutting_off_slow_clients(slow_client_server: Server) -> None:

@@ -415,3 +415,57 @@ def test_slow_header_gets_408() -> None:
         assert h.transport.closed
 
     run(main())
+
+
+def test_stalled_request_body_is_cut_after_body_timeout() -> None:
+    async def main() -> None:
+        messages: list[dict] = []
+
+        async def reader(scope: dict, receive: Callable, send: Callable) -> None:
+            while True:
+                message = await receive()
+                messages.append(message)
+                if message["type"] == "http.disconnect" or not message.get("more_body"):
+                    return
+
+        h = Harness(reader, body_timeout=30)
+        h.feed(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nabc")
+        await h.settle()
+        h.protocol.check_timeouts(h.state.clock + 29)
+        assert not h.transport.closed
+        h.protocol.check_timeouts(h.state.clock + 31)
+        assert h.transport.closed
+        await h.settle()
+        assert messages[-1] == {"type": "http.disconnect"}
+
+    run(main())
+
+
+def test_an_app_that_does_not_read_is_not_taken_for_a_stalled_client() -> None:
+    async def main() -> None:
+        gate = asyncio.Event()
+
+        async def slow_reader(scope: dict, receive: Callable, send: Callable) -> None:
+            await gate.wait()
+            await echo_body(scope, receive, send)
+
+        h = Harness(slow_reader, body_timeout=30)
+        h.feed(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 200000\r\n\r\n" + b"x" * 100000)
+        await h.settle()
+        assert not h.transport.reading  # back-pressure: the server stopped reading, not the client sending
+        h.protocol.check_timeouts(h.state.clock + 31)
+        assert not h.transport.closed
+        gate.set()
+
+    run(main())
+
+
+def test_header_timeout_zero_means_no_header_timeout() -> None:
+    async def main() -> None:
+        h = Harness(hello, header_timeout=0)
+        h.feed(b"GET / HTTP/1.1\r\nHost: a\r\n")
+        h.protocol.check_timeouts(h.state.clock + 3)
+        assert h.output == b""
+        assert not h.transport.closed
+
+    run(main())

@@ -69,6 +69,7 @@ class ServerState:
         date_header: bool = True,
         keepalive: float = 5.0,
         header_timeout: float = 10.0,
+        body_timeout: float = 0.0,
         limit_request_line: int = 4094,
         limit_request_fields: int = 100,
         limit_request_field_size: int = 8190,
@@ -88,6 +89,7 @@ class ServerState:
         self.root_path_bytes = root_path.encode("utf-8")
         self.keepalive = keepalive
         self.header_timeout = header_timeout
+        self.body_timeout = body_timeout
         # 0 means unlimited, as in Gunicorn.
         self.limit_request_line = limit_request_line or 1 << 62
         self.limit_request_fields = limit_request_fields or 1 << 62
@@ -166,6 +168,7 @@ class H1Protocol(asyncio.Protocol):
         self.in_head = True
         self.head_bytes = 0
         self.head_started = 0.0
+        self.body_seen_at = 0.0
         self.parsing: RequestCycle | None = None
         # the request being answered, and those parsed behind it (pipelining)
         self.cycle: RequestCycle | None = None
@@ -356,6 +359,7 @@ class H1Protocol(asyncio.Protocol):
         if self.state.access_log is not None:
             cycle.start_ns = perf_counter_ns()
         self.parsing = cycle
+        self.body_seen_at = self.state.clock
         self.queue.append(cycle)
 
     def _reset_head(self) -> None:
@@ -415,6 +419,7 @@ class H1Protocol(asyncio.Protocol):
         if cycle.disconnected or cycle.finished_receiving:
             return  # the app is done with this request: discard the rest of its body
         cycle.feed_body(body)
+        self.body_seen_at = self.state.clock
         if not self.reading_paused and cycle.body_received and cycle.buffered() > BODY_HIGH_WATER:
             self.reading_paused = True
             self.transport.pause_reading()
@@ -542,19 +547,33 @@ class H1Protocol(asyncio.Protocol):
         return scope["method"], scope["path"], peer, self.loop.time() - cycle.started
 
     def check_timeouts(self, now: float) -> None:
+        state = self.state
         if self.transport is None:
             # Accepted but never started (say, a TLS handshake that failed): forget it after a while.
-            if now - self.accepted_at > self.state.header_timeout:
-                self.state.connections.discard(self)
+            if now - self.accepted_at > max(state.header_timeout, state.keepalive, 1.0):
+                state.connections.discard(self)
             return
-        if self.closing or self.cycle is not None or self.queue:
+        if self.closing:
             return
-        state = self.state
+        if self.cycle is not None or self.queue:
+            self._check_body_timeout(now)
+            return
         if self.in_head and self.head_bytes:
-            if now - self.head_started > state.header_timeout:
+            if state.header_timeout and now - self.head_started > state.header_timeout:
                 self._refuse(408, "request header timeout")
         elif now - self.idle_since > state.keepalive or self._drain_grace_over(now):
             self._close()
+
+    def _check_body_timeout(self, now: float) -> None:
+        """Cut a client that stopped sending a request body the app is waiting for."""
+        state = self.state
+        parsing = self.parsing
+        if not state.body_timeout or parsing is None or parsing.disconnected or self.reading_paused:
+            return  # nothing expected from the client, or the app is the one not reading (back-pressure)
+        if now - self.body_seen_at > state.body_timeout:
+            state.logger.info("Closing a connection whose request body stalled for over %gs", state.body_timeout)
+            self._close()
+            parsing.client_gone()
 
     def _drain_grace_over(self, now: float) -> bool:
         state = self.state

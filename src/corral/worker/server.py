@@ -125,6 +125,7 @@ class Worker:
             date_header=cfg.date_header,
             keepalive=cfg.keepalive,
             header_timeout=cfg.header_timeout,
+            body_timeout=cfg.body_timeout,
             limit_request_line=cfg.limit_request_line,
             limit_request_fields=cfg.limit_request_fields,
             limit_request_field_size=cfg.limit_request_field_size,
