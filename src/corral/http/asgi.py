@@ -69,6 +69,7 @@ class RequestCycle:
     __slots__ = (
         "body_limit",
         "body_received",
+        "buffered_bytes",
         "chunks",
         "conn",
         "content_length",
@@ -106,6 +107,7 @@ class RequestCycle:
         self.more_body = True
         self.finished_receiving = False
         self.body_received = 0
+        self.buffered_bytes = 0  # received and not yet given to the app: kept, not recounted per chunk
         self.body_limit = conn.state.limit_request_body
         self.disconnected = False
         self.waiter: asyncio.Future[None] | None = None
@@ -126,6 +128,7 @@ class RequestCycle:
     def feed_body(self, chunk: bytes) -> None:
         self.chunks.append(chunk)
         self.body_received += len(chunk)
+        self.buffered_bytes += len(chunk)
         if self.waiter is not None:
             self._wake()
 
@@ -143,9 +146,6 @@ class RequestCycle:
         waiter, self.waiter = self.waiter, None
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
-
-    def buffered(self) -> int:
-        return sum(map(len, self.chunks))
 
     # --- ASGI receive ---------------------------------------------------------------------------
 
@@ -169,6 +169,7 @@ class RequestCycle:
         chunks = self.chunks
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         self.chunks = []
+        self.buffered_bytes = 0
         more = self.more_body
         if not more:
             self.finished_receiving = True

@@ -11,8 +11,6 @@ __all__ = [
     "HeaderFieldsTooLarge",
     "NotImplementedCoding",
     "PayloadTooLarge",
-    "RequestTimeout",
-    "ServiceUnavailable",
     "URITooLong",
     "error_response",
 ]
@@ -32,10 +30,6 @@ class BadRequest(HTTPError):
     status = 400
 
 
-class RequestTimeout(HTTPError):
-    status = 408
-
-
 class PayloadTooLarge(HTTPError):
     status = 413
 
@@ -50,10 +44,6 @@ class HeaderFieldsTooLarge(HTTPError):
 
 class NotImplementedCoding(HTTPError):
     status = 501
-
-
-class ServiceUnavailable(HTTPError):
-    status = 503
 
 
 class ClientDisconnected(OSError):

@@ -420,7 +420,7 @@ class H1Protocol(asyncio.Protocol):
             return  # the app is done with this request: discard the rest of its body
         cycle.feed_body(body)
         self.body_seen_at = self.state.clock
-        if not self.reading_paused and cycle.body_received and cycle.buffered() > BODY_HIGH_WATER:
+        if not self.reading_paused and cycle.buffered_bytes > BODY_HIGH_WATER:
             self.reading_paused = True
             self.transport.pause_reading()
 

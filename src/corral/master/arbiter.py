@@ -19,7 +19,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from corral.master import sizing
@@ -71,7 +71,6 @@ class WorkerHandle:
     memory_strikes: int = 0
     last_rss_sample: float = 0.0
     boot_failed: str | None = None
-    notes: list[str] = field(default_factory=list)
 
     @property
     def stopping(self) -> bool:
@@ -350,12 +349,14 @@ class Arbiter:
         return True
 
     def _become_worker(self, slot: Slot, max_requests: int) -> None:
-        from corral.worker.process import run_worker_process
+        from corral.worker.process import WorkerLaunch, run_worker_process
 
         os.close(self.wake_r)
         os.close(self.wake_w)
         run_worker_process(
-            self.cfg, self.listeners, self.scoreboard, slot, self.generation, self.app, max_requests, self.identity
+            WorkerLaunch(
+                self.cfg, self.listeners, self.scoreboard, slot, self.generation, self.app, max_requests, self.identity
+            )
         )
 
     # --- reaping --------------------------------------------------------------------------------

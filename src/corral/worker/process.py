@@ -15,6 +15,7 @@ import signal
 import socket
 import sys
 import time
+from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from corral.http import eager
@@ -24,7 +25,7 @@ from corral.master.sockets import worker_listeners
 from corral.proctitle import set_title
 from corral.worker.server import EXIT_LIFESPAN, EXIT_OK, Worker, new_event_loop
 
-__all__ = ["EXIT_APP_LOAD", "EXIT_CRASH", "EXIT_LIFESPAN", "EXIT_OK", "run_worker_process"]
+__all__ = ["EXIT_APP_LOAD", "EXIT_CRASH", "EXIT_LIFESPAN", "EXIT_OK", "WorkerLaunch", "run_worker_process"]
 
 EXIT_APP_LOAD = 3
 EXIT_CRASH = 1
@@ -36,20 +37,25 @@ _MASTER_SIGNALS = (
 )  # fmt: skip
 
 
-def run_worker_process(
-    cfg: Any,
-    listeners: list[socket.socket],
-    scoreboard: Scoreboard,
-    slot: Slot,
-    generation: int,
-    app: Any | None,
-    max_requests: int,
-    identity: Identity | None = None,
-) -> NoReturn:
+@dataclass(frozen=True)
+class WorkerLaunch:
+    """Everything a freshly forked worker needs from the master."""
+
+    cfg: Any
+    listeners: list[socket.socket]
+    scoreboard: Scoreboard
+    slot: Slot
+    generation: int
+    app: Any | None  # the preloaded app, or None to import it in the worker
+    max_requests: int  # this worker's own, jitter included; 0: never
+    identity: Identity | None  # who to become after fork, or None to stay
+
+
+def run_worker_process(launch: WorkerLaunch) -> NoReturn:
     """Run in the child after fork; never returns."""
     code = EXIT_CRASH
     try:
-        code = _serve(cfg, listeners, scoreboard, slot, generation, app, max_requests, identity)
+        code = _serve(launch)
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else EXIT_CRASH
     except BaseException:
@@ -59,20 +65,12 @@ def run_worker_process(
     os._exit(code)
 
 
-def _serve(
-    cfg: Any,
-    listeners: list[socket.socket],
-    scoreboard: Scoreboard,
-    slot: Slot,
-    generation: int,
-    app: Any | None,
-    max_requests: int,
-    identity: Identity | None,
-) -> int:
+def _serve(launch: WorkerLaunch) -> int:
+    cfg, slot, app = launch.cfg, launch.slot, launch.app
     _reset_signals()
-    slot.claim(os.getpid(), generation, time.monotonic())
-    if identity is not None:
-        drop_privileges(identity)
+    slot.claim(os.getpid(), launch.generation, time.monotonic())
+    if launch.identity is not None:
+        drop_privileges(launch.identity)
     logger = logging.getLogger("corral.error")
     # On SIGABRT (the master's timeout) print every thread's Python stack to the error log, so the operator
     # sees where the worker was stuck before it died.
@@ -90,14 +88,14 @@ def _serve(
     loop = new_event_loop(cfg.loop)
     asyncio.set_event_loop(loop)
 
-    own_sockets = worker_listeners(listeners, cfg.backlog, cfg.reuse_port)
+    own_sockets = worker_listeners(launch.listeners, cfg.backlog, cfg.reuse_port)
 
     def final_shutdown() -> bool:
         # With reuse_port the queue is this worker's own: whatever waits in it must be answered now.
-        return cfg.reuse_port or scoreboard.read_master().state in (MasterState.DRAINING, MasterState.STOPPING)
+        return cfg.reuse_port or launch.scoreboard.read_master().state in (MasterState.DRAINING, MasterState.STOPPING)
 
     worker = Worker(
-        cfg, app, own_sockets, loop, logger, slot=slot, final_shutdown=final_shutdown, max_requests=max_requests
+        cfg, app, own_sockets, loop, logger, slot=slot, final_shutdown=final_shutdown, max_requests=launch.max_requests
     )
     try:
         code = loop.run_until_complete(worker.serve())
