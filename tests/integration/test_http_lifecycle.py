@@ -67,8 +67,11 @@ def test_term_under_load_fails_no_request_in_flight(serve: ServerFactory, tmp_pa
     sleeper_markers = [tmp_path / f"started-{i}" for i in range(clients) if i % 3]
     results: dict[int, tuple[int, bytes] | BaseException] = {}
 
+    uploads_started = threading.Semaphore(0)
+
     def slow_body() -> Iterator[bytes]:
         yield b"x" * 1000
+        uploads_started.release()  # connected, head and first part sent: this request is in flight
         term_sent.wait(15)  # the body is still arriving when TERM comes: the request must still finish
         time.sleep(0.2)
         yield b"y" * 1000
@@ -89,6 +92,8 @@ def test_term_under_load_fails_no_request_in_flight(serve: ServerFactory, tmp_pa
     for thread in threads:
         thread.start()
     assert wait_until(lambda: all(p.exists() for p in sleeper_markers), 15), "requests never reached the app"
+    uploaders = len(range(0, clients, 3))
+    assert all(uploads_started.acquire(timeout=15) for _ in range(uploaders)), "uploads never started"
     server.signal(signal.SIGTERM)
     term_sent.set()
     for thread in threads:
