@@ -45,7 +45,12 @@ def _error(message: str, status: int, stream: TextIO) -> int:
 
 def _check_app(cfg: Config) -> int:
     from corral.loading import AppLoadError, load_app  # imported late: only --check-config needs it here
+    from corral.tls import TLSConfigError, server_context
 
+    try:
+        server_context(cfg)  # certificate and key files exist, parse and match
+    except TLSConfigError as exc:
+        return _error(str(exc), EXIT_CONFIG_ERROR, sys.stderr)
     try:
         load_app(cfg.app, factory=cfg.factory, app_dir=cfg.app_dir)
     except AppLoadError as exc:

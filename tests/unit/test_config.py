@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from corral import __version__, cli, docs
+from corral.compat import GUNICORN_SETTINGS, SETTING_DIFFERENCES
 from corral.config import (
     SECTIONS,
     SETTINGS,
@@ -20,102 +21,6 @@ from corral.config import (
 from corral.master.sockets import BindAddress, parse_bind
 
 # Gunicorn's documented settings (its settings page), every one of which corral must at least declare.
-GUNICORN_SETTINGS = [
-    "config",
-    "wsgi_app",
-    "bind",
-    "backlog",
-    "workers",
-    "worker_class",
-    "threads",
-    "worker_connections",
-    "max_requests",
-    "max_requests_jitter",
-    "timeout",
-    "graceful_timeout",
-    "keepalive",
-    "limit_request_line",
-    "limit_request_fields",
-    "limit_request_field_size",
-    "reload",
-    "reload_engine",
-    "reload_extra_files",
-    "spew",
-    "check_config",
-    "print_config",
-    "preload_app",
-    "sendfile",
-    "reuse_port",
-    "chdir",
-    "daemon",
-    "raw_env",
-    "pidfile",
-    "worker_tmp_dir",
-    "user",
-    "group",
-    "umask",
-    "initgroups",
-    "tmp_upload_dir",
-    "secure_scheme_headers",
-    "forwarded_allow_ips",
-    "accesslog",
-    "disable_redirect_access_to_syslog",
-    "access_log_format",
-    "errorlog",
-    "loglevel",
-    "capture_output",
-    "logger_class",
-    "logconfig",
-    "logconfig_dict",
-    "logconfig_json",
-    "syslog_addr",
-    "syslog",
-    "syslog_prefix",
-    "syslog_facility",
-    "enable_stdio_inheritance",
-    "statsd_host",
-    "dogstatsd_tags",
-    "statsd_prefix",
-    "proc_name",
-    "pythonpath",
-    "paste",
-    "on_starting",
-    "on_reload",
-    "when_ready",
-    "pre_fork",
-    "post_fork",
-    "post_worker_init",
-    "worker_int",
-    "worker_abort",
-    "pre_exec",
-    "pre_request",
-    "post_request",
-    "child_exit",
-    "worker_exit",
-    "nworkers_changed",
-    "on_exit",
-    "ssl_context",
-    "proxy_protocol",
-    "proxy_allow_ips",
-    "keyfile",
-    "certfile",
-    "ssl_version",
-    "cert_reqs",
-    "ca_certs",
-    "suppress_ragged_eofs",
-    "do_handshake_on_connect",
-    "ciphers",
-    "raw_paste_global_conf",
-    "strip_header_spaces",
-    "permit_unconventional_http_method",
-    "permit_unconventional_http_version",
-    "casefold_http_method",
-    "header_map",
-    "forwarder_headers",
-    "permit_obsolete_folding",
-    "tolerate_dangerous_framing",
-]
-
 HOOKS = [
     "on_starting",
     "on_reload",
@@ -185,19 +90,31 @@ def test_every_gunicorn_setting_is_declared():
     assert missing == []
 
 
+def test_differences_from_gunicorn_are_only_noted_for_gunicorn_settings_corral_implements():
+    for name in SETTING_DIFFERENCES:
+        assert name in GUNICORN_SETTINGS and SETTINGS_BY_NAME[name].implemented, name
+
+
+def test_migration_page_maps_every_gunicorn_setting_and_signal():
+    text = docs.render_migrating()
+    for name in GUNICORN_SETTINGS:
+        assert f"| `{name}` |" in text, name
+    for signal_name in ("TERM", "HUP", "TTIN", "USR1", "USR2", "WINCH"):
+        assert f"| {signal_name}" in text, signal_name
+
+
 def test_hooks_are_config_file_only_callables_defaulting_to_none():
     for name in HOOKS:
         setting = SETTINGS_BY_NAME[name]
         assert setting.kind == "hook"
         assert setting.default is None
         assert setting.cli == ()
-        assert setting.implemented_in == 4
+        assert setting.implemented
 
 
 @pytest.mark.parametrize(
     ("name", "issue"),
-    [("reload", 4), ("certfile", 4),
-     ("raw_env", 4), ("ws_max_size", 5), ("admin_bind", 6), ("statsd_host", 6), ("log_format", 6)],
+    [("admin_bind", 6), ("statsd_host", 6), ("log_format", 6)],
 )  # fmt: skip
 def test_unimplemented_settings_name_the_issue_that_implements_them(name, issue):
     assert SETTINGS_BY_NAME[name].implemented_in == issue
@@ -340,10 +257,30 @@ def test_command_line_app_wins_over_cmd_args_env():
     assert load(["cli:app"], {"CORRAL_CMD_ARGS": "env:app"}).app == "cli:app"
 
 
-def test_gunicorn_cmd_args_is_not_read_yet_but_warned_about():
-    cfg = load([], {"GUNICORN_CMD_ARGS": "--workers 4"})
-    assert cfg.workers == "auto"
-    assert any("GUNICORN_CMD_ARGS" in warning for warning in cfg.warnings)
+def test_gunicorn_cmd_args_is_read_when_corral_cmd_args_is_unset():
+    cfg = load([], {"GUNICORN_CMD_ARGS": "--workers 4 -k uvicorn.workers.UvicornWorker"})
+    assert (cfg.workers, cfg.sources["workers"]) == (4, "GUNICORN_CMD_ARGS")
+
+
+def test_corral_cmd_args_wins_over_gunicorn_cmd_args():
+    cfg = load([], {"GUNICORN_CMD_ARGS": "--workers 4", "CORRAL_CMD_ARGS": "--workers 3"})
+    assert (cfg.workers, cfg.sources["workers"]) == (3, "CORRAL_CMD_ARGS")
+
+
+def test_bad_gunicorn_cmd_args_names_that_variable():
+    assert load_error([], {"GUNICORN_CMD_ARGS": "--workers nine"}).endswith("(from GUNICORN_CMD_ARGS)")
+
+
+def test_gunicorn_conf_py_in_the_working_directory_is_read_by_default(tmp_path):
+    (tmp_path / "gunicorn.conf.py").write_text("workers = 3\n")
+    cfg = load_config([], {}, cwd=str(tmp_path))
+    assert (cfg.workers, cfg.config_file) == (3, str(tmp_path / "gunicorn.conf.py"))
+
+
+def test_corral_conf_py_wins_over_gunicorn_conf_py(tmp_path):
+    (tmp_path / "gunicorn.conf.py").write_text("workers = 3\n")
+    (tmp_path / "corral.conf.py").write_text("workers = 2\n")
+    assert load_config([], {}, cwd=str(tmp_path)).workers == 2
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -517,8 +454,8 @@ def test_more_than_one_app_is_an_error():
 
 
 def test_unimplemented_setting_with_non_default_value_fails_naming_the_issue():
-    message = load_error(["--certfile", "/etc/ssl/corral.pem", "main:app"])
-    assert message.startswith("certfile: not supported yet (planned in issue 4)")
+    message = load_error(["--statsd-host", "127.0.0.1:8125", "main:app"])
+    assert message.startswith("statsd_host: not supported yet (planned in issue 6)")
     assert "from the command line" in message
 
 
@@ -542,10 +479,9 @@ def test_web_concurrency_env_sets_workers():
     assert (cfg.workers, cfg.sources["workers"]) == (4, "env WEB_CONCURRENCY")
 
 
-def test_hook_defined_in_a_config_file_is_not_supported_yet(tmp_path):
+def test_hook_defined_in_a_config_file_is_loaded(tmp_path):
     conf = write_config(tmp_path, "def on_starting(server):\n    pass\n")
-    message = load_error(["-c", str(conf)])
-    assert message.startswith("on_starting: not supported yet (planned in issue 4)")
+    assert load(["-c", str(conf)]).on_starting.__name__ == "on_starting"
 
 
 def test_hook_with_the_wrong_signature_is_refused(tmp_path):
@@ -553,9 +489,19 @@ def test_hook_with_the_wrong_signature_is_refused(tmp_path):
     assert load_error(["-c", str(conf)]).startswith("pre_fork: must accept 2 positional arguments")
 
 
-def test_not_applicable_setting_says_why():
-    message = load_error(["--threads", "4"])
-    assert message.startswith("threads: not supported (corral workers run one asyncio event loop")
+def test_gunicorn_setting_without_use_in_corral_is_accepted_with_a_warning_naming_it():
+    cfg = load(["--threads", "4"])
+    assert cfg.threads == 4
+    assert [w for w in cfg.warnings if w.startswith("threads: ignored (corral workers run one asyncio event loop")]
+
+
+def test_gunicorn_setting_without_use_in_corral_at_its_default_gives_no_warning(tmp_path):
+    conf = write_config(tmp_path, "threads = 1\nsendfile = None\n")
+    assert load(["-c", str(conf)]).warnings == ()
+
+
+def test_setting_that_cannot_apply_is_an_error_naming_it():
+    assert load_error(["--paste", "app.ini"]).startswith("paste: not supported (")
 
 
 def test_daemon_flag_says_corral_does_not_daemonize():
@@ -563,15 +509,19 @@ def test_daemon_flag_says_corral_does_not_daemonize():
     assert message.startswith("daemon: not supported (corral does not daemonize")
 
 
-def test_every_unimplemented_setting_fails_loudly_when_changed():
+def test_every_setting_without_effect_fails_or_warns_when_changed():
     changed = {"flag": ["--{}"], "negflag": ["--{}"]}
     for setting in SETTINGS:
         if setting.implemented or not setting.cli or setting.kind not in changed:
             continue
         if setting.default is not False and setting.kind == "flag":
             continue  # a flag that sets its own default (suppress_ragged_eofs) changes nothing
-        message = load_error([setting.cli[-1]])
-        assert message.startswith(f"{setting.name}: not supported"), message
+        if setting.ignored is not None:
+            warnings = load([setting.cli[-1]]).warnings
+            assert [w for w in warnings if w.startswith(f"{setting.name}: ignored (")], warnings
+        else:
+            message = load_error([setting.cli[-1]])
+            assert message.startswith(f"{setting.name}: not supported"), message
 
 
 def test_config_replace_validates_and_checks_support():
@@ -579,7 +529,7 @@ def test_config_replace_validates_and_checks_support():
     changed = cfg.replace(keepalive="1")
     assert (changed.keepalive, changed.sources["keepalive"], cfg.keepalive) == (1.0, "override", 5.0)
     with pytest.raises(ConfigError):
-        cfg.replace(certfile="/etc/ssl/corral.pem")
+        cfg.replace(statsd_host="127.0.0.1:8125")
     with pytest.raises(ConfigError):
         cfg.replace(backlog=0)
 
@@ -779,16 +729,17 @@ def test_docs_page_lists_every_setting_with_its_status():
     text = docs.render_settings()
     for setting in SETTINGS:
         assert f"| `{setting.name}` |" in text
-    assert "Planned: issue 4" in text
+    assert "Planned: issue 6" in text
+    assert "Accepted and ignored: corral does not use sendfile()" in text
     assert "Not supported: corral does not daemonize" in text
 
 
 def test_docs_check_reports_a_stale_page(tmp_path):
     page = tmp_path / "settings.md"
-    assert docs.main(["--output", str(page)]) == 0
-    assert docs.main(["--check", "--output", str(page)]) == 0
+    assert docs.main(["--output-dir", str(tmp_path)]) == 0
+    assert docs.main(["--check", "--output-dir", str(tmp_path)]) == 0
     page.write_text(page.read_text() + "edited\n")
-    assert docs.main(["--check", "--output", str(page)]) == 1
+    assert docs.main(["--check", "--output-dir", str(tmp_path)]) == 1
 
 
 def test_committed_docs_page_is_up_to_date():

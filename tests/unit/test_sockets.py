@@ -18,28 +18,6 @@ def test_systemd_listeners_absent_without_the_variables() -> None:
     assert systemd_listeners({}) is None
 
 
-def test_systemd_listeners_take_descriptors_from_3_and_clear_the_variables() -> None:
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(8)
-    saved = os.dup(3) if _is_open(3) else None
-    os.dup2(listener.fileno(), 3)
-    try:
-        env = {"LISTEN_PID": str(os.getpid()), "LISTEN_FDS": "1", "LISTEN_FDNAMES": "http"}
-        sockets = systemd_listeners(env)
-        assert sockets is not None and len(sockets) == 1
-        assert sockets[0].getsockname() == listener.getsockname()
-        assert env == {}
-        sockets[0].detach()
-    finally:
-        if saved is not None:
-            os.dup2(saved, 3)
-            os.close(saved)
-        else:
-            os.close(3)
-        listener.close()
-
-
 def test_reuse_port_twins_bind_the_same_address_and_listen() -> None:
     shared = socket.socket()
     shared.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)

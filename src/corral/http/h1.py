@@ -32,7 +32,16 @@ from corral.http.errors import (
     error_response,
 )
 from corral.http.proxy import PROXY_HEADER_NAMES, ProxyTrust, apply_proxy_headers
+from corral.http.websocket import (
+    CLOSE_GOING_AWAY,
+    WebSocketSession,
+    WebSocketSettings,
+    WebSocketUpgrade,
+    websocket_scope,
+)
+from corral.http.ws_handshake import check_handshake, is_websocket_upgrade
 from corral.master.scoreboard import WorkerCounters
+from corral.tls import tls_extension
 
 __all__ = ["H1Protocol", "ServerState"]
 
@@ -48,6 +57,7 @@ _HOST = b"host"
 _EXPECT = b"expect"
 _TRANSFER_ENCODING = b"transfer-encoding"
 _CONTENT_LENGTH = b"content-length"
+_UPGRADE = b"upgrade"
 _FORBIDDEN_TRAILERS = frozenset({_HOST, _TRANSFER_ENCODING, _CONTENT_LENGTH})
 # Bytes a request-target may not contain though llhttp lets them through (RFC 9112 3.2, RFC 3986).
 _TARGET_FORBIDDEN = re.compile(rb'[#"\x80-\xff]')
@@ -79,6 +89,7 @@ class ServerState:
         counters: WorkerCounters | None = None,
         max_requests: int = 0,
         on_max_requests: Callable[[], None] | None = None,
+        ws_settings: WebSocketSettings | None = None,
     ) -> None:
         self.loop = loop
         self.app = app
@@ -107,7 +118,11 @@ class ServerState:
         self.counters = counters if counters is not None else WorkerCounters()
         self.max_requests = max_requests  # 0: never (the count starts at 1)
         self.on_max_requests = on_max_requests
-        self.connections: set[H1Protocol] = set()
+        # WebSocket sessions stay in `connections` (the worker_connections cap and the drain count them).
+        self.connections: set[H1Protocol | WebSocketSession] = set()
+        self.websockets: set[WebSocketSession] = set()
+        self.ws_settings = ws_settings if ws_settings is not None else WebSocketSettings()
+        self.websocket_close_code = CLOSE_GOING_AWAY  # what a draining worker closes WebSockets with
         self.drain_started = 0.0
         # Each request runs in a copy of this, never of whatever context happens to be current.
         self.base_context = contextvars.copy_context()
@@ -117,7 +132,8 @@ class ServerState:
         self.date_header = date_header
         self.date_line = b""
         self.default_headers = b""
-        self.watched = frozenset({_HOST, _EXPECT, _TRANSFER_ENCODING})
+        # Upgrade is watched so a WebSocket handshake is recognised with no work for plain requests.
+        self.watched = frozenset({_HOST, _EXPECT, _TRANSFER_ENCODING, _UPGRADE})
         if limit_request_body:
             self.watched |= {_CONTENT_LENGTH}
         self.watched_trusted = self.watched | (proxy_trust.header_names if proxy_trust else PROXY_HEADER_NAMES)
@@ -154,6 +170,7 @@ class H1Protocol(asyncio.Protocol):
         self.client: tuple[str, int] | None = None
         self.server: tuple[str, int] | None = None
         self.scheme = "http"
+        self.tls: dict[str, Any] | None = None  # the ASGI "tls" extension, for TLS connections only
         self.trusted = False
         self.watched = state.watched
         # the request being parsed
@@ -164,6 +181,7 @@ class H1Protocol(asyncio.Protocol):
         self.proxy_seen = False
         self.transfer_encoding: list[bytes] | None = None
         self.content_length: bytes | None = None
+        self.upgrade: bytes | None = None  # the Upgrade header, when the request has one
         # Between requests and while a head arrives; head_bytes > 0 once its first bytes came.
         self.in_head = True
         self.head_bytes = 0
@@ -172,7 +190,8 @@ class H1Protocol(asyncio.Protocol):
         self.parsing: RequestCycle | None = None
         # the request being answered, and those parsed behind it (pipelining)
         self.cycle: RequestCycle | None = None
-        self.queue: deque[RequestCycle | bytes] = deque()
+        self.queue: deque[RequestCycle | WebSocketUpgrade | bytes] = deque()
+        self.websocket_upgrade: WebSocketUpgrade | None = None  # parsed, until llhttp stops at its end
         self.idle_since = state.clock
         self.closing = False
         self.reading_paused = False
@@ -205,8 +224,11 @@ class H1Protocol(asyncio.Protocol):
             self.server = (str(sock[0]), int(sock[1]))
         elif isinstance(sock, str) and sock:
             self.server = (sock, None)  # type: ignore[assignment]
-        if transport.get_extra_info("sslcontext") is not None:
+        ssl_object = transport.get_extra_info("ssl_object")
+        if ssl_object is not None:
+            # connection_made comes after the handshake, so the peer's certificate is known: once per connection.
             self.scheme = "https"
+            self.tls = tls_extension(ssl_object)
         trust = state.proxy_trust
         if trust is not None and trust.is_trusted(self.client[0] if self.client else None):
             self.trusted = True
@@ -261,7 +283,7 @@ class H1Protocol(asyncio.Protocol):
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
             if isinstance(cause, HTTPError):
-                self._refuse(cause.status, cause.reason)
+                self._refuse(cause.status, cause.reason, getattr(cause, "headers", b""))
             else:
                 self.state.logger.error("Error while parsing a request", exc_info=cause)
                 self._refuse(400, "")
@@ -273,11 +295,21 @@ class H1Protocol(asyncio.Protocol):
             self._start_next()
 
     def _continue_after_upgrade(self, data: bytes, upgrade: httptools.HttpParserUpgrade) -> None:
-        """Serve an Upgrade request as plain HTTP (RFC 9110 7.8 lets a server ignore Upgrade).
+        """llhttp stops at the end of an Upgrade request. A WebSocket handshake keeps the bytes after it
+        for the WebSocket, and reading stops until the connection is handed over.
 
-        llhttp stops at an upgrade; a fresh parser takes the bytes after it.
+        Other upgrades (h2c...) are served as plain HTTP (RFC 9110 7.8 lets a server ignore Upgrade): a
+        fresh parser takes the bytes after it.
         """
         offset = upgrade.args[0] if upgrade.args else len(data)
+        pending = self.websocket_upgrade
+        if pending is not None:
+            self.websocket_upgrade = None
+            pending.rest = data[offset:]
+            if not self.reading_paused:
+                self.reading_paused = True
+                self.transport.pause_reading()
+            return
         self.parser = httptools.HttpRequestParser(self)
         rest = data[offset:]
         if rest:
@@ -329,6 +361,8 @@ class H1Protocol(asyncio.Protocol):
             self.transfer_encoding.append(value)
         elif name == _CONTENT_LENGTH:
             self.content_length = value
+        elif name == _UPGRADE:
+            self.upgrade = value if self.upgrade is None else self.upgrade + b"," + value
         else:
             self.proxy_seen = True
 
@@ -354,6 +388,8 @@ class H1Protocol(asyncio.Protocol):
             # A tunnel is not something an ASGI app can provide; a 2xx would tell the client it was open.
             raise NotImplementedCoding("CONNECT is not supported")
         scope = self._build_scope(method, version)
+        if self.upgrade is not None and self._websocket_handshake(scope, method, version):
+            return
         cycle = RequestCycle(self, scope, parser.should_keep_alive(), self.expect_continue, method_bytes == b"HEAD")
         self._reset_head()
         if self.state.access_log is not None:
@@ -361,6 +397,23 @@ class H1Protocol(asyncio.Protocol):
         self.parsing = cycle
         self.body_seen_at = self.state.clock
         self.queue.append(cycle)
+
+    def _websocket_handshake(self, scope: dict[str, Any], method: str, version: str) -> bool:
+        """An Upgrade request: queue it as a WebSocket handshake (True), or leave it to plain HTTP (False).
+
+        An invalid handshake raises HandshakeError (400) or UnsupportedVersion (426).
+        """
+        upgrade, self.upgrade = self.upgrade, None
+        if upgrade is None or not is_websocket_upgrade(upgrade):
+            return False
+        state = self.state
+        handshake = check_handshake(method, version, self.headers, deflate=state.ws_settings.per_message_deflate)
+        start_ns = perf_counter_ns() if state.access_log is not None else 0
+        pending = WebSocketUpgrade(websocket_scope(scope, handshake), handshake, start_ns)
+        self._reset_head()
+        self.websocket_upgrade = pending
+        self.queue.append(pending)
+        return True
 
     def _reset_head(self) -> None:
         """Ready for the next request's head (cheaper here than in an on_message_begin callback)."""
@@ -404,7 +457,7 @@ class H1Protocol(asyncio.Protocol):
             "query_string": query,
             "headers": self.headers,
             "state": state.app_state.copy(),
-            "extensions": {},
+            "extensions": {} if self.tls is None else {"tls": self.tls},
         }
         if self.proxy_seen:
             apply_proxy_headers(scope, state.proxy_trust)  # type: ignore[arg-type]  # ProxyHeaderError is a 400
@@ -436,9 +489,8 @@ class H1Protocol(asyncio.Protocol):
 
     def _start_next(self) -> None:
         item = self.queue.popleft()
-        if isinstance(item, bytes):  # a refusal queued behind earlier pipelined responses
-            self.transport.write(item)
-            self._close()
+        if type(item) is not RequestCycle:
+            self._start_other(item)
             return
         self.cycle = item
         if len(self.queue) and not self.reading_paused:
@@ -447,6 +499,21 @@ class H1Protocol(asyncio.Protocol):
             self.transport.pause_reading()
         coro = self.app(item.scope, item.receive, item.send)
         run_eagerly(self.loop, coro, item.app_finished, self.state.base_context.copy())
+
+    def _start_other(self, item: WebSocketUpgrade | bytes) -> None:
+        if isinstance(item, bytes):  # a refusal queued behind earlier pipelined responses
+            self.transport.write(item)
+            self._close()
+        else:
+            self._hand_over(item)
+
+    def _hand_over(self, upgrade: WebSocketUpgrade) -> None:
+        """Every earlier request is answered: the transport now belongs to a WebSocket session."""
+        self.closing = True  # nothing more for this object to do on the connection
+        self.state.connections.discard(self)
+        session = WebSocketSession(self.state, self.transport, upgrade, self.writing_paused)
+        self.transport.set_protocol(session)
+        session.start()
 
     def body_consumed(self, cycle: RequestCycle) -> None:
         if self.reading_paused and cycle is self.cycle and len(self.queue) == 0 and not self.closing:
@@ -493,9 +560,9 @@ class H1Protocol(asyncio.Protocol):
 
     # --- refusing and closing -------------------------------------------------------------------
 
-    def _refuse(self, status: int, reason: str) -> None:
+    def _refuse(self, status: int, reason: str, headers: bytes = b"") -> None:
         """Answer a bad request with `status` and close; earlier pipelined responses go out first."""
-        response = error_response(status, reason, self.state.default_headers)
+        response = error_response(status, reason, self.state.default_headers + headers)
         self.in_head = False
         if not self.reading_paused:
             self.reading_paused = True
@@ -549,8 +616,11 @@ class H1Protocol(asyncio.Protocol):
     def check_timeouts(self, now: float) -> None:
         state = self.state
         if self.transport is None:
-            # Accepted but never started (say, a TLS handshake that failed): forget it after a while.
-            if now - self.accepted_at > max(state.header_timeout, state.keepalive, 1.0):
+            # Accepted but never started (say, a TLS handshake that failed): forget it after a while. asyncio
+            # tells the protocol nothing of a failed handshake, so a drain must not wait the whole while for
+            # a health check that connected and left: a real client finishes its handshake within the grace.
+            given_up = now - self.accepted_at > max(state.header_timeout, state.keepalive, 1.0)
+            if given_up or self._drain_grace_over(now):
                 state.connections.discard(self)
             return
         if self.closing:

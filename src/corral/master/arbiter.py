@@ -16,15 +16,18 @@ import random
 import select
 import signal
 import socket
+import ssl
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from corral.master import sizing
+from corral.hooks import HookFailed, ServerView, WorkerView, call_hook, run_on_starting
+from corral.master import sizing, upgrade
 from corral.master.pidfile import Pidfile, PidfileError
 from corral.master.privileges import Identity, resolve_identity
+from corral.master.reloader import Reloader, check_reload_setup, start_reloader
 from corral.master.scoreboard import MasterState, Scoreboard, Slot, WorkerState
 from corral.master.sockets import (
     BindError,
@@ -33,13 +36,16 @@ from corral.master.sockets import (
     systemd_listeners,
     tcp_migrate_req_enabled,
 )
+from corral.master.systemd import PoolView, SystemdNotifier, SystemdReporter
 from corral.proctitle import set_title
+from corral.tls import TLSConfigError, server_context
 
 __all__ = ["Arbiter", "run"]
 
 EXIT_OK = 0
 EXIT_CONFIG = 2
 EXIT_APP = 3
+EXIT_HOOK = 1  # on_starting raised
 
 # Worker exit statuses (worker/process.py) that mean "could not boot": app import and lifespan startup.
 _BOOT_FAILURE_CODES = {3: "the app could not be imported", 4: "lifespan startup failed"}
@@ -71,6 +77,7 @@ class WorkerHandle:
     memory_strikes: int = 0
     last_rss_sample: float = 0.0
     boot_failed: str | None = None
+    view: WorkerView | None = None  # what hooks see of this worker
 
     @property
     def stopping(self) -> bool:
@@ -83,22 +90,49 @@ def run(cfg: Any, reload_config: Callable[[], Any] | None = None) -> int:
     from corral.logging import setup_error_log
 
     logger = setup_error_log(cfg.errorlog, cfg.loglevel)
+    server = ServerView(cfg, logger, os.getpid(), lambda: 0)
+    start_cwd = os.getcwd()  # where a USR2 re-exec starts again, whatever chdir says
+    upgrade_from = upgrade.upgrade_parent()
     try:
         if cfg.chdir:
             os.chdir(cfg.chdir)
+        apply_process_environment(cfg)
+        run_on_starting(cfg, server)
+    except OSError as exc:
+        print(f"corral: error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_CONFIG
+    except HookFailed as exc:
+        print(f"corral: error: {exc}", file=sys.stderr)
+        return EXIT_HOOK
+    try:
+        # Before binding: a bad certificate or key stops the start with nothing bound. In the master: it may
+        # read key files that only root can, before the workers drop privileges.
+        ssl_context = server_context(cfg)
+    except TLSConfigError as exc:
+        print(f"corral: error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        if cfg.reload:
+            check_reload_setup(cfg)  # after chdir: relative reload paths mean what they will mean when watched
         identity = resolve_identity(cfg.user, cfg.group, cfg.initgroups)
         owner = (identity.uid, identity.gid) if identity is not None else None
-        listeners = systemd_listeners() or create_listeners(
-            list(cfg.bind), cfg.backlog, umask=cfg.umask, owner=owner, reuse_port=cfg.reuse_port
+        listeners = (
+            upgrade.inherited_listeners()
+            or systemd_listeners()
+            or create_listeners(list(cfg.bind), cfg.backlog, umask=cfg.umask, owner=owner, reuse_port=cfg.reuse_port)
         )
     except (BindError, ValueError, OSError) as exc:
         print(f"corral: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_CONFIG
-    pidfile = Pidfile(cfg.pidfile) if cfg.pidfile else None
+    # A master started by a binary upgrade writes <pidfile>.2 until the old master is gone (Gunicorn's way).
+    pidfile = Pidfile(cfg.pidfile + (".2" if upgrade_from else "")) if cfg.pidfile else None
+    server.reexec_pid = 0
+    server.master_pid = upgrade_from or 0
     try:
         if pidfile is not None:
             pidfile.create(os.getpid())
-        return _run_pool(cfg, listeners, logger, identity, reload_config)
+        upgrading = UpgradeState(start_cwd, upgrade_from, pidfile)
+        return _run_pool(cfg, listeners, logger, identity, reload_config, server, ssl_context, upgrading)
     except PidfileError as exc:
         print(f"corral: error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -110,10 +144,32 @@ def run(cfg: Any, reload_config: Callable[[], Any] | None = None) -> int:
                 sock.close()
 
 
+def apply_process_environment(cfg: Any) -> None:
+    """raw_env (KEY=VALUE) into the environment and pythonpath onto sys.path, as Gunicorn does at start and
+    again on HUP: the app, its workers and the hooks all see them."""
+    for item in cfg.raw_env:
+        key, _, value = item.partition("=")
+        os.environ[key] = value
+    for path in reversed((cfg.pythonpath or "").split(",")):
+        path = os.path.abspath(path.strip()) if path.strip() else ""
+        if path and path not in sys.path:
+            sys.path.insert(0, path)
+
+
 def _one_line(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         return f"{exc.filename or 'chdir'}: {exc.strerror}" if exc.filename else exc.strerror
     return str(exc)
+
+
+@dataclass
+class UpgradeState:
+    """What the binary upgrade (USR2) needs: where to exec from, and the old master while it lives."""
+
+    start_cwd: str
+    upgrade_from: int | None = None  # the old master's pid, while this master is the new one of an upgrade
+    pidfile: Pidfile | None = None
+    new_master_pid: int = 0  # the new master this one exec'd (USR2), while it runs
 
 
 def _run_pool(
@@ -122,12 +178,17 @@ def _run_pool(
     logger: logging.Logger,
     identity: Identity | None,
     reload_config: Callable[[], Any] | None,
+    server: ServerView,
+    ssl_context: ssl.SSLContext | None = None,
+    upgrading: UpgradeState | None = None,
 ) -> int:
     if cfg.reuse_port and tcp_migrate_req_enabled() is False:
         logger.warning(
             "reuse_port: net.ipv4.tcp_migrate_req is 0, so connections still queued on a replaced worker's "
             "own socket are reset; set it to 1 (sysctl -w net.ipv4.tcp_migrate_req=1)"
         )
+    # Taken from the environment before a preloaded app is imported: the app must not notify in our name.
+    systemd = SystemdNotifier.from_environ()
     app = None
     if getattr(cfg, "preload_app", False):
         from corral.http import eager
@@ -139,7 +200,13 @@ def _run_pool(
         except AppLoadError as exc:
             print(f"corral: error: {exc}", file=sys.stderr)
             return EXIT_APP
-    return Arbiter(cfg, listeners, logger, app=app, reload_config=reload_config, identity=identity).run()
+    arbiter = Arbiter(
+        cfg, listeners, logger, app=app, reload_config=reload_config, identity=identity, server=server, systemd=systemd
+    )
+    arbiter.ssl_context = ssl_context
+    if upgrading is not None:
+        arbiter.upgrading = upgrading
+    return arbiter.run()
 
 
 class Arbiter:
@@ -154,8 +221,13 @@ class Arbiter:
         app: Any = None,
         reload_config: Callable[[], Any] | None = None,
         identity: Identity | None = None,
+        server: ServerView | None = None,
+        systemd: SystemdNotifier | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.cfg = cfg
+        # Built here, in the master, and inherited by every worker forked from now on (rebuilt on HUP).
+        self.ssl_context = ssl_context
         self.identity = identity
         self.listeners = listeners
         self.log = logger
@@ -175,6 +247,16 @@ class Arbiter:
         self.wake_r, self.wake_w = os.pipe()
         self.exit_code: int | None = None
         self.stopping: str | None = None  # "graceful" | "fast"
+        self.reloader: Reloader | None = None  # --reload's file watcher
+        # Normally given by _run_pool, which takes the variables out of the environment before a preloaded app.
+        self.systemd = systemd if systemd is not None else SystemdNotifier.from_environ()
+        self.systemd_report = SystemdReporter(self.systemd) if self.systemd is not None else None
+        self.spawned = 0  # workers started so far: each one's `age`, as Gunicorn numbers them
+        self.upgrading = UpgradeState(os.getcwd())
+        self.server = server or ServerView(cfg, logger, self.pid, lambda: 0)
+        self.server._count_workers = lambda: len(self.workers)
+        self.server.LISTENERS = listeners
+        self.server.num_workers = self.target
 
     # --- the loop -------------------------------------------------------------------------------
 
@@ -183,21 +265,31 @@ class Arbiter:
         set_title(self.cfg, "master")
         self.scoreboard.set_master(self.pid, MasterState.STARTING, self.generation)
         for sock in self.listeners:
-            self.log.info("Listening on %s", describe(sock))
+            self.log.info("Listening on %s", describe(sock, "https" if self.ssl_context is not None else "http"))
+        self._hook("nworkers_changed", self.server, self.target, None)
+        self._hook("when_ready", self.server)
         self.log.info("Starting %d worker%s (pid %d)", self.target, "s" * (self.target != 1), self.pid)
         try:
+            if self.cfg.reload:
+                self.reloader = start_reloader(self.cfg, self.log, self._reload_on_change)
             while self.stopping is None:
                 self._spawn_missing()
                 self._wait(self._next_timeout())
                 self._handle_signals()
                 self._reap()
                 if self.stopping is None:
+                    self._check_upgrade()
                     self._supervise()
-            return self._shut_down()
+            code = self._shut_down()
+            self._hook("on_exit", self.server)
+            return code
         finally:
+            self._stop_reloader()  # first: it may write to the wake pipe until stopped
             self._restore_signals()
             os.close(self.wake_r)
             os.close(self.wake_w)
+            if self.systemd is not None:
+                self.systemd.close()
 
     def _next_timeout(self) -> float:
         """Poll fast while something is in motion (boots, drains); otherwise sleep until the next tick."""
@@ -206,6 +298,7 @@ class Arbiter:
         return 0.05 if busy else 0.5
 
     def _wait(self, timeout: float) -> None:
+        timeout = self._tell_systemd(timeout)
         try:
             readable, _, _ = select.select([self.wake_r], [], [], timeout)
         except InterruptedError:
@@ -214,11 +307,26 @@ class Arbiter:
             with contextlib.suppress(BlockingIOError):
                 os.read(self.wake_r, 4096)
 
+    def _tell_systemd(self, timeout: float) -> float:
+        """Once per loop turn, before waiting: news for systemd and its watchdog; the wait that still allows."""
+        if self.systemd_report is None:
+            return timeout
+        # Fed from this single wait point, the watchdog starves whenever the master is stuck anywhere else.
+        view = PoolView(
+            target=self.target,
+            serving=sum(1 for w in self.workers.values() if w.ready and not w.stopping),
+            new_ready=sum(1 for w in self._keepers() if w.ready),
+            alive=len(self.workers),
+            reloading=self.rollout_from is not None,
+            stopping=self.stopping,
+        )
+        return min(timeout, self.systemd_report.update(view))
+
     # --- signals --------------------------------------------------------------------------------
 
     _HANDLED = (
         signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU,
-        signal.SIGUSR1, signal.SIGCHLD,
+        signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH, signal.SIGCHLD,
     )  # fmt: skip
 
     def _install_signals(self) -> None:
@@ -261,20 +369,22 @@ class Arbiter:
         pass  # the loop reaps after every wake-up
 
     def _on_sigttin(self) -> None:
-        self.target += 1
+        self._set_target(self.target + 1)
         self.log.info("Received TTIN: %d workers wanted", self.target)
 
     def _on_sigttou(self) -> None:
         if self.target <= 1:
             self.log.info("Received TTOU: already at 1 worker, the minimum")
             return
-        self.target -= 1
+        self._set_target(self.target - 1)
         self.log.info("Received TTOU: %d workers wanted", self.target)
         keepers = sorted(self._keepers(), key=lambda w: w.started, reverse=True)
         if len(keepers) > self.target:
             keepers[0].retire_reason = "scale"
 
     def _on_sighup(self) -> None:
+        if self.systemd_report is not None:
+            self.systemd_report.reload_started()  # RELOADING=1 now; READY=1 once the rollout ends either way
         self.log.info("Received HUP: reloading")
         if self.reload_config is not None:
             try:
@@ -282,14 +392,83 @@ class Arbiter:
             except Exception as exc:  # a broken config file must not take the running pool down
                 self.log.error("Reload aborted: the configuration could not be loaded: %s", exc)
                 return
+            if not self._reload_tls(cfg):
+                return
             if list(cfg.bind) != list(self.cfg.bind):
                 self.log.warning("bind changed in the configuration: a restart is needed to apply it")
-            self.cfg = cfg
+            workers_changed = cfg.workers != self.cfg.workers
+            self.cfg = self.server.cfg = cfg
+            apply_process_environment(cfg)
+            if workers_changed:
+                self._set_target(self._initial_target())
+        if self.target == 0:  # workers stopped by WINCH during an upgrade: HUP brings them back (roll back)
+            self._set_target(self._initial_target())
+        self._hook("on_reload", self.server)
         self.rollout_from = self.generation if self.rollout_from is None else self.rollout_from
         self.generation += 1
         self.failures_in_a_row = 0
         self.next_spawn_at = 0.0
         self.scoreboard.set_master(self.pid, MasterState.RELOADING, self.generation)
+
+    def _reload_tls(self, cfg: Any) -> bool:
+        """Re-read the certificate files for the workers started from now on; False aborts the reload."""
+        try:
+            self.ssl_context = server_context(cfg)
+        except TLSConfigError as exc:  # like a broken config file: keep the old context and the old workers
+            self.log.error("Reload aborted: %s", exc)
+            return False
+        return True
+
+    def _on_sigusr2(self) -> None:
+        state = self.upgrading
+        if state.new_master_pid:
+            self.log.warning("Received USR2: ignored, a new master (pid %d) is already running", state.new_master_pid)
+            return
+        if state.upgrade_from:
+            self.log.warning("Received USR2: ignored, the old master (pid %d) is still running", state.upgrade_from)
+            return
+        state.new_master_pid = upgrade.exec_new_master(
+            self.listeners,
+            state.start_cwd,
+            lambda: self._hook("pre_exec", self.server),
+            self.systemd.environ_for if self.systemd is not None else None,
+        )
+        self.server.reexec_pid = state.new_master_pid
+        self.log.info("Received USR2: started a new master (pid %d) on the same sockets", state.new_master_pid)
+
+    def _on_sigwinch(self) -> None:
+        # Only during an upgrade: a terminal sends WINCH on every resize, and must not stop the workers.
+        if not self.upgrading.new_master_pid:
+            self.log.info("Received WINCH: ignored, no binary upgrade in progress")
+            return
+        self.log.info("Received WINCH: stopping this (old) master's workers; the new master serves")
+        self._set_target(0)
+        for worker in self.workers.values():
+            worker.retire_reason = worker.retire_reason or "upgrade"
+
+    def _check_upgrade(self) -> None:
+        """A new master of an upgrade takes over the pidfile once the old master is gone (we are re-parented)."""
+        state = self.upgrading
+        if state.upgrade_from is None or os.getppid() == state.upgrade_from:
+            return
+        self.log.info("The old master (pid %d) has exited: this master takes over", state.upgrade_from)
+        state.upgrade_from = None
+        self.server.master_pid = 0
+        if state.pidfile is not None and self.cfg.pidfile:
+            try:
+                state.pidfile.rename(self.cfg.pidfile)
+            except PidfileError as exc:
+                self.log.error("%s", exc)
+
+    def _new_master_exited(self, code: int) -> None:
+        self.log.error(
+            "The new master (pid %d) exited (%s); this master keeps serving%s",
+            self.upgrading.new_master_pid,
+            _describe_exit(code),
+            "; send HUP to start its workers again" if self.target == 0 else "",
+        )
+        self.upgrading.new_master_pid = 0
+        self.server.reexec_pid = 0
 
     def _on_sigusr1(self) -> None:
         from corral.logging import reopen_error_log
@@ -297,6 +476,29 @@ class Arbiter:
         reopen_error_log()
         for worker in self.workers.values():
             self._send(worker, signal.SIGUSR1)
+
+    # --- hooks ----------------------------------------------------------------------------------
+
+    def _hook(self, name: str, *args: Any) -> None:
+        call_hook(self.cfg, name, *args, log=self.log)
+
+    def _set_target(self, target: int) -> None:
+        old, self.target = self.target, target
+        self.server.num_workers = target
+        if target != old:
+            self._hook("nworkers_changed", self.server, target, old)
+
+    def _reload_on_change(self, changed: list[str]) -> None:
+        # Called from the reloader's thread: do only what the HUP signal handler does (queue it, wake the
+        # loop); the loop then re-reads the config and replaces the workers as for a real HUP.
+        self._queue_signal(signal.SIGHUP, None)
+        with contextlib.suppress(BlockingIOError):
+            os.write(self.wake_w, b"\0")
+
+    def _stop_reloader(self) -> None:
+        if self.reloader is not None:
+            self.reloader.stop()
+            self.reloader = None
 
     # --- spawning -------------------------------------------------------------------------------
 
@@ -332,6 +534,9 @@ class Arbiter:
         slot.claim(0, self.generation, now)
         cfg = self.cfg
         max_requests = cfg.max_requests + random.randint(0, cfg.max_requests_jitter) if cfg.max_requests else 0
+        self.spawned += 1
+        view = WorkerView(self.spawned, self.pid, cfg, self.log, self.listeners, max_requests, app=self.app)
+        self._hook("pre_fork", self.server, view)
         # Signals stay blocked across fork: one arriving before the child has reset the master's handlers
         # would otherwise be queued in the child's copy of the master and lost. The child unblocks them
         # once its own handling is in place (worker/process.py).
@@ -339,23 +544,39 @@ class Arbiter:
         try:
             pid = os.fork()
             if pid == 0:
-                self._become_worker(slot, max_requests)
+                self._become_worker(slot, max_requests, view)
         finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, self._HANDLED)
         lifetime = float(cfg.max_worker_lifetime or 0)
         deadline = now + lifetime + random.uniform(0, lifetime * 0.1) if lifetime else None
-        self.workers[pid] = WorkerHandle(pid, slot, self.generation, now, max_requests, lifetime_deadline=deadline)
+        view.became(pid)
+        self.server.WORKERS[pid] = view
+        self.workers[pid] = WorkerHandle(
+            pid, slot, self.generation, now, max_requests, lifetime_deadline=deadline, view=view
+        )
         self.log.debug("Started worker pid %d (generation %d)", pid, self.generation)
         return True
 
-    def _become_worker(self, slot: Slot, max_requests: int) -> None:
+    def _become_worker(self, slot: Slot, max_requests: int, view: WorkerView) -> None:
         from corral.worker.process import WorkerLaunch, run_worker_process
 
         os.close(self.wake_r)
         os.close(self.wake_w)
+        if self.systemd is not None:
+            self.systemd.close()  # only the master speaks to systemd
         run_worker_process(
             WorkerLaunch(
-                self.cfg, self.listeners, self.scoreboard, slot, self.generation, self.app, max_requests, self.identity
+                self.cfg,
+                self.listeners,
+                self.scoreboard,
+                slot,
+                self.generation,
+                self.app,
+                max_requests,
+                self.identity,
+                server=self.server,
+                view=view,
+                ssl_context=self.ssl_context,
             )
         )
 
@@ -373,11 +594,17 @@ class Arbiter:
                 return
             worker = self.workers.pop(pid, None)
             if worker is None:
-                continue  # not ours: as PID 1 in a container we reap every orphan that lands on us
+                if pid == self.upgrading.new_master_pid:
+                    self._new_master_exited(os.waitstatus_to_exitcode(status))
+                continue  # otherwise not ours: as PID 1 in a container we reap every orphan that lands on us
             self._worker_exited(worker, os.waitstatus_to_exitcode(status))
 
     def _worker_exited(self, worker: WorkerHandle, code: int) -> None:
         worker.slot.release()
+        self.server.WORKERS.pop(worker.pid, None)
+        if worker.view is not None:
+            worker.view.alive = False
+            self._hook("child_exit", self.server, worker.view)
         cause = _describe_exit(code)
         if worker.stopping and worker.boot_failed is None:
             self.log.info("Worker pid %d exited (%s)%s", worker.pid, cause, _reason_suffix(worker))
@@ -448,7 +675,7 @@ class Arbiter:
             # workers="auto": now that a worker's real size is known, cap the pool by memory; one log line.
             capped, why = sizing.cap_by_memory(self.target, rss, sizing.memory_budget())
             self.log.info("%s", sizing.describe_choice(self.cpu_budget, capped, why))
-            self.target = capped
+            self._set_target(capped)
             self.cpu_budget = None
 
     def _check_liveness(self, worker: WorkerHandle, snapshot: Any, now: float) -> None:
@@ -527,6 +754,11 @@ class Arbiter:
     # --- stopping -------------------------------------------------------------------------------
 
     def _shut_down(self) -> int:
+        if self.upgrading.new_master_pid and self.systemd is not None:
+            # The new master of a binary upgrade is the service from now on: without this, systemd would take
+            # our exit for the service's and stop it.
+            self.systemd.notify(MAINPID=self.upgrading.new_master_pid)
+        self._stop_reloader()
         graceful = self.stopping == "graceful"
         self.scoreboard.set_master(self.pid, MasterState.DRAINING if graceful else MasterState.STOPPING, 0)
         if graceful and self.cfg.drain_delay:

@@ -34,6 +34,15 @@ class Pidfile:
         os.replace(temporary, self.path)
         self.pid = pid
 
+    def rename(self, path: str) -> None:
+        """Move our pidfile to `path` (a promoted upgrade master takes over the main pidfile)."""
+        path = os.path.abspath(path)
+        try:
+            os.replace(self.path, path)
+        except OSError as exc:
+            raise PidfileError(f"pidfile {path}: {exc.strerror}") from None
+        self.path = path
+
     def unlink(self) -> None:
         """Remove the file if it is still ours (a re-executed master may have taken it over)."""
         if self.pid is not None and self._read() == self.pid:

@@ -111,14 +111,14 @@ def parse_bind(value: str) -> BindAddress:
     return BindAddress("tcp", host=_parse_host(host, value), port=_parse_port(port_text, value))
 
 
-def describe(sock: socket.socket) -> str:
+def describe(sock: socket.socket, scheme: str = "http") -> str:
     """The address a listening socket serves, as a URL for the log."""
     if sock.family == socket.AF_UNIX:
-        return f"unix:{sock.getsockname()}"
+        return f"unix:{sock.getsockname()}" + (f" ({scheme})" if scheme != "http" else "")
     host, port = sock.getsockname()[:2]
     if sock.family == socket.AF_INET6:
         host = f"[{host}]"
-    return f"http://{host}:{port}"
+    return f"{scheme}://{host}:{port}"
 
 
 def create_listeners(
@@ -251,20 +251,45 @@ SD_LISTEN_FDS_START = 3
 def systemd_listeners(environ: dict[str, str] | None = None, pid: int | None = None) -> list[socket.socket] | None:
     """The sockets systemd passed by socket activation (LISTEN_FDS for this pid), or None when there are none.
 
-    The variables are removed once read, so that workers and apps do not take the sockets for their own.
+    The variables are removed once read, so that workers and apps do not take the sockets for their own, and
+    the descriptors are made close-on-exec (systemd passes them inheritable), so that programs the app runs do
+    not hold the listeners open. Raises BindError for anything corral cannot listen on, naming the socket by
+    its LISTEN_FDNAMES name.
     """
     env = os.environ if environ is None else environ
     if env.get("LISTEN_PID") != str(os.getpid() if pid is None else pid):
         return None
+    count_text = env.pop("LISTEN_FDS", "0")
+    names = env.pop("LISTEN_FDNAMES", "").split(":")
+    env.pop("LISTEN_PID", None)
+    if not count_text.isdigit():
+        raise BindError(f"LISTEN_FDS={count_text!r} from systemd is not a number of descriptors")
+    sockets: list[socket.socket] = []
     try:
-        count = int(env.get("LISTEN_FDS", "0"))
-    except ValueError:
-        return None
-    for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
-        env.pop(name, None)
-    sockets = []
-    for fd in range(SD_LISTEN_FDS_START, SD_LISTEN_FDS_START + count):
-        sock = socket.socket(fileno=fd)
-        sock.setblocking(False)
-        sockets.append(sock)
+        for index in range(int(count_text)):
+            name = names[index] if index < len(names) and names[index] else "unknown"
+            sockets.append(_inherited_listener(SD_LISTEN_FDS_START + index, name))
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
     return sockets or None
+
+
+def _inherited_listener(fd: int, name: str) -> socket.socket:
+    what = f"systemd socket {name!r} (descriptor {fd})"
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError as exc:
+        raise BindError(f"{what} is not a socket ({exc.strerror or exc})") from None
+    problem = None
+    if sock.family not in (socket.AF_INET, socket.AF_INET6, socket.AF_UNIX) or sock.type != socket.SOCK_STREAM:
+        problem = "is not a TCP or unix stream socket; use ListenStream= in the .socket unit"
+    elif not _is_listening(sock):
+        problem = "is not listening (Accept=yes passes connections); use Accept=no in the .socket unit"
+    if problem is not None:
+        sock.close()
+        raise BindError(f"{what} {problem}")
+    sock.set_inheritable(False)
+    sock.setblocking(False)
+    return sock

@@ -13,12 +13,15 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import sys
 import time
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
+from corral.hooks import ServerView, WorkerView, call_hook
 from corral.http import eager
+from corral.http.request_hooks import with_request_hooks
 from corral.master.privileges import Identity, drop_privileges
 from corral.master.scoreboard import MasterState, Scoreboard, Slot
 from corral.master.sockets import worker_listeners
@@ -49,6 +52,9 @@ class WorkerLaunch:
     app: Any | None  # the preloaded app, or None to import it in the worker
     max_requests: int  # this worker's own, jitter included; 0: never
     identity: Identity | None  # who to become after fork, or None to stay
+    server: ServerView | None = None  # what the hooks see of the master
+    view: WorkerView | None = None  # what the hooks see of this worker
+    ssl_context: ssl.SSLContext | None = None  # built by the master (it can read root-only key files)
 
 
 def run_worker_process(launch: WorkerLaunch) -> NoReturn:
@@ -61,17 +67,24 @@ def run_worker_process(launch: WorkerLaunch) -> NoReturn:
     except BaseException:
         logging.getLogger("corral.error").exception("Worker crashed")
     finally:
+        if launch.view is not None:
+            launch.view.alive = False
+        call_hook(launch.cfg, "worker_exit", launch.server, launch.view)
         _flush_std_streams()
     os._exit(code)
 
 
 def _serve(launch: WorkerLaunch) -> int:
-    cfg, slot, app = launch.cfg, launch.slot, launch.app
+    cfg, slot, app, view = launch.cfg, launch.slot, launch.app, launch.view
     _reset_signals()
     slot.claim(os.getpid(), launch.generation, time.monotonic())
+    logger = logging.getLogger("corral.error")
+    if view is not None:
+        view.became(os.getpid())
+    # Before dropping privileges, as in Gunicorn: post_fork hooks may need what only the master's user can do.
+    call_hook(cfg, "post_fork", launch.server, view, log=logger)
     if launch.identity is not None:
         drop_privileges(launch.identity)
-    logger = logging.getLogger("corral.error")
     # On SIGABRT (the master's timeout) print every thread's Python stack to the error log, so the operator
     # sees where the worker was stuck before it died.
     faulthandler.enable(file=_error_log_stream(logger), all_threads=True)
@@ -85,23 +98,71 @@ def _serve(launch: WorkerLaunch) -> int:
         except AppLoadError as exc:
             logger.error("Worker could not load the app: %s", exc)
             return EXIT_APP_LOAD
+    if view is not None:
+        view.app = app
+    call_hook(cfg, "post_worker_init", view, log=logger)
+    if view is not None:
+        view.booted = True
+    app = with_request_hooks(app, cfg, view, logger)
+    if cfg.worker_abort is not None:
+        _call_worker_abort_on_sigabrt(cfg, view, logger)
     loop = new_event_loop(cfg.loop)
     asyncio.set_event_loop(loop)
 
     own_sockets = worker_listeners(launch.listeners, cfg.backlog, cfg.reuse_port)
 
+    def server_stopping() -> bool:
+        # The master is shutting down, not replacing this worker (reload, recycling, TTOU).
+        return launch.scoreboard.read_master().state in (MasterState.DRAINING, MasterState.STOPPING)
+
     def final_shutdown() -> bool:
         # With reuse_port the queue is this worker's own: whatever waits in it must be answered now.
-        return cfg.reuse_port or launch.scoreboard.read_master().state in (MasterState.DRAINING, MasterState.STOPPING)
+        return cfg.reuse_port or server_stopping()
+
+    def on_quit() -> None:
+        if view is not None:
+            view.alive = False
+        call_hook(cfg, "worker_int", view, log=logger)
 
     worker = Worker(
-        cfg, app, own_sockets, loop, logger, slot=slot, final_shutdown=final_shutdown, max_requests=launch.max_requests
+        cfg,
+        app,
+        own_sockets,
+        loop,
+        logger,
+        slot=slot,
+        final_shutdown=final_shutdown,
+        server_stopping=server_stopping,
+        max_requests=launch.max_requests,
+        on_quit=on_quit,
+        ssl_context=launch.ssl_context,
     )
+    if view is not None:
+        view.count_requests_with(lambda: worker.counters.requests)
     try:
         code = loop.run_until_complete(worker.serve())
     finally:
         loop.close()
     return EXIT_LIFESPAN if code == EXIT_LIFESPAN else EXIT_OK
+
+
+def _call_worker_abort_on_sigabrt(cfg: Any, view: WorkerView | None, logger: logging.Logger) -> None:
+    """With a worker_abort hook, SIGABRT (the master's timeout) runs Python code: print the tracebacks as
+    faulthandler would, call the hook, then die of SIGABRT as without it. Python handlers only run between
+    bytecodes, so a worker stuck inside C code gets no traceback this way; the master kills it anyway."""
+
+    def on_abort(signum: int, frame: Any) -> None:
+        faulthandler.dump_traceback(file=_error_log_stream(logger), all_threads=True)
+        if view is not None:
+            view.aborted = True
+            view.alive = False
+        call_hook(cfg, "worker_abort", view, log=logger)
+        _flush_std_streams()
+        faulthandler.disable()
+        signal.signal(signal.SIGABRT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGABRT)
+
+    signal.signal(signal.SIGABRT, on_abort)
 
 
 def _reset_signals() -> None:

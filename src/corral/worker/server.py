@@ -11,16 +11,19 @@ import contextlib
 import logging
 import signal
 import socket
+import ssl
 import time
 from collections.abc import Callable
 from typing import Any
 
 from corral.http.h1 import H1Protocol, ServerState
 from corral.http.proxy import ProxyTrust
+from corral.http.websocket import CLOSE_GOING_AWAY, CLOSE_SERVICE_RESTART, WebSocketSettings, close_websockets
 from corral.logging import AccessLog
 from corral.master.scoreboard import Slot, WorkerCounters, WorkerState
 from corral.master.sizing import rss_bytes
 from corral.master.sockets import describe
+from corral.tls import serving_options
 from corral.worker.lifespan import Lifespan, LifespanFailure
 
 __all__ = ["EXIT_LIFESPAN", "EXIT_OK", "Worker", "new_event_loop"]
@@ -59,7 +62,10 @@ class Worker:
         *,
         slot: Slot | None = None,
         final_shutdown: Callable[[], bool] = lambda: True,
+        server_stopping: Callable[[], bool] = lambda: True,
         max_requests: int = 0,
+        on_quit: Callable[[], None] | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.cfg = cfg
         self.app = app
@@ -68,7 +74,11 @@ class Worker:
         self.logger = logger
         self.slot = slot
         self.final_shutdown = final_shutdown
+        self.server_stopping = server_stopping  # the whole server stops (not just this worker): WebSockets get 1001
         self.max_requests = max_requests
+        self.on_quit = on_quit  # the worker_int hook, on INT or QUIT
+        # ssl= and a handshake bound for every server and accepted socket; empty for plain HTTP.
+        self.tls_options = serving_options(ssl_context, cfg.header_timeout)
         self.counters = WorkerCounters()
         self.servers: list[asyncio.AbstractServer] = []
         self.stop_requested: asyncio.Future[bool] = loop.create_future()
@@ -135,6 +145,7 @@ class Worker:
             counters=self.counters,
             max_requests=self.max_requests,
             on_max_requests=self._max_requests_reached,
+            ws_settings=WebSocketSettings.from_config(cfg),
         )
 
     async def _start_servers(self) -> None:
@@ -149,9 +160,13 @@ class Worker:
             # shutdown the connections still queued in the kernel can be accepted and answered.
             served = sock.dup()
             if sock.family == socket.AF_UNIX:
-                server = await self.loop.create_unix_server(protocol_factory, sock=served, backlog=self.cfg.backlog)
+                server = await self.loop.create_unix_server(
+                    protocol_factory, sock=served, backlog=self.cfg.backlog, **self.tls_options
+                )
             else:
-                server = await self.loop.create_server(protocol_factory, sock=served, backlog=self.cfg.backlog)
+                server = await self.loop.create_server(
+                    protocol_factory, sock=served, backlog=self.cfg.backlog, **self.tls_options
+                )
             self.servers.append(server)
             self.logger.debug("Listening on %s", describe(sock))
 
@@ -184,6 +199,9 @@ class Worker:
             self.access_log.reopen()
 
     def _request_stop(self, graceful: bool) -> None:
+        if not graceful and self.on_quit is not None:
+            on_quit, self.on_quit = self.on_quit, None
+            on_quit()
         if not self.stop_requested.done():
             self.logger.info("Worker shutting down%s", " gracefully" if graceful else "")
             self.stop_requested.set_result(graceful)
@@ -206,6 +224,7 @@ class Worker:
             state.sweep()
             self.counters.active_connections = len(state.connections)
             self.counters.active_requests = sum(1 for conn in state.connections if conn.cycle is not None)
+            self.counters.websockets = len(state.websockets)
         if self.access_log is not None:
             self.access_log.flush()
         if self.slot is not None:
@@ -218,6 +237,8 @@ class Worker:
         state.draining = True  # from now on every response says Connection: close
         for server in self.servers:
             server.close()
+        # Tell WebSocket clients whether to reconnect (1012: another worker serves on) or not (1001).
+        close_websockets(state, CLOSE_GOING_AWAY if self.server_stopping() else CLOSE_SERVICE_RESTART)
         if graceful and self.final_shutdown():
             self._accept_backlog(state)
         if graceful:
@@ -254,7 +275,8 @@ class Worker:
                 with contextlib.suppress(OSError):
                     if sock.family != socket.AF_UNIX:
                         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                task = self.loop.create_task(self.loop.connect_accepted_socket(protocol_factory, conn))
+                accepted = self.loop.connect_accepted_socket(protocol_factory, conn, **self.tls_options)
+                task = self.loop.create_task(accepted)
                 task.add_done_callback(_log_accept_failure)
 
     def _abort_connections(self) -> None:

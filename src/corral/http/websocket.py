@@ -1,0 +1,619 @@
+"""WebSocket connections after the HTTP/1.1 Upgrade: RFC 6455 framing on the websockets library's sans-I/O
+protocol, and the ASGI `websocket` cycle (connect, accept or deny, receive, send, close, disconnect).
+
+The HTTP/1.1 connection (http/h1.py) validates the handshake and, once earlier pipelined requests are
+answered, hands its transport to a `WebSocketSession`. The app runs in a Task of its own; frames are parsed
+and written on the event loop's callbacks, with no Task per message. Keep-alive pings and closing timeouts
+run on the worker's once-a-second sweep (`check_timeouts`), not on timers of their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import logging
+import struct
+from collections import deque
+from dataclasses import dataclass
+from time import perf_counter_ns
+from typing import TYPE_CHECKING, Any
+
+from websockets.exceptions import ProtocolError
+from websockets.frames import Close, Frame, Opcode
+from websockets.protocol import OPEN, Protocol, Side
+
+from corral.http.errors import ClientDisconnected, error_response
+from corral.http.ws_handshake import Handshake, accept_response, denial_response
+
+if TYPE_CHECKING:
+    from corral.http.h1 import ServerState
+
+__all__ = [
+    "CLOSE_GOING_AWAY",
+    "CLOSE_SERVICE_RESTART",
+    "CLOSE_TIMEOUT",
+    "WebSocketSession",
+    "WebSocketSettings",
+    "WebSocketUpgrade",
+    "close_websockets",
+    "websocket_scope",
+]
+
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001  # the server is shutting down
+CLOSE_ABNORMAL = 1006  # never sent: the connection ended without a close frame
+CLOSE_INVALID_DATA = 1007
+CLOSE_INTERNAL_ERROR = 1011  # an app exception, or a peer that stopped answering pings
+CLOSE_SERVICE_RESTART = 1012  # this worker is being replaced; the server goes on (reconnect)
+
+# After a close frame is sent, the peer has this long to answer with its own before the TCP connection is
+# dropped (a dead peer would otherwise hold the connection, and a draining worker, until graceful_timeout).
+CLOSE_TIMEOUT = 10.0
+
+_TEXT = Opcode.TEXT
+_BINARY = Opcode.BINARY
+_CONT = Opcode.CONT
+_PONG = Opcode.PONG
+_MAX_CLOSE_REASON = 123  # a control frame's payload is at most 125 bytes, two of them the code
+
+_utf8_decoder = codecs.getincrementaldecoder("utf-8")
+
+# websockets' protocol logs every ended connection at INFO; only its warnings and errors belong in our log.
+_PROTOCOL_LOG = logging.getLogger("corral.error.websocket")
+_PROTOCOL_LOG.setLevel(logging.WARNING)
+
+# Where a session is, as far as the app is concerned.
+_HANDSHAKE = 0  # the app has not answered the handshake yet
+_DENYING = 1  # the app is sending an HTTP response instead (websocket.http.response extension)
+_OPEN = 2  # accepted: messages flow both ways
+_FAILING = 3  # the client broke the protocol; the app may still answer what it received before, this loop turn
+_CLOSING = 4  # a close frame was sent or received: nothing more for or from the app
+_ENDED = 5  # the socket is gone, or the handshake was answered with HTTP
+
+
+class _ServerProtocol(Protocol):
+    """websockets' sans-I/O protocol, server side, with one RFC 6455 fix.
+
+    Control frames may come between the fragments of a message (RFC 6455 5.4), so a close frame there
+    starts a normal closing handshake and the unfinished message is dropped; websockets treats it as a
+    protocol error (1002), which Autobahn|Testsuite case 7.1.5 fails.
+    """
+
+    def recv_frame(self, frame: Frame) -> None:
+        if frame.opcode is Opcode.CLOSE:
+            self.current_size = None
+        super().recv_frame(frame)
+
+
+@dataclass(frozen=True, slots=True)
+class WebSocketSettings:
+    """The ws_* settings (see docs/websocket.md). 0 turns max_size, ping_interval or ping_timeout off."""
+
+    max_size: int = 16 * 1024 * 1024
+    max_queue: int = 32
+    ping_interval: float = 20.0
+    ping_timeout: float = 20.0
+    per_message_deflate: bool = True
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> WebSocketSettings:
+        return cls(
+            max_size=cfg.ws_max_size,
+            max_queue=cfg.ws_max_queue,
+            ping_interval=cfg.ws_ping_interval,
+            ping_timeout=cfg.ws_ping_timeout,
+            per_message_deflate=cfg.ws_per_message_deflate,
+        )
+
+
+class WebSocketUpgrade:
+    """A valid handshake queued on its HTTP/1.1 connection until the requests pipelined before it are answered."""
+
+    __slots__ = ("handshake", "rest", "scope", "start_ns")
+
+    def __init__(self, scope: dict[str, Any], handshake: Handshake, start_ns: int = 0) -> None:
+        self.scope = scope
+        self.handshake = handshake
+        self.rest = b""  # bytes the client sent after the handshake, before any answer
+        self.start_ns = start_ns
+
+
+def websocket_scope(scope: dict[str, Any], handshake: Handshake) -> dict[str, Any]:
+    """Turn the HTTP scope built for a handshake request into its ASGI `websocket` scope (in place)."""
+    scope["type"] = "websocket"
+    scope["scheme"] = "wss" if scope["scheme"] == "https" else "ws"
+    del scope["method"]
+    scope["subprotocols"] = handshake.subprotocols
+    scope["extensions"]["websocket.http.response"] = {}  # beside "tls" on a TLS connection
+    return scope
+
+
+def close_websockets(state: ServerState, code: int) -> None:
+    """Start closing every WebSocket of the worker with `code` (1001 shutdown, 1012 restart).
+
+    A session whose handshake is still with the app is closed with it as soon as the app accepts.
+    """
+    state.websocket_close_code = code
+    for session in list(state.websockets):
+        session.going_away(code)
+
+
+class WebSocketSession(asyncio.Protocol):
+    """One WebSocket connection: owns the transport after the upgrade, and the app's receive/send."""
+
+    cycle = None  # never an HTTP request in flight (the worker's active-requests gauge reads this)
+
+    def __init__(
+        self, state: ServerState, transport: asyncio.Transport, upgrade: WebSocketUpgrade, writing_paused: bool
+    ) -> None:
+        self.state = state
+        self.loop = state.loop
+        self.settings: WebSocketSettings = state.ws_settings
+        self.counters = state.counters
+        self.transport = transport
+        self.scope = upgrade.scope
+        self.handshake: Handshake | None = upgrade.handshake
+        self.rest = upgrade.rest
+        self.start_ns = upgrade.start_ns
+        self.protocol: _ServerProtocol = None  # type: ignore[assignment]  # made when the app accepts
+        self.phase = _HANDSHAKE
+        self.gone = False
+        self.app_done = False
+        self.task: asyncio.Task[None] | None = None
+        # incoming
+        self.connect_delivered = False
+        self.messages: deque[dict[str, Any]] = deque()
+        self.delivered = 0  # messages handed to the app so far
+        self.waiter: asyncio.Future[dict[str, Any]] | None = None
+        self.disconnect: dict[str, Any] | None = None
+        self.fragments: list[Any] | None = None
+        self.decoder: codecs.IncrementalDecoder | None = None
+        self.reading_paused = True  # the HTTP/1.1 side stopped reading at the upgrade
+        self.resume_at = self.settings.max_queue // 4
+        # outgoing
+        self.writing_paused = writing_paused
+        self.drain_waiters: list[asyncio.Future[None]] = []
+        self.failure_writes: list[bytes] = []  # held back while FAILING
+        self.denial: tuple[Any, list[Any]] | None = None
+        self.denial_body: list[bytes] = []
+        # keep-alive and closing
+        self.close_on_accept = 0
+        self.next_ping_at = 0.0
+        self.ping_payload: bytes | None = None
+        self.ping_sent_at = 0.0
+        self.pings = 0
+        self.closing_since = 0.0
+
+    def start(self) -> None:
+        """Run the app in a Task of its own, in a fresh copy of the worker's base context."""
+        state = self.state
+        state.connections.add(self)
+        state.websockets.add(self)
+        if state.draining:
+            self.close_on_accept = state.websocket_close_code
+        coro = state.app(self.scope, self.receive, self.send)
+        # The Task copies the context current at its creation: running create_task inside the copy makes the
+        # app's context a copy of the base one, on every Python version corral supports.
+        self.task = state.base_context.copy().run(self.loop.create_task, coro)
+        self.task.add_done_callback(self._app_finished)
+
+    # --- transport events -----------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        self.counters.bytes_in += len(data)
+        self._receive(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.gone = True
+        if self.phase >= _OPEN:
+            self.phase = _ENDED
+        self._set_disconnect(CLOSE_ABNORMAL, "")  # unless a close frame already said why
+        self._release_writers()
+        self._forget_if_done()
+
+    def pause_writing(self) -> None:
+        self.writing_paused = True
+
+    def resume_writing(self) -> None:
+        self.writing_paused = False
+        self._release_writers()
+
+    def _release_writers(self) -> None:
+        waiters, self.drain_waiters = self.drain_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def _drain(self) -> None:
+        if self.gone:
+            return
+        waiter = self.loop.create_future()
+        self.drain_waiters.append(waiter)
+        await waiter
+
+    # --- frames in ------------------------------------------------------------------------------
+
+    def _receive(self, data: bytes) -> None:
+        protocol = self.protocol
+        protocol.receive_data(data)
+        delivered = self.delivered
+        for frame in protocol.events_received():
+            opcode = frame.opcode
+            if opcode is _TEXT or opcode is _BINARY or opcode is _CONT:
+                if self.phase == _OPEN:  # after a close frame, data is dropped: the app has its disconnect
+                    self._data_frame(frame)
+            elif opcode is _PONG and frame.data == self.ping_payload:
+                self.ping_payload = None
+            # Pings are answered and close frames echoed by the protocol itself (in data_to_send).
+        writes = protocol.data_to_send()
+        if protocol.state is not OPEN and self.phase == _OPEN:
+            if self.delivered != delivered and protocol.close_rcvd is None:
+                self._fail_after_answers(writes)
+                return
+            self._write(writes)
+            self._protocol_closed()
+        elif writes:
+            self._write(writes)
+
+    def _data_frame(self, frame: Frame) -> None:
+        if frame.fin and self.fragments is None:  # a whole message in one frame: the common case
+            if frame.opcode is _TEXT:
+                try:
+                    message = {"type": "websocket.receive", "text": frame.data.decode()}
+                except UnicodeDecodeError:
+                    self._fail(CLOSE_INVALID_DATA, "invalid UTF-8 in a text message")
+                    return
+            else:
+                message = {"type": "websocket.receive", "bytes": frame.data}
+            self._deliver(message)
+        else:
+            self._fragment(frame)
+
+    def _fragment(self, frame: Frame) -> None:
+        """One frame of a fragmented message (the protocol has checked their order)."""
+        if self.fragments is None:
+            self.fragments = []
+            self.decoder = _utf8_decoder() if frame.opcode is _TEXT else None
+        decoder = self.decoder
+        if decoder is None:
+            self.fragments.append(frame.data)
+        else:
+            # Decoded as the fragments arrive, so invalid UTF-8 fails the connection at once (RFC 6455 8.1)
+            # rather than after a long message has been buffered.
+            try:
+                self.fragments.append(decoder.decode(frame.data, frame.fin))
+            except UnicodeDecodeError:
+                self._fail(CLOSE_INVALID_DATA, "invalid UTF-8 in a text message")
+                return
+        if frame.fin:
+            fragments, self.fragments, self.decoder = self.fragments, None, None
+            if decoder is None:
+                self._deliver({"type": "websocket.receive", "bytes": b"".join(fragments)})
+            else:
+                self._deliver({"type": "websocket.receive", "text": "".join(fragments)})
+
+    def _deliver(self, message: dict[str, Any]) -> None:
+        self.delivered += 1
+        waiter = self.waiter
+        if waiter is not None:
+            self.waiter = None
+            if not waiter.done():
+                waiter.set_result(message)
+                return
+        messages = self.messages
+        messages.append(message)
+        if len(messages) >= self.settings.max_queue and not self.reading_paused:
+            # The app is not keeping up: stop reading, so the client's TCP window closes (back-pressure).
+            self.reading_paused = True
+            self.transport.pause_reading()
+
+    def _fail_after_answers(self, writes: list[bytes]) -> None:
+        """The client broke the protocol in the same read as messages the app has not answered yet.
+
+        The app's wake-up is already scheduled, so one loop turn lets it answer them (an echo server's
+        replies then come before the close, as Autobahn|Testsuite 3.2, 4.1.3 and 5.15 expect); the close
+        frame and the TCP close follow.
+        """
+        self.phase = _FAILING
+        self.failure_writes = writes
+        self.loop.call_soon(self._finish_failing)
+
+    def _finish_failing(self) -> None:
+        if self.phase != _FAILING:
+            return  # the connection is gone already
+        self.phase = _OPEN
+        writes, self.failure_writes = self.failure_writes, []
+        self._write(writes)
+        self._protocol_closed()
+
+    def _protocol_closed(self) -> None:
+        """The client sent a close frame, or broke the protocol and the protocol failed the connection."""
+        protocol = self.protocol
+        close = protocol.close_rcvd or protocol.close_sent
+        if close is None:
+            self._closing(CLOSE_ABNORMAL, "")
+        else:
+            self._closing(close.code, close.reason)
+
+    # --- ASGI receive ---------------------------------------------------------------------------
+
+    async def receive(self) -> dict[str, Any]:
+        messages = self.messages
+        if messages:
+            message = messages.popleft()
+            if self.reading_paused and len(messages) <= self.resume_at and self.phase == _OPEN:
+                self._resume_reading()
+            return message
+        if not self.connect_delivered:
+            self.connect_delivered = True
+            return {"type": "websocket.connect"}
+        if self.disconnect is not None:
+            return self.disconnect
+        waiter = self.waiter = self.loop.create_future()
+        try:
+            return await waiter
+        finally:
+            if self.waiter is waiter:
+                self.waiter = None  # cancelled while waiting: the next message must not go to a dead future
+
+    def _set_disconnect(self, code: int, reason: str) -> None:
+        if self.disconnect is not None:
+            return
+        self.disconnect = {"type": "websocket.disconnect", "code": code, "reason": reason}
+        waiter = self.waiter
+        if waiter is not None:  # waiting means nothing is queued: the disconnect is next
+            self.waiter = None
+            if not waiter.done():
+                waiter.set_result(self.disconnect)
+
+    # --- ASGI send ------------------------------------------------------------------------------
+
+    async def send(self, message: dict[str, Any]) -> None:
+        kind = message["type"]
+        if kind == "websocket.send":
+            if self.phase != _OPEN:
+                self._refuse_send(kind, message)
+                return
+            protocol = self.protocol
+            text = message.get("text")
+            if text is not None:
+                protocol.send_text(text.encode())
+            else:
+                data = message.get("bytes")
+                if data is None:
+                    raise RuntimeError("websocket.send needs a 'text' or a 'bytes' key")
+                protocol.send_binary(data)
+            self._write(protocol.data_to_send())
+            if self.writing_paused:
+                await self._drain()  # a slow reader makes the app wait instead of the server buffer
+        elif kind == "websocket.accept":
+            self._accept(message)
+        elif kind == "websocket.close":
+            self._app_close(message)
+        elif kind == "websocket.http.response.start":
+            self._deny_start(message)
+        elif kind == "websocket.http.response.body":
+            self._deny_body(message)
+        else:
+            raise RuntimeError(f"unexpected ASGI message type {kind!r} on a websocket connection")
+
+    def _refuse_send(self, kind: str, message: dict[str, Any]) -> None:
+        """A websocket.send while not OPEN: an error, except for answers just before a failure."""
+        if self.phase < _OPEN:
+            raise RuntimeError(f"ASGI app sent {kind!r} before 'websocket.accept'")
+        if self.phase != _FAILING:
+            raise ClientDisconnected("the WebSocket connection is closed")
+        # The protocol object refuses to send once it has failed: frame the answer directly.
+        text = message.get("text")
+        frame = Frame(_TEXT, text.encode()) if text is not None else Frame(_BINARY, message["bytes"])
+        self._write([frame.serialize(mask=False, extensions=self.protocol.extensions)])
+
+    def _write(self, writes: list[bytes]) -> None:
+        if self.gone:
+            return
+        transport = self.transport
+        for data in writes:
+            if data:
+                transport.write(data)
+                self.counters.bytes_out += len(data)
+            else:
+                # The protocol's end of stream: once the closing handshake is done (or the connection is
+                # failed) the server closes the TCP connection first (RFC 6455 7.1.1).
+                transport.close()
+
+    def _accept(self, message: dict[str, Any]) -> None:
+        if self.phase != _HANDSHAKE:
+            raise RuntimeError("ASGI app sent 'websocket.accept' after the handshake was answered")
+        if self.gone:
+            raise ClientDisconnected("client disconnected during the WebSocket handshake")
+        handshake = self.handshake
+        assert handshake is not None
+        head, headers = accept_response(
+            handshake,
+            self.state.default_headers,
+            message.get("subprotocol"),
+            message.get("headers") or (),
+            self.scope["subprotocols"],
+        )
+        settings = self.settings
+        protocol = _ServerProtocol(Side.SERVER, max_size=settings.max_size or None, logger=_PROTOCOL_LOG)
+        if handshake.extension is not None:
+            protocol.extensions = [handshake.extension]
+        self.protocol = protocol
+        self.handshake = None
+        self.phase = _OPEN
+        self.transport.write(head)
+        self._handshake_answered(101, headers, 0)
+        self.next_ping_at = self.state.clock + settings.ping_interval
+        if self.close_on_accept:
+            self._server_close(self.close_on_accept)
+        self._resume_reading()
+        rest, self.rest = self.rest, b""
+        if rest:
+            self._receive(rest)
+
+    def _app_close(self, message: dict[str, Any]) -> None:
+        code = message.get("code")
+        code = CLOSE_NORMAL if code is None else code
+        reason = message.get("reason") or ""
+        phase = self.phase
+        if phase == _HANDSHAKE:
+            # ASGI: closing before accepting rejects the handshake with 403.
+            self._answer_http(error_response(403, "", self.state.default_headers), 403, [], 0, code)
+        elif phase == _OPEN:
+            _check_close(code, reason)
+            self._server_close(code, reason)
+        elif phase == _DENYING:
+            raise RuntimeError("ASGI app sent 'websocket.close' in the middle of an HTTP response")
+        # Closing or closed already: nothing more to do.
+
+    def _deny_start(self, message: dict[str, Any]) -> None:
+        if self.phase != _HANDSHAKE:
+            raise RuntimeError("ASGI app sent 'websocket.http.response.start' after the handshake was answered")
+        status = message["status"]
+        headers = list(message.get("headers") or ())
+        denial_response(status, headers, b"", self.state.default_headers)  # refuse bad input now, not later
+        self.phase = _DENYING
+        self.denial = (status, headers)
+
+    def _deny_body(self, message: dict[str, Any]) -> None:
+        if self.phase != _DENYING or self.denial is None:
+            raise RuntimeError("ASGI app sent 'websocket.http.response.body' without 'websocket.http.response.start'")
+        self.denial_body.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            status, headers = self.denial
+            body = b"".join(self.denial_body)
+            self.denial_body = []
+            response = denial_response(status, headers, body, self.state.default_headers)
+            self._answer_http(response, status, headers, len(body), CLOSE_NORMAL)
+
+    def _answer_http(self, response: bytes, status: int, headers: list[Any], length: int, code: int) -> None:
+        """Answer the handshake with an HTTP response instead of a WebSocket, and close."""
+        self.phase = _ENDED
+        self.closing_since = self.state.clock
+        if not self.gone:
+            self.transport.write(response)
+            self.transport.close()
+        self._handshake_answered(status, headers, length)
+        self._set_disconnect(code, "")
+
+    def _handshake_answered(self, status: int, headers: list[Any], length: int) -> None:
+        """Count the handshake as a request and log it, as the HTTP/1.1 side does for its responses."""
+        state = self.state
+        counters = self.counters
+        counters.requests += 1
+        counters.responses[status // 100 - 1] += 1
+        if counters.requests == state.max_requests and state.on_max_requests is not None:
+            state.on_max_requests()
+        if state.access_log is not None:
+            state.access_log.log(self.scope, status, headers, length, perf_counter_ns() - self.start_ns)
+
+    # --- closing --------------------------------------------------------------------------------
+
+    def _server_close(self, code: int, reason: str = "") -> None:
+        """Start the closing handshake from our side; the peer has CLOSE_TIMEOUT to answer."""
+        protocol = self.protocol
+        protocol.send_close(code, reason)
+        self._write(protocol.data_to_send())
+        self._closing(code, reason)
+
+    def _fail(self, code: int, reason: str) -> None:
+        """Fail the connection (RFC 6455 7.1.7): a close frame, then the TCP close without waiting."""
+        protocol = self.protocol
+        protocol.fail(code, reason)
+        self._write(protocol.data_to_send())
+        self._closing(code, reason)
+
+    def _closing(self, code: int, reason: str) -> None:
+        self.phase = _CLOSING
+        self.closing_since = self.state.clock
+        self.fragments = self.decoder = None
+        self._set_disconnect(code, reason)
+        self._resume_reading()  # the peer's close frame must get through even if the app stopped reading
+
+    def _resume_reading(self) -> None:
+        if self.reading_paused and not self.gone:
+            self.reading_paused = False
+            self.transport.resume_reading()
+
+    def going_away(self, code: int) -> None:
+        """The worker is stopping: close with `code` now, or as soon as the app accepts."""
+        if self.phase == _OPEN:
+            self._server_close(code, "server shutting down" if code == CLOSE_GOING_AWAY else "server restarting")
+        elif self.phase == _HANDSHAKE:
+            self.close_on_accept = code
+
+    def _app_finished(self, task: asyncio.Task[None]) -> None:
+        self.app_done = True
+        exc = asyncio.CancelledError() if task.cancelled() else task.exception()
+        self._log_outcome(exc)
+        phase = self.phase
+        if phase == _OPEN:
+            self._server_close(CLOSE_NORMAL if exc is None else CLOSE_INTERNAL_ERROR)
+        elif phase <= _DENYING and not self.gone:
+            # Nothing of the HTTP answer is on the wire yet (a denial is sent whole): a 500 is still possible.
+            self._answer_http(error_response(500, "", self.state.default_headers), 500, [], 0, CLOSE_INTERNAL_ERROR)
+        self._forget_if_done()
+
+    def _log_outcome(self, exc: BaseException | None) -> None:
+        logger = self.state.logger
+        if exc is None:
+            if self.phase == _HANDSHAKE:
+                logger.error("ASGI app returned without accepting or rejecting the WebSocket handshake")
+            elif self.phase == _DENYING:
+                logger.error("ASGI app returned without completing its WebSocket denial response")
+        elif isinstance(exc, asyncio.CancelledError):
+            return
+        elif self.gone or isinstance(exc, ClientDisconnected):
+            logger.debug("ASGI app raised after the WebSocket client disconnected: %r", exc)
+        else:
+            logger.error("Exception in ASGI application", exc_info=exc)
+
+    def _forget_if_done(self) -> None:
+        if self.gone and self.app_done:
+            self.state.connections.discard(self)
+            self.state.websockets.discard(self)
+
+    # --- the worker's periodic sweep ------------------------------------------------------------
+
+    def check_timeouts(self, now: float) -> None:
+        """Once a second (more often while draining): keep-alive pings, and peers slow to close."""
+        phase = self.phase
+        if phase == _OPEN:
+            self._keepalive(now)
+        elif phase >= _CLOSING and not self.gone and now - self.closing_since > CLOSE_TIMEOUT:
+            self.transport.abort()
+
+    def _keepalive(self, now: float) -> None:
+        settings = self.settings
+        if self.ping_payload is not None:
+            if settings.ping_timeout and now - self.ping_sent_at > settings.ping_timeout:
+                # 1011, as the websockets library does for a keep-alive timeout; no point waiting for a
+                # close frame from a peer that does not answer pings.
+                self._fail(CLOSE_INTERNAL_ERROR, "keepalive ping timeout")
+        elif settings.ping_interval and now >= self.next_ping_at:
+            self.pings += 1
+            payload = struct.pack("!I", self.pings)
+            self.protocol.send_ping(payload)
+            self._write(self.protocol.data_to_send())
+            self.ping_payload = payload
+            self.ping_sent_at = now
+            self.next_ping_at = now + settings.ping_interval
+
+    def in_flight(self) -> None:
+        """A WebSocket is not a request in flight (the loop-lag watchdog lists only those)."""
+        return None
+
+
+def _check_close(code: Any, reason: Any) -> None:
+    """Refuse a websocket.close the protocol could not send, with a message naming what is wrong."""
+    if type(code) is not int:
+        raise TypeError(f"websocket.close code must be an int, got {code!r}")
+    if not isinstance(reason, str):
+        raise TypeError(f"websocket.close reason must be a str, got {reason!r}")
+    try:
+        Close(code, reason).check()
+    except ProtocolError:
+        raise RuntimeError(f"websocket.close code {code} may not be sent (RFC 6455 7.4)") from None
+    if len(reason.encode()) > _MAX_CLOSE_REASON:
+        raise RuntimeError(f"websocket.close reason is over {_MAX_CLOSE_REASON} bytes in UTF-8")
