@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint bench docs clean
+.PHONY: run test autobahn lint bench docs clean
 
 $(BIN)/corral: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ test: $(BIN)/corral
 	$(BIN)/python -m corral.docs --check
 	$(BIN)/python -m pytest -n 2
 
+# Autobahn|Testsuite's fuzzingclient against corral (tests/autobahn/run.py); skipped without CPython 2.7.
+autobahn: $(BIN)/corral
+	$(BIN)/python tests/autobahn/run.py
+
 lint: $(BIN)/corral
 	$(BIN)/ruff check .
 
@@ -29,4 +33,4 @@ bench: $(BIN)/corral
 	bench/run
 
 clean:
-	rm -rf $(VENV) bench/.venv
+	rm -rf $(VENV) bench/.venv .autobahn

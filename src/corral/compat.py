@@ -69,6 +69,20 @@ SETTING_DIFFERENCES: dict[str, str] = {
     "do_handshake_on_connect": "Both values behave the same: asyncio handshakes at accept without blocking, "
     "within header_timeout.",
     "certfile": "HUP re-reads it (and keyfile, ca_certs); a broken new certificate aborts the reload.",
+    "logconfig": "corral's loggers are `corral.error` and `corral.access`; a config naming only `gunicorn.error`/"
+    "`gunicorn.access` routes corral's lines the same way. Only `version: 1` and `disable_existing_loggers: "
+    "False` are filled in (Gunicorn merges its whole default config).",
+    "logconfig_dict": "corral's loggers are `corral.error` and `corral.access`; a config naming only `gunicorn.error`/"
+    "`gunicorn.access` routes corral's lines the same way. Only `version: 1` and `disable_existing_loggers: "
+    "False` are filled in (Gunicorn merges its whole default config).",
+    "logconfig_json": "corral's loggers are `corral.error` and `corral.access`; a config naming only `gunicorn.error`/"
+    "`gunicorn.access` routes corral's lines the same way. Only `version: 1` and `disable_existing_loggers: "
+    "False` are filled in (Gunicorn merges its whole default config).",
+    "statsd_host": "The master sends the pool's metrics about once a second, aggregated from the scoreboard "
+    "(Gunicorn: a packet per request); status classes (`gunicorn.request.status.2xx`) instead of codes; "
+    "`gunicorn.request.duration` is one mean per flush with a sample rate; `unix:PATH` accepted. See metrics.md.",
+    "statsd_prefix": "Applies to every metric corral sends (see statsd_host).",
+    "dogstatsd_tags": "Added to every metric corral sends (see statsd_host).",
     "on_starting": "The one hook whose exception stops corral (exit 1); any other hook that raises is logged "
     "with its traceback and the server carries on.",
 }

@@ -19,7 +19,9 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from corral.master.scoreboard import DEFAULT_LATENCY_BOUNDS, check_latency_bounds
 from corral.master.sockets import parse_bind
+from corral.master.statsd import parse_statsd_address, statsd_prefix, statsd_tags
 
 __all__ = [
     "CMD_ARGS_ENV",
@@ -43,7 +45,6 @@ DEFAULT_CONFIG_FILE = "corral.conf.py"
 GUNICORN_CONFIG_FILE = "gunicorn.conf.py"  # read by default when there is no corral.conf.py, as Gunicorn does
 
 # Issue numbers that will implement the settings declared here but not implemented yet.
-_OBSERVABILITY = 6
 
 Validator = Callable[[Any], Any]
 Kind = Literal["value", "append", "flag", "negflag", "hook"]
@@ -327,6 +328,24 @@ def header_value(raw: Any) -> str:
     return text
 
 
+_HEADER_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# Headers the server reads or writes itself: a request id there would change how requests are framed or routed.
+_SERVER_HEADERS = frozenset(
+    {"host", "content-length", "transfer-encoding", "connection", "upgrade", "expect", "te", "trailer", "date",
+     "server", "keep-alive"}
+)  # fmt: skip
+
+
+def request_id_header_value(raw: Any) -> str:
+    """A header name for request ids, or "" (off)."""
+    text = string(raw)
+    if text and not _HEADER_TOKEN.fullmatch(text):
+        raise ValueError(f"expected a header name such as X-Request-ID (or '' for off), got {raw!r}")
+    if text.lower() in _SERVER_HEADERS:
+        raise ValueError(f"{text!r} is a header the server handles itself; use another name, e.g. X-Request-ID")
+    return text
+
+
 def root_path_value(raw: Any) -> str:
     text = string(raw)
     if text and not text.startswith("/"):
@@ -357,6 +376,39 @@ def bind_list(raw: Any) -> list[str]:
 
 def optional_bind(raw: Any) -> str | None:
     return None if raw is None or raw == "" else str(parse_bind(string(raw)))
+
+
+def admin_bind_value(raw: Any) -> str | None:
+    """An address for the admin endpoint; it needs prometheus-client to render /metrics."""
+    value = optional_bind(raw)
+    if value is not None and importlib.util.find_spec("prometheus_client") is None:
+        raise ValueError("the admin endpoint needs the prometheus-client package (pip install 'corral[metrics]')")
+    return value
+
+
+def statsd_address(raw: Any) -> str | None:
+    return None if raw is None or raw == "" else str(parse_statsd_address(string(raw)))
+
+
+def statsd_prefix_value(raw: Any) -> str:
+    prefix = string(raw)
+    statsd_prefix(prefix)  # raises ValueError for characters the StatsD line format reserves
+    return prefix
+
+
+def statsd_tags_value(raw: Any) -> str:
+    return statsd_tags(string(raw))
+
+
+def duration_buckets(raw: Any) -> tuple[float, ...]:
+    """Histogram bucket bounds in seconds: a list of numbers, or "0.001,0.01,0.1" from the command line."""
+    if isinstance(raw, str):
+        items: Any = [item for item in raw.split(",") if item.strip()]
+    elif isinstance(raw, (list, tuple)):
+        items = raw
+    else:
+        raise ValueError(f"expected a list of seconds, got {raw!r}")
+    return check_latency_bounds(_to_float(item) for item in items)
 
 
 _CORRAL_WORKERS = frozenset(
@@ -706,7 +758,7 @@ SETTINGS: tuple[Setting, ...] = (
             "Access log file; '-' is stdout; unset: no access log.",
             cli=("--access-logfile",), metavar="FILE"),
     Setting("access_log_format", "Logging", '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s"',
-            string, "Access log line format, with Gunicorn's atoms.",
+            string, "Access log line format: Gunicorn's atoms, and %(request_id)s (docs/logging.md).",
             cli=("--access-logformat",), metavar="STRING"),
     Setting("errorlog", "Logging", "-", string,
             "Error log file; '-' is stderr.", cli=("--error-logfile", "--log-file"), metavar="FILE"),
@@ -714,17 +766,22 @@ SETTINGS: tuple[Setting, ...] = (
             choice("debug", "info", "warning", "error", "critical", aliases={"warn": "warning"}),
             "Error log level: debug, info, warning, error, critical.", cli=("--log-level",), metavar="LEVEL"),
     Setting("log_format", "Logging", "text", choice("text", "json"),
-            "Log line format for the error and access logs: text or json.",
-            cli=("--log-format",), metavar="FORMAT", implemented_in=_OBSERVABILITY),
+            "Line format of the error and access logs: text (Gunicorn's) or json (one object per line; fields in "
+            "docs/logging.md).",
+            cli=("--log-format",), metavar="FORMAT"),
+    Setting("request_id_header", "Logging", "", request_id_header_value,
+            "Request ids in this header (X-Request-ID, usually): a valid id the client sends is kept, else one "
+            "is made; the app sees it in the request headers, the response echoes it, the access log has it "
+            "(%(request_id)s); empty: off.",
+            cli=("--request-id-header",), metavar="NAME"),
     Setting("logconfig", "Logging", None, optional_string,
-            "A logging.config file (fileConfig format).",
-            cli=("--log-config",), metavar="FILE", implemented_in=_OBSERVABILITY),
+            "A logging.config file (fileConfig format), applied in the master before the workers start.",
+            cli=("--log-config",), metavar="FILE"),
     Setting("logconfig_dict", "Logging", {}, mapping,
-            "A logging.config.dictConfig dictionary; takes precedence over logconfig.",
-            implemented_in=_OBSERVABILITY),
+            "A logging.config.dictConfig dictionary; takes precedence over logconfig_json and logconfig."),
     Setting("logconfig_json", "Logging", None, optional_string,
-            "A logging.config dictionary in a JSON file.",
-            cli=("--log-config-json",), metavar="FILE", implemented_in=_OBSERVABILITY),
+            "A logging.config dictionary in a JSON file; takes precedence over logconfig.",
+            cli=("--log-config-json",), metavar="FILE"),
     Setting("capture_output", "Logging", False, boolean,
             "Gunicorn's redirection of the app's stdout/stderr into the error log.",
             cli=("--capture-output",), kind="flag",
@@ -747,18 +804,28 @@ SETTINGS: tuple[Setting, ...] = (
             "Gunicorn's stdio inheritance in daemon mode.", cli=("-R", "--enable-stdio-inheritance"),
             kind="flag", ignored="corral does not daemonize, so stdio is always inherited"),
     # Metrics
-    Setting("admin_bind", "Metrics", None, optional_bind,
-            "Address of the admin endpoint (/livez, /readyz, /metrics, /status); unset: off.",
-            cli=("--admin-bind",), metavar="ADDRESS", implemented_in=_OBSERVABILITY),
-    Setting("statsd_host", "Metrics", None, optional_string,
-            "StatsD server, HOST:PORT or unix://PATH; unset: off.",
-            cli=("--statsd-host",), metavar="ADDRESS", implemented_in=_OBSERVABILITY),
-    Setting("statsd_prefix", "Metrics", "", string,
-            "Prefix for StatsD metric names.", cli=("--statsd-prefix",), metavar="PREFIX",
-            implemented_in=_OBSERVABILITY),
-    Setting("dogstatsd_tags", "Metrics", "", string,
-            "Comma-separated DogStatsD tags added to StatsD metrics.",
-            cli=("--dogstatsd-tags",), metavar="TAGS", implemented_in=_OBSERVABILITY),
+    Setting("admin_bind", "Metrics", None, admin_bind_value,
+            "Address of the admin endpoint (/livez, /readyz, /metrics, /status, and what corral status reads), "
+            "served by a child of the master, never by the app's workers: HOST:PORT or unix:PATH; unset: off.",
+            cli=("--admin-bind",), metavar="ADDRESS"),
+    Setting("request_metrics", "Metrics", True, boolean,
+            "Time every request (the duration histogram) and count requests by method; --no-request-metrics "
+            "saves that work. Read at start: a reload does not change it.",
+            cli=("--no-request-metrics",), kind="negflag"),
+    Setting("metrics_buckets", "Metrics", DEFAULT_LATENCY_BOUNDS, duration_buckets,
+            "Upper bounds in seconds (1 to 15, ascending) of the request duration histogram's buckets; "
+            "comma-separated on the command line. Read at start: a reload does not change them.",
+            cli=("--metrics-buckets",), metavar="SECONDS"),
+    Setting("statsd_host", "Metrics", None, statsd_address,
+            "StatsD server, HOST:PORT (port 8125 when omitted) or unix:PATH: the master sends the pool's "
+            "metrics there about once a second; unset: off.",
+            cli=("--statsd-host",), metavar="ADDRESS"),
+    Setting("statsd_prefix", "Metrics", "", statsd_prefix_value,
+            "Prefix for StatsD metric names (a dot is added after it).", cli=("--statsd-prefix",),
+            metavar="PREFIX"),
+    Setting("dogstatsd_tags", "Metrics", "", statsd_tags_value,
+            "Comma-separated DogStatsD tags (key:value) added to every StatsD metric.",
+            cli=("--dogstatsd-tags",), metavar="TAGS"),
     # Process
     Setting("proc_name", "Process", None, optional_string,
             "Name shown in process titles (corral: master [NAME]).",
@@ -839,21 +906,22 @@ SETTINGS: tuple[Setting, ...] = (
             cli=("--ws-per-message-deflate",), metavar="BOOL"),
     # Development
     Setting("reload", "Development", False, boolean,
-            "Restart workers when source files change (development only).",
+            "Replace the workers when a source file or the config file changes (development only; needs watchfiles).",
             cli=("--reload",), kind="flag"),
     Setting("reload_engine", "Development", "auto", choice("auto", "poll", "inotify"),
-            "Gunicorn's reloader engine.", cli=("--reload-engine",), metavar="ENGINE"),
+            "How --reload sees changes: auto (native events, polling where they fail), poll, inotify.",
+            cli=("--reload-engine",), metavar="ENGINE"),
     Setting("reload_dirs", "Development", [], string_list,
-            "Directories watched by --reload (default: the current directory); repeatable.",
+            "Directories watched instead of the current directory and app_dir; repeatable.",
             cli=("--reload-dir",), metavar="DIR", kind="append"),
     Setting("reload_extra_files", "Development", [], string_list,
-            "Extra files watched by --reload; repeatable.",
+            "Files that always trigger a reload, wherever they are; repeatable.",
             cli=("--reload-extra-file",), metavar="FILE", kind="append"),
     Setting("reload_include", "Development", [], string_list,
-            "Glob patterns of files that trigger a reload; repeatable.",
+            "Glob patterns of files that also trigger a reload, besides *.py; repeatable.",
             cli=("--reload-include",), metavar="GLOB", kind="append"),
     Setting("reload_exclude", "Development", [], string_list,
-            "Glob patterns of files that never trigger a reload; repeatable.",
+            "Glob patterns of files or directories that never trigger a reload; repeatable.",
             cli=("--reload-exclude",), metavar="GLOB", kind="append"),
     Setting("spew", "Development", False, boolean,
             "Gunicorn's trace of every executed line.", cli=("--spew",), kind="flag",

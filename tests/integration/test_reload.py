@@ -33,6 +33,14 @@ def app_source(version: str) -> str:
     return APP_SOURCE.format(version=version)
 
 
+def save(path: Path, text: str) -> None:
+    """Save as editors do: write a temporary file, then rename it over the original (one change, never a
+    half-written module)."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
+
+
 def answer(server: Server) -> tuple[str, int]:
     """(VERSION, worker pid) from the app's response."""
     (response,) = exchange(server.port, GET_ROOT).final_responses()
@@ -59,7 +67,10 @@ def project(tmp_path: Path) -> Path:
 
 def serve_reloading(serve: ServerFactory, project: Path, *args: str) -> Server:
     # --chdir: the server's working directory is the project, as when a developer runs it there.
-    return serve("main:app", "--reload", "--chdir", str(project), *args, app_dir=project)
+    server = serve("main:app", "--reload", "--chdir", str(project), *args, app_dir=project)
+    # Logged once the watch is in place: edits before it could be missed on a loaded machine.
+    assert server.wait_for_stderr("Reload: watching"), server.stderr_text()
+    return server
 
 
 def reload_lines(server: Server) -> list[str]:
@@ -68,8 +79,8 @@ def reload_lines(server: Server) -> list[str]:
 
 def test_editing_the_app_serves_the_new_code(serve: ServerFactory, project: Path) -> None:
     server = serve_reloading(serve, project)
-    assert answer(server)[0] == "one"
-    (project / "main.py").write_text(app_source("two, edited"))
+    assert answer(server)[0] == "one", server.stderr_text()
+    save(project / "main.py", app_source("two, edited"))
     assert wait_until(lambda: answers_version(server, "two, edited"), RELOAD_WAIT), server.stderr_text()
     assert reload_lines(server)[0].endswith("Reloading: main.py changed")
 
@@ -79,13 +90,13 @@ def test_a_syntax_error_keeps_the_old_code_serving_and_the_next_good_save_recove
 ) -> None:
     server = serve_reloading(serve, project)
     _, old_pid = answer(server)
-    (project / "main.py").write_text(app_source("broken").replace("async def app", "async def app(:"))
+    save(project / "main.py", app_source("broken").replace("async def app", "async def app(:"))
     assert server.wait_for_stderr("Reload failed", RELOAD_WAIT), server.stderr_text()
-    assert "SyntaxError" in server.stderr_text()
-    assert answer(server) == ("one", old_pid)
-    (project / "main.py").write_text(app_source("three, fixed"))
+    assert server.wait_for_stderr("SyntaxError", RELOAD_WAIT), server.stderr_text()
+    assert answer(server) == ("one", old_pid), server.stderr_text()
+    save(project / "main.py", app_source("three, fixed"))
     assert wait_until(lambda: answers_version(server, "three, fixed"), RELOAD_WAIT), server.stderr_text()
-    assert server.proc.poll() is None
+    assert server.proc.poll() is None, server.stderr_text()
 
 
 def test_changes_to_excluded_files_do_not_reload(serve: ServerFactory, project: Path) -> None:
@@ -98,13 +109,13 @@ def test_changes_to_excluded_files_do_not_reload(serve: ServerFactory, project: 
         path = project / relative
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("x = 1\n")
-    assert answer(server) == ("one", pid)
+    assert answer(server) == ("one", pid), server.stderr_text()
     # Then a change that does count: the watcher reports changes in order, so if any of the files above had
     # triggered, a reload naming it would come first (or with this one).
-    (project / "main.py").write_text(app_source("after the noise"))
+    save(project / "main.py", app_source("after the noise"))
     assert wait_until(lambda: answers_version(server, "after the noise"), RELOAD_WAIT), server.stderr_text()
-    assert [line.split("Reloading: ")[1] for line in reload_lines(server)] == ["main.py changed"]
-    assert server.stderr_text().count("Received HUP") == 1
+    assert [line.split("Reloading: ")[1] for line in reload_lines(server)] == ["main.py changed"], server.stderr_text()
+    assert server.stderr_text().count("Received HUP") == 1, server.stderr_text()
 
 
 def test_reload_without_watchfiles_is_a_one_line_config_error(tmp_path: Path, project: Path) -> None:

@@ -156,3 +156,12 @@ def test_raw_env_and_pythonpath_reach_the_app_and_the_hooks(serve, tmp_path):
     )
     server = serve("env_app:app", "-e", "SHOP_MODE=live", "--pythonpath", str(library), app_dir=tmp_path)
     assert httpx.get(server.url).text == "live from pythonpath"
+
+
+def test_hup_rereads_a_relative_config_path_from_where_corral_started_even_after_chdir(serve, hook_log, tmp_path):
+    relative = HOOKS_CONFIG.relative_to(REPO_ROOT)  # the fixture starts corral in the repository root
+    server = serve(APP, "-c", str(relative), "-w", "1", "--chdir", str(tmp_path))
+    wait_for_ready_workers(server, 1)
+    server.signal(signal.SIGHUP)
+    assert wait_until(lambda: calls(hook_log, "on_reload"), 10.0), server.stderr_text()
+    assert "Reload aborted" not in server.stderr_text()

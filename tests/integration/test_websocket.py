@@ -31,6 +31,13 @@ TIMEOUT = 10.0
 KEY = base64.b64encode(b"0123456789abcdef")
 
 
+def handshake_refusal(server: Server, path: str) -> InvalidStatus:
+    """The HTTP answer to a handshake the server (or the app) refused."""
+    with pytest.raises(InvalidStatus) as caught, ws_connect(server, path):
+        pass
+    return caught.value
+
+
 def ws_url(server: Server, path: str) -> str:
     return f"ws://127.0.0.1:{server.port}{path}"
 
@@ -183,24 +190,18 @@ def test_websocket_scope(ws_server: Server) -> None:
 
 
 def test_denial_response_reaches_the_client_as_http(ws_server: Server) -> None:
-    with pytest.raises(InvalidStatus) as caught:
-        ws_connect(ws_server, "/deny").__enter__()
-    response = caught.value.response
+    response = handshake_refusal(ws_server, "/deny").response
     assert response.status_code == 401
     assert response.headers["www-authenticate"] == "Bearer"
     assert response.body == DENIAL_BODY
 
 
 def test_close_before_accept_is_a_403(ws_server: Server) -> None:
-    with pytest.raises(InvalidStatus) as caught:
-        ws_connect(ws_server, "/reject").__enter__()
-    assert caught.value.response.status_code == 403
+    assert handshake_refusal(ws_server, "/reject").response.status_code == 403
 
 
 def test_app_exception_before_accept_is_a_500(ws_server: Server) -> None:
-    with pytest.raises(InvalidStatus) as caught:
-        ws_connect(ws_server, "/raise-before-accept").__enter__()
-    assert caught.value.response.status_code == 500
+    assert handshake_refusal(ws_server, "/raise-before-accept").response.status_code == 500
     assert ws_server.wait_for_stderr("boom before accept")
 
 

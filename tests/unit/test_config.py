@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import textwrap
 from pathlib import Path
 
 import pytest
 
-from corral import __version__, cli, docs
+from corral import __version__, cli, config, docs
 from corral.compat import GUNICORN_SETTINGS, SETTING_DIFFERENCES
 from corral.config import (
     SECTIONS,
@@ -112,12 +113,8 @@ def test_hooks_are_config_file_only_callables_defaulting_to_none():
         assert setting.implemented
 
 
-@pytest.mark.parametrize(
-    ("name", "issue"),
-    [("admin_bind", 6), ("statsd_host", 6), ("log_format", 6)],
-)  # fmt: skip
-def test_unimplemented_settings_name_the_issue_that_implements_them(name, issue):
-    assert SETTINGS_BY_NAME[name].implemented_in == issue
+def test_no_setting_is_left_planned():
+    assert [s.name for s in SETTINGS if s.implemented_in is not None] == []
 
 
 def test_settings_implemented_now_are_marked_implemented():
@@ -453,9 +450,11 @@ def test_more_than_one_app_is_an_error():
 # ---------------------------------------------------------------------------------------------------
 
 
-def test_unimplemented_setting_with_non_default_value_fails_naming_the_issue():
-    message = load_error(["--statsd-host", "127.0.0.1:8125", "main:app"])
-    assert message.startswith("statsd_host: not supported yet (planned in issue 6)")
+def test_planned_setting_with_non_default_value_fails_naming_the_issue(monkeypatch):
+    planned = dataclasses.replace(SETTINGS_BY_NAME["statsd_prefix"], implemented_in=7)
+    monkeypatch.setattr(config, "SETTINGS", tuple(planned if s.name == "statsd_prefix" else s for s in SETTINGS))
+    message = load_error(["--statsd-prefix", "shop", "main:app"])
+    assert message.startswith("statsd_prefix: not supported yet (planned in issue 7)")
     assert "from the command line" in message
 
 
@@ -529,7 +528,7 @@ def test_config_replace_validates_and_checks_support():
     changed = cfg.replace(keepalive="1")
     assert (changed.keepalive, changed.sources["keepalive"], cfg.keepalive) == (1.0, "override", 5.0)
     with pytest.raises(ConfigError):
-        cfg.replace(statsd_host="127.0.0.1:8125")
+        cfg.replace(paste="app.ini")
     with pytest.raises(ConfigError):
         cfg.replace(backlog=0)
 
@@ -729,7 +728,6 @@ def test_docs_page_lists_every_setting_with_its_status():
     text = docs.render_settings()
     for setting in SETTINGS:
         assert f"| `{setting.name}` |" in text
-    assert "Planned: issue 6" in text
     assert "Accepted and ignored: corral does not use sendfile()" in text
     assert "Not supported: corral does not daemonize" in text
 

@@ -1,4 +1,5 @@
-"""The scoreboard: slot life cycle, the documented byte layout, torn reads, and sharing across fork."""
+"""The scoreboard: slot life cycle, the documented byte layout, totals that survive a worker, torn reads, and
+sharing across fork."""
 
 from __future__ import annotations
 
@@ -13,22 +14,31 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from corral.master.scoreboard import (
+    DEFAULT_LATENCY_BOUNDS,
     HEADER_SIZE,
+    LATENCY_BUCKETS,
     LATENCY_OFFSET,
+    METHODS,
     SLOT_SIZE,
+    ListenQueue,
     MasterState,
+    RestartReason,
     Scoreboard,
     SlotSnapshot,
+    Totals,
     WorkerCounters,
     WorkerState,
+    check_latency_bounds,
 )
 
 U64_MAX = 2**64 - 1
 I64_MAX = 2**63 - 1
 # Offsets of the module docstring's layout, restated here so a silent layout change fails a test.
 HEARTBEAT_OFFSET = 32
-PUBLISH_END = 136
+GAUGES_END = 136
+PUBLISH_END = 384
 COUNTER_FIELDS = ("requests", "active_requests", "active_connections", "bytes_in", "bytes_out", "websockets", "rss")
+PUBLISHED_FIELDS = 1 + 1 + 5 + 6 + len(METHODS) + 1 + LATENCY_BUCKETS  # heartbeat .. latency, one value each
 
 
 @pytest.fixture
@@ -46,7 +56,18 @@ def counters_all(value: int) -> WorkerCounters:
         bytes_in=value,
         bytes_out=value,
         websockets=value,
+        methods=[value] * len(METHODS),
+        duration_ns=value,
+        latency=[value] * LATENCY_BUCKETS,
     )
+
+
+def set_all(counters: WorkerCounters, value: int) -> None:
+    counters.requests = counters.bytes_in = counters.bytes_out = counters.duration_ns = value
+    counters.active_requests = counters.active_connections = counters.websockets = value
+    counters.responses[:] = [value] * 5
+    counters.methods[:] = [value] * len(METHODS)
+    counters.latency[:] = [value] * LATENCY_BUCKETS
 
 
 def publish_all(board: Scoreboard, index: int, value: int) -> None:
@@ -55,7 +76,14 @@ def publish_all(board: Scoreboard, index: int, value: int) -> None:
 
 
 def published_values(snap: SlotSnapshot) -> list[float]:
-    return [snap.heartbeat, *snap.responses, *(getattr(snap, name) for name in COUNTER_FIELDS)]
+    return [
+        snap.heartbeat,
+        *snap.responses,
+        *(getattr(snap, name) for name in COUNTER_FIELDS),
+        *snap.methods,
+        snap.duration_ns,
+        *snap.latency,
+    ]
 
 
 def run_in_child(work: Callable[[], None]) -> int:
@@ -151,12 +179,12 @@ def test_claim_zeroes_what_the_previous_worker_left(board: Scoreboard) -> None:
 
     snap = slot.read()
     assert (snap.pid, snap.generation, snap.state, snap.ready_at) == (11, 2, WorkerState.BOOTING, 0.0)
-    assert published_values(snap) == [5.0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+    assert published_values(snap) == [5.0] + [0] * (PUBLISHED_FIELDS - 1)
     assert not snap.retire_requested
     assert board._mm[HEADER_SIZE + SLOT_SIZE + LATENCY_OFFSET] == 0
 
 
-def test_release_frees_the_slot_but_keeps_its_last_counters_readable(board: Scoreboard) -> None:
+def test_release_frees_the_slot_and_moves_its_totals_to_the_retired_totals(board: Scoreboard) -> None:
     slot = board.slot(0)
     slot.claim(10, 1, 1.0)
     publish_all(board, 0, 5)
@@ -165,8 +193,41 @@ def test_release_frees_the_slot_but_keeps_its_last_counters_readable(board: Scor
 
     snap = slot.read()
     assert (snap.pid, snap.state) == (0, WorkerState.EMPTY)
-    assert snap.requests == 5
+    assert (snap.requests, snap.methods, snap.latency) == (0, (0,) * len(METHODS), (0,) * LATENCY_BUCKETS)
+    read = board.read_board()
+    assert read.retired == Totals(5, (5,) * 5, 5, 5, (5,) * len(METHODS), 5, (5,) * LATENCY_BUCKETS)
+    assert read.totals() == read.retired
     assert board.free_slot() == 0
+
+
+def test_pool_totals_never_go_back_when_workers_are_replaced(board: Scoreboard) -> None:
+    seen = []
+    for generation in range(1, 6):
+        slot = board.slot(generation % 2)
+        slot.claim(100 + generation, generation, 1.0)
+        for requests in (1, 2, 3):
+            counters = WorkerCounters(requests=requests, bytes_out=10 * requests)
+            slot.publish(counters, 2.0, 0)
+            seen.append(board.read_board().totals().requests)
+        slot.release()
+        seen.append(board.read_board().totals().requests)
+    assert seen == sorted(seen)
+    assert board.read_board().totals().requests == 15
+    assert board.read_board().totals().bytes_out == 150
+
+
+def test_claim_records_why_the_worker_starts_and_the_worker_claim_keeps_it(board: Scoreboard) -> None:
+    slot = board.slot(1)
+    slot.claim(0, 3, 1.0, RestartReason.MAX_REQUESTS)  # the master, before fork
+    slot.claim(4321, 3, 1.1)  # the worker, after fork
+    assert (slot.start_reason, slot.read().start_reason, slot.pid) == (
+        RestartReason.MAX_REQUESTS,
+        RestartReason.MAX_REQUESTS,
+        4321,
+    )
+    slot.release()
+    slot.claim(0, 4, 2.0, RestartReason.CRASH)
+    assert slot.read().start_reason is RestartReason.CRASH
 
 
 def test_free_slot_is_the_first_empty_slot_and_none_when_all_are_taken(board: Scoreboard) -> None:
@@ -207,7 +268,7 @@ def test_beat_writes_only_the_heartbeat(board: Scoreboard) -> None:
     assert after == SlotSnapshot(**{**{name: getattr(before, name) for name in before.__slots__}, "heartbeat": 42.0})
 
 
-def test_publish_writes_heartbeat_counters_and_rss(board: Scoreboard) -> None:
+def test_publish_writes_heartbeat_counters_histogram_and_rss(board: Scoreboard) -> None:
     slot = board.slot(3)
     slot.claim(10, 1, 1.0)
     counters = WorkerCounters(
@@ -218,10 +279,14 @@ def test_publish_writes_heartbeat_counters_and_rss(board: Scoreboard) -> None:
         bytes_in=1000,
         bytes_out=64000,
         websockets=3,
+        methods=[7, 1, 3, 0, 0, 1, 0, 0],
+        duration_ns=123_456,
+        latency=[9, 2, 1] + [0] * 13,
     )
     slot.publish(counters, 7.25, 50_000_000)
     snap = slot.read()
     assert snap.heartbeat == 7.25
+    assert (snap.methods, snap.duration_ns, snap.latency) == ((7, 1, 3, 0, 0, 1, 0, 0), 123_456, (9, 2, 1) + (0,) * 13)
     assert (snap.requests, snap.responses) == (12, (1, 8, 2, 1, 0))
     assert (snap.active_requests, snap.active_connections, snap.websockets) == (2, 5, 3)
     assert (snap.bytes_in, snap.bytes_out, snap.rss) == (1000, 64000, 50_000_000)
@@ -238,10 +303,14 @@ def test_totals_hold_the_full_u64_range_and_gauges_may_go_negative(board: Scoreb
         bytes_in=U64_MAX,
         bytes_out=U64_MAX,
         websockets=-3,
+        methods=[U64_MAX] * len(METHODS),
+        duration_ns=U64_MAX,
+        latency=[U64_MAX] * LATENCY_BUCKETS,
     )
     slot.publish(counters, 1.0, U64_MAX)
     snap = slot.read()
-    assert (snap.requests, snap.bytes_in, snap.bytes_out, snap.rss) == (U64_MAX,) * 4
+    assert (snap.requests, snap.bytes_in, snap.bytes_out, snap.rss, snap.duration_ns) == (U64_MAX,) * 5
+    assert snap.methods + snap.latency == (U64_MAX,) * (len(METHODS) + LATENCY_BUCKETS)
     assert snap.responses == (U64_MAX,) * 5
     assert (snap.active_requests, snap.active_connections, snap.websockets) == (-1, -2, -3)
 
@@ -270,7 +339,7 @@ def test_writing_one_slot_leaves_its_neighbours_untouched(board: Scoreboard) -> 
 
 def test_the_byte_layout_is_the_documented_one(board: Scoreboard) -> None:
     slot = board.slot(2)
-    slot.claim(4321, 9, 1.5)
+    slot.claim(4321, 9, 1.5, RestartReason.LIFETIME)
     slot.set_state(WorkerState.READY, 2.5)
     slot.request_retirement()
     counters = WorkerCounters(
@@ -281,23 +350,137 @@ def test_the_byte_layout_is_the_documented_one(board: Scoreboard) -> None:
         bytes_in=41,
         bytes_out=42,
         websockets=51,
+        methods=[71, 72, 73, 74, 75, 76, 77, 78],
+        duration_ns=81,
+        latency=list(range(100, 116)),
     )
     slot.publish(counters, 3.5, 61)
     board.set_master(777, MasterState.RELOADING, 5)
+    board.master_started(10.5, 1_700_000_000.25)
+    board.master_beat(12.5, 6)
+    board.configure_request_metrics(True, (0.25, 1.0))
+    board.count_restart(RestartReason.MEMORY)
+    board.set_listen_queues([ListenQueue(3, 128), None])
     raw = bytes(board._mm)
     base = HEADER_SIZE + 2 * SLOT_SIZE
 
-    assert struct.unpack_from("<4sHHI", raw, 0) == (b"CRSB", 1, SLOT_SIZE, 4)
+    assert struct.unpack_from("<4sHHI", raw, 0) == (b"CRSB", 2, SLOT_SIZE, 4)
     assert struct.unpack_from("<IBB", raw, 12) == (777, MasterState.RELOADING, 0)
     assert struct.unpack_from("<Q", raw, 24) == (5,)
-    assert struct.unpack_from("<IBB", raw, base) == (4321, WorkerState.READY, 1)
+    assert struct.unpack_from("<dddIBB", raw, 32) == (12.5, 10.5, 1_700_000_000.25, 6, 2, 1)
+    assert struct.unpack_from("<Q", raw, 64) == (0,)  # the retired sequence: even, nothing released
+    assert struct.unpack_from("<3d", raw, 80) == (0.25, 1.0, 0.0)
+    assert struct.unpack_from("<16Q", raw, 208)[RestartReason.MEMORY] == 1
+    assert struct.unpack_from("<4I", raw, 336) == (3, 128, 0xFFFFFFFF, 0xFFFFFFFF)
+    assert struct.unpack_from("<I", raw, 464) == (2,)
+    assert struct.unpack_from("<IBBB", raw, base) == (4321, WorkerState.READY, 1, RestartReason.LIFETIME)
     assert struct.unpack_from("<Qddd", raw, base + 8) == (9, 1.5, 2.5, 3.5)
     assert struct.unpack_from("<Q5Q", raw, base + 40) == (11, 21, 22, 23, 24, 25)
     assert struct.unpack_from("<qqQQqQ", raw, base + 88) == (31, 32, 41, 42, 51, 61)
+    assert struct.unpack_from("<8QQ", raw, base + 136) == (71, 72, 73, 74, 75, 76, 77, 78, 81)
+    assert raw[base + 208 : base + LATENCY_OFFSET] == bytes(LATENCY_OFFSET - 208)
+    assert struct.unpack_from("<16Q", raw, base + LATENCY_OFFSET) == tuple(range(100, 116))
     assert raw[base + PUBLISH_END : base + SLOT_SIZE] == bytes(SLOT_SIZE - PUBLISH_END)
+
+    slot.release()
+    raw = bytes(board._mm)
+    assert struct.unpack_from("<Q", raw, 64) == (2,)  # odd while folding, even again after
+    assert struct.unpack_from("<Q5QQQ8QQ16Q", raw, 512) == (
+        11, 21, 22, 23, 24, 25, 41, 42, 71, 72, 73, 74, 75, 76, 77, 78, 81, *range(100, 116),
+    )  # fmt: skip
 
 
 # -- master header -----------------------------------------------------------------------------------
+
+
+def test_a_new_board_has_the_default_histogram_bounds_and_request_metrics_off(board: Scoreboard) -> None:
+    read = board.read_board()
+    assert (read.latency_bounds, read.request_metrics) == (DEFAULT_LATENCY_BOUNDS, False)
+    assert board.slot(0).request_metrics() == (False, DEFAULT_LATENCY_BOUNDS)
+
+
+def test_request_metrics_configured_by_the_master_are_what_workers_read(board: Scoreboard) -> None:
+    board.configure_request_metrics(True, (0.001, 0.1))
+    assert board.slot(3).request_metrics() == (True, (0.001, 0.1))
+    counters = WorkerCounters.for_worker(None, board.slot(3))
+    assert (counters.timed, counters.latency_bounds_ns) == (True, (1_000_000, 100_000_000))
+    board.configure_request_metrics(False, DEFAULT_LATENCY_BOUNDS)
+    assert not WorkerCounters.for_worker(None, board.slot(3)).timed
+
+
+def test_master_beat_and_start_are_read_back_with_the_target(board: Scoreboard) -> None:
+    board.set_master(99, MasterState.RUNNING, 4)
+    board.master_started(5.0, 1234.5)
+    board.master_beat(7.5, 3)
+    master = board.read_board().master
+    assert (master.pid, master.state, master.generation, master.draining) == (99, MasterState.RUNNING, 4, False)
+    assert (master.heartbeat, master.started, master.started_unix, master.target) == (7.5, 5.0, 1234.5, 3)
+
+
+def test_restarts_are_counted_by_reason(board: Scoreboard) -> None:
+    for reason in (RestartReason.CRASH, RestartReason.CRASH, RestartReason.RELOAD):
+        board.count_restart(reason)
+    restarts = board.read_board().restarts
+    assert (restarts[RestartReason.CRASH], restarts[RestartReason.RELOAD], restarts[RestartReason.TIMEOUT]) == (2, 1, 0)
+
+
+def test_listen_queues_read_back_with_unknown_ones_as_none(board: Scoreboard) -> None:
+    board.set_listen_queues([ListenQueue(0, 2048), None, ListenQueue(2**40, 5)])
+    assert board.read_board().listeners == (ListenQueue(0, 2048), None, ListenQueue(0xFFFFFFFE, 5))
+    board.set_listen_queues([])
+    assert board.read_board().listeners == ()
+
+
+@pytest.mark.parametrize(
+    ("bounds", "problem"),
+    [((), "1 to 15"), (tuple(range(1, 17)), "1 to 15"), ((0.0, 1.0), "positive"), ((1.0, 1.0), "ascending"),
+     ((2.0, 1.0), "ascending"), ((float("inf"),), "finite")],
+)  # fmt: skip
+def test_histogram_bounds_must_be_1_to_15_positive_ascending_seconds(bounds: tuple, problem: str) -> None:
+    with pytest.raises(ValueError, match=problem):
+        check_latency_bounds(bounds)
+
+
+def test_count_response_times_the_request_into_the_histogram_when_timed() -> None:
+    counters = WorkerCounters.timing((0.001, 1.0))
+    counters.count_response(503, 12, "PATCH", time.perf_counter_ns())
+    counters.count_response(200, 5, "BREW", time.perf_counter_ns() - 5_000_000)  # started 5 ms ago
+    assert (counters.requests, counters.responses, counters.bytes_out) == (2, [0, 1, 0, 0, 1], 17)
+    assert counters.method_counts() == [0, 0, 0, 0, 1, 0, 0, 1]
+    assert counters.latency[:3] == [1, 1, 0] and sum(counters.latency) == 2
+    assert counters.duration_ns >= 5_000_000
+    counters.count_response(200, 0, "GET", time.perf_counter_ns())
+    assert (counters.methods[0], counters.method_counts()[0]) == (0, 1)  # GET is derived, never counted
+    untimed = WorkerCounters()
+    untimed.count_response(200, 5, "GET", 0)
+    assert (untimed.requests, sum(untimed.methods), sum(untimed.latency), untimed.duration_ns) == (1, 0, 0, 0)
+
+
+def test_a_refusal_counts_as_a_response_but_is_neither_timed_nor_a_method() -> None:
+    counters = WorkerCounters.timing((1.0,))
+    counters.count_refusal(431)
+    assert (counters.requests, counters.responses, counters.method_counts(), sum(counters.latency)) == (
+        1,
+        [0, 0, 0, 1, 0],
+        [0] * len(METHODS),
+        0,
+    )
+
+
+def test_published_method_counts_include_the_derived_gets(board: Scoreboard) -> None:
+    counters = WorkerCounters.timing((1.0,))
+    for method in ("GET", "GET", "POST", "GET", "OPTIONS"):
+        counters.count_response(200, 0, method, time.perf_counter_ns())
+    board.slot(0).publish(counters, 1.0, 0)
+    assert board.slot(0).read().methods == (3, 0, 1, 0, 0, 0, 1, 0)
+
+
+def test_a_bucket_bound_belongs_to_its_own_bucket_as_prometheus_le_says() -> None:
+    counters = WorkerCounters.timing((0.001,))
+    start = time.perf_counter_ns()
+    counters.latency_bounds_ns = (10**18,)  # a bound no real elapsed time reaches
+    counters.count_response(200, 0, "GET", start)
+    assert counters.latency[0] == 1
 
 
 def test_master_header_round_trips(board: Scoreboard) -> None:
@@ -376,13 +559,16 @@ def test_a_torn_write_reads_as_a_mix_of_whole_old_and_new_fields(board: Scoreboa
     mm = board._mm
     old_base, new_base = HEADER_SIZE, HEADER_SIZE + SLOT_SIZE
     old_block = mm[old_base + HEARTBEAT_OFFSET : old_base + PUBLISH_END]
-    fields = (PUBLISH_END - HEARTBEAT_OFFSET) // 8
-    # A copy may land its 8-byte words in any order: try every subset of fields already written.
-    for written in range(2**fields):
+    # The published fields, in layout order, around the reserved gap before the histogram.
+    offsets = [*range(HEARTBEAT_OFFSET, 208, 8), *range(LATENCY_OFFSET, PUBLISH_END, 8)]
+    assert len(offsets) == PUBLISHED_FIELDS
+    rng = random.Random(7)
+    # A copy may land its 8-byte words in any order: try every single field, then many random subsets.
+    subsets = [1 << field for field in range(len(offsets))] + [rng.getrandbits(len(offsets)) for _ in range(500)]
+    for written in subsets:
         mm[old_base + HEARTBEAT_OFFSET : old_base + PUBLISH_END] = old_block
-        for field in range(fields):
+        for field, at in enumerate(offsets):
             if written >> field & 1:
-                at = HEARTBEAT_OFFSET + 8 * field
                 mm[old_base + at : old_base + at + 8] = mm[new_base + at : new_base + at + 8]
         snap = board.slot(0).read()
         in_layout_order = [
@@ -395,8 +581,11 @@ def test_a_torn_write_reads_as_a_mix_of_whole_old_and_new_fields(board: Scoreboa
             snap.bytes_out,
             snap.websockets,
             snap.rss,
+            *snap.methods,
+            snap.duration_ns,
+            *snap.latency,
         ]
-        assert in_layout_order == [2 if written >> field & 1 else 1 for field in range(fields)]
+        assert in_layout_order == [2 if written >> field & 1 else 1 for field in range(len(offsets))]
 
 
 def test_reading_never_fails_whatever_the_bytes(board: Scoreboard) -> None:
@@ -406,11 +595,17 @@ def test_reading_never_fails_whatever_the_bytes(board: Scoreboard) -> None:
     for pattern in patterns:
         board._mm[base : base + SLOT_SIZE] = pattern
         board._mm[12:32] = pattern[:20]
+        board._mm[32:HEADER_SIZE] = (pattern * 2)[: HEADER_SIZE - 32]
+        board._mm[64:72] = bytes(8)  # the retired sequence even: no release in progress
         snap = board.slot(1).read()
         assert isinstance(snap.state, WorkerState)
+        assert isinstance(snap.start_reason, RestartReason)
         assert isinstance(board.slot(1).state, WorkerState)
         assert isinstance(board.read_master().state, MasterState)
         assert board.free_slot() in (0, 1, 2, 3)
+        read = board.read_board()
+        assert isinstance(read.master.state, MasterState)
+        assert len(read.latency_bounds) < LATENCY_BUCKETS and len(read.listeners) <= 16
 
 
 # -- across processes --------------------------------------------------------------------------------
@@ -468,9 +663,7 @@ def test_two_processes_writing_adjacent_slots_do_not_disturb_each_other(board: S
             counters = WorkerCounters()
             for i in range(rounds):
                 value = 2 * i + index
-                counters.requests = counters.bytes_in = counters.bytes_out = value
-                counters.active_requests = counters.active_connections = counters.websockets = value
-                counters.responses[:] = [value] * 5
+                set_all(counters, value)
                 slot.publish(counters, float(value), value)
                 if i % 1000 == 0 and index == 1:
                     slot.request_retirement()
@@ -494,8 +687,8 @@ def test_two_processes_writing_adjacent_slots_do_not_disturb_each_other(board: S
         assert finish([even, odd], exit_codes) == [0, 0]
 
     last = 2 * (rounds - 1)
-    assert published_values(board.slot(0).read()) == [last] * 13
-    assert published_values(board.slot(1).read()) == [last + 1] * 13
+    assert published_values(board.slot(0).read()) == [last] * PUBLISHED_FIELDS
+    assert published_values(board.slot(1).read()) == [last + 1] * PUBLISHED_FIELDS
     assert (board.slot(0).state, board.slot(0).retire_requested) == (WorkerState.READY, False)
     assert (board.slot(1).state, board.slot(1).retire_requested) == (WorkerState.BOOTING, True)
     assert board.slot(2).read().state is WorkerState.EMPTY
@@ -511,9 +704,7 @@ def test_a_read_racing_the_worker_sees_only_values_it_wrote_never_a_transient_ze
     def writer() -> None:
         counters = counters_all(1)
         for i in range(2, rounds + 1):
-            counters.requests = counters.bytes_in = counters.bytes_out = i
-            counters.active_requests = counters.active_connections = counters.websockets = i
-            counters.responses[:] = [i] * 5
+            set_all(counters, i)
             if i % 100 == 0:
                 slot.set_state(WorkerState.READY, 1.0)
             slot.publish(counters, float(i), i)
@@ -533,4 +724,41 @@ def test_a_read_racing_the_worker_sees_only_values_it_wrote_never_a_transient_ze
                 break
     finally:
         assert finish([pid], exit_codes) == [0]
-    assert published_values(slot.read()) == [rounds] * 13
+    assert published_values(slot.read()) == [rounds] * PUBLISHED_FIELDS
+
+
+def test_a_release_left_half_done_by_a_dead_master_does_not_hang_readers(board: Scoreboard) -> None:
+    board.slot(0).claim(1, 1, 0.0)
+    board.slot(0).publish(WorkerCounters(requests=3), 0.0, 0)
+    board._mm[64:72] = struct.pack("<Q", 1)  # odd: a release began and never ended
+    assert board.read_board().totals().requests == 3
+
+
+def test_a_board_read_racing_releases_never_counts_a_worker_twice_or_not_at_all(board: Scoreboard) -> None:
+    """The master releases and reclaims slots of workers that each served 10 requests; whatever moment a
+    reader picks, the pool's total is a multiple of 10 and never goes back."""
+    rounds = 3000
+    for index in range(4):
+        board.slot(index).claim(1, 1, 0.0)
+        board.slot(index).publish(WorkerCounters(requests=10), 0.0, 0)
+
+    def master() -> None:
+        for i in range(rounds):
+            slot = board.slot(i % 4)
+            slot.release()
+            slot.claim(2 + i, 1, 0.0)
+            slot.publish(WorkerCounters(requests=10), 0.0, 0)
+
+    pid = run_in_child(master)
+    exit_codes: dict[int, int] = {}
+    previous = 0
+    try:
+        for _ in range(200_000):
+            total = board.read_board().totals().requests
+            assert total % 10 == 0 and total >= previous, (total, previous)
+            previous = total
+            if reap_if_exited(pid, exit_codes):
+                break
+    finally:
+        assert finish([pid], exit_codes) == [0]
+    assert board.read_board().totals().requests == 10 * (4 + rounds)

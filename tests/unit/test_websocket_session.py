@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
+from websockets.extensions.permessage_deflate import PerMessageDeflate
 from websockets.frames import Frame, Opcode
 from websockets.protocol import Protocol, Side
 
@@ -194,6 +195,35 @@ def test_text_and_binary_messages_are_echoed() -> None:
         await h.settle()
         frames = h.frames()
         assert [(f.opcode, f.data) for f in frames] == [(Opcode.TEXT, "héllo".encode()), (Opcode.BINARY, b"\x00\xff")]
+
+    run(main())
+
+
+@pytest.mark.parametrize("size", [125, 126, 65535, 65536, 200_000])
+def test_every_payload_length_encoding_is_framed_correctly(size: int) -> None:
+    async def main() -> None:
+        h = Harness(Recorder())
+        await h.upgrade()
+        payload = bytes(range(256)) * (size // 256) + bytes(size % 256)
+        h.send(Opcode.BINARY, payload)
+        await h.settle()
+        assert [(f.opcode, f.data) for f in h.frames()] == [(Opcode.BINARY, payload)]
+
+    run(main())
+
+
+def test_compressed_messages_are_echoed_compressed() -> None:
+    async def main() -> None:
+        h = Harness(Recorder(), ws={"per_message_deflate": True})
+        head = await h.upgrade(HANDSHAKE + b"Sec-WebSocket-Extensions: permessage-deflate\r\n\r\n")
+        assert b"sec-websocket-extensions: permessage-deflate" in head
+        h.client.extensions = [PerMessageDeflate(False, False, 15, 15)]
+        h.send(Opcode.TEXT, b"squeeze me " * 100)
+        await h.settle()
+        wire = bytes(h.transport.written)
+        frames = h.frames()
+        assert [(f.opcode, f.data) for f in frames] == [(Opcode.TEXT, b"squeeze me " * 100)]
+        assert wire[0] & 0x40 and len(wire) < 200  # RSV1: compressed, and much smaller than 1100 bytes
 
     run(main())
 
@@ -421,6 +451,35 @@ def test_client_close_is_echoed_and_the_app_gets_its_code() -> None:
     run(main())
 
 
+def test_close_between_fragments_is_a_normal_closing_handshake() -> None:
+    async def main() -> None:
+        app = Recorder()
+        h = Harness(app)
+        await h.upgrade()
+        h.send(Opcode.TEXT, b"unfinished", fin=False)
+        h.send(Opcode.CLOSE, (1000).to_bytes(2, "big"))
+        await h.settle()
+        assert [close_code(f) for f in h.frames()] == [1000]
+        assert app.received[-1]["code"] == 1000 and len(app.received) == 2  # the fragment never reached the app
+
+    run(main())
+
+
+def test_answers_to_messages_before_a_protocol_error_go_out_before_the_close() -> None:
+    async def main() -> None:
+        h = Harness(Recorder())
+        await h.upgrade()
+        client = Protocol(Side.CLIENT)
+        client.send_text(b"answer me first")
+        h.feed(b"".join(client.data_to_send()) + b"\x81\x02hi")  # then an unmasked frame, in the same read
+        await h.settle()
+        frames = h.frames()
+        assert (frames[0].opcode, frames[0].data) == (Opcode.TEXT, b"answer me first")
+        assert close_code(frames[1]) == 1002 and h.transport.closed
+
+    run(main())
+
+
 def test_client_that_vanishes_gets_the_app_a_1006_disconnect() -> None:
     async def main() -> None:
         app = Recorder()
@@ -556,6 +615,27 @@ def test_keepalive_ping_unanswered_closes_1011_and_answered_keeps_open() -> None
         assert [close_code(f) for f in h.frames()] == [1011]
         await h.settle()
         assert app.received[-1]["code"] == 1011 and h.transport.closed
+
+    run(main())
+
+
+def test_ping_timeout_does_not_count_while_the_app_leaves_messages_unread() -> None:
+    async def main() -> None:
+        async def app(scope: dict, receive: Callable, send: Callable) -> None:
+            await receive()
+            await send({"type": "websocket.accept"})
+            await asyncio.sleep(3600)  # never reads
+
+        h = Harness(app, ws={"ping_interval": 5.0, "ping_timeout": 3.0, "max_queue": 1})
+        await h.upgrade()
+        h.send(Opcode.TEXT, b"unread")
+        assert not h.transport.reading
+        start = h.state.clock
+        h.session.check_timeouts(start + 5.0)
+        assert h.frames()[0].opcode is Opcode.PING
+        h.session.check_timeouts(start + 60.0)
+        assert h.frames() == [] and not h.transport.closed  # its pong may be in the unread bytes
+        h.session.task.cancel()  # type: ignore[union-attr]
 
     run(main())
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 from http import HTTPStatus
+from time import perf_counter_ns
 from typing import TYPE_CHECKING, Any
 
 from corral.http.errors import ClientDisconnected, error_response
@@ -82,6 +83,7 @@ class RequestCycle:
         "is_head",
         "keep_alive",
         "more_body",
+        "request_id_line",
         "response_bytes",
         "response_complete",
         "response_headers",
@@ -120,7 +122,9 @@ class RequestCycle:
         self.content_length: int | None = None
         self.framing = _LENGTH
         self.response_bytes = 0
-        self.start_ns = 0
+        self.request_id_line = b""  # "x-request-id: ...\r\n" when request ids are on (set by the connection)
+        # Timed from here when the request metrics are on (the access log times from the head's end too).
+        self.start_ns = perf_counter_ns() if conn.state.counters.timed else 0
         self.started = conn.state.clock
 
     # --- fed by the connection ------------------------------------------------------------------
@@ -224,6 +228,8 @@ class RequestCycle:
                 lines.append(b"%s: %s\r\n" % (name, value))
         except TypeError:
             raise TypeError("ASGI response header names and values must be bytes") from None
+        if self.request_id_line:
+            self._echo_request_id(lines, headers)
         self.response_started = True
         self.status = status
         self.response_headers = headers
@@ -232,6 +238,14 @@ class RequestCycle:
         self.framing = framing
         self.content_length = content_length
         self.head = lines
+
+    def _echo_request_id(self, lines: list[bytes], headers: Any) -> None:
+        """Answer with the request's id, unless the app sent that header itself (then its value stands)."""
+        name = self.conn.state.request_id_name
+        for header_name, _ in headers:
+            if (_NAME_CACHE.get(header_name) or header_name.lower()) == name:
+                return
+        lines.append(self.request_id_line)
 
     def _finish_head(self, lines: list[bytes]) -> bytes:
         if not self.keep_alive or self.conn.state.draining:
@@ -348,8 +362,13 @@ class RequestCycle:
             conn.state.logger.error("ASGI app returned without completing the response")
         if self.response_complete or self.disconnected:
             return
+        if conn.cycle is self and not conn.closing:
+            # Answered for the app (a 500) or cut off: counted like a finished response, so the figures add up.
+            status = 500 if not self.response_started or self.head is not None else self.status
+            conn.state.counters.count_response(status, self.response_bytes, self.scope["method"], self.start_ns)
         if not self.response_started or self.head is not None:
-            conn.refuse_with(self, error_response(500, server_headers=conn.state.default_headers))
+            headers = conn.state.default_headers + self.request_id_line  # the id the operator will search for
+            conn.refuse_with(self, error_response(500, server_headers=headers))
         else:
             conn.abort_response(self)
 

@@ -11,6 +11,7 @@ import asyncio
 import contextvars
 import logging
 import re
+from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable
 from email.utils import formatdate
@@ -40,7 +41,8 @@ from corral.http.websocket import (
     websocket_scope,
 )
 from corral.http.ws_handshake import check_handshake, is_websocket_upgrade
-from corral.master.scoreboard import WorkerCounters
+from corral.logging import RequestIds
+from corral.master.scoreboard import GET, METHOD_INDEX, OTHER_METHOD, WorkerCounters
 from corral.tls import tls_extension
 
 __all__ = ["H1Protocol", "ServerState"]
@@ -90,6 +92,7 @@ class ServerState:
         max_requests: int = 0,
         on_max_requests: Callable[[], None] | None = None,
         ws_settings: WebSocketSettings | None = None,
+        request_id_header: str = "",
     ) -> None:
         self.loop = loop
         self.app = app
@@ -117,7 +120,7 @@ class ServerState:
         # What the worker publishes to the scoreboard; plain int updates on the hot path.
         self.counters = counters if counters is not None else WorkerCounters()
         self.max_requests = max_requests  # 0: never (the count starts at 1)
-        self.on_max_requests = on_max_requests
+        self.on_max_requests = on_max_requests if max_requests else None  # 0: never, so never asked
         # WebSocket sessions stay in `connections` (the worker_connections cap and the drain count them).
         self.connections: set[H1Protocol | WebSocketSession] = set()
         self.websockets: set[WebSocketSession] = set()
@@ -136,6 +139,11 @@ class ServerState:
         self.watched = frozenset({_HOST, _EXPECT, _TRANSFER_ENCODING, _UPGRADE})
         if limit_request_body:
             self.watched |= {_CONTENT_LENGTH}
+        # Request ids (off when the header setting is empty): the header is watched like Host, for free.
+        self.request_ids = RequestIds(request_id_header) if request_id_header else None
+        self.request_id_name = self.request_ids.header if self.request_ids is not None else None
+        if self.request_id_name is not None:
+            self.watched |= {self.request_id_name}
         self.watched_trusted = self.watched | (proxy_trust.header_names if proxy_trust else PROXY_HEADER_NAMES)
         self.tick()
 
@@ -182,6 +190,7 @@ class H1Protocol(asyncio.Protocol):
         self.transfer_encoding: list[bytes] | None = None
         self.content_length: bytes | None = None
         self.upgrade: bytes | None = None  # the Upgrade header, when the request has one
+        self.request_id_sent: bytes | None = None  # the client's request id, when ids are on and it sent one
         # Between requests and while a head arrives; head_bytes > 0 once its first bytes came.
         self.in_head = True
         self.head_bytes = 0
@@ -212,6 +221,7 @@ class H1Protocol(asyncio.Protocol):
             # Over the cap: answer at once rather than let the client hang in a queue we will not serve.
             state.logger.warning("worker_connections (%d) reached: refusing a connection", state.worker_connections)
             transport.write(error_response(503, "too many connections", state.default_headers))  # type: ignore[attr-defined]
+            state.counters.count_refusal(503)
             transport.close()
             self.closing = True
             state.connections.discard(self)
@@ -313,6 +323,7 @@ class H1Protocol(asyncio.Protocol):
         self.parser = httptools.HttpRequestParser(self)
         rest = data[offset:]
         if rest:
+            self.state.counters.bytes_in -= len(rest)  # counted once already, when they arrived
             self.data_received(rest)
 
     # --- parser callbacks -----------------------------------------------------------------------
@@ -363,6 +374,9 @@ class H1Protocol(asyncio.Protocol):
             self.content_length = value
         elif name == _UPGRADE:
             self.upgrade = value if self.upgrade is None else self.upgrade + b"," + value
+        elif name == self.state.request_id_name:
+            # Sent twice, it is no single id: b"" is never accepted, so a new one replaces both.
+            self.request_id_sent = value.rstrip(b" \t") if self.request_id_sent is None else b""
         else:
             self.proxy_seen = True
 
@@ -388,15 +402,33 @@ class H1Protocol(asyncio.Protocol):
             # A tunnel is not something an ASGI app can provide; a 2xx would tell the client it was open.
             raise NotImplementedCoding("CONNECT is not supported")
         scope = self._build_scope(method, version)
+        request_ids = self.state.request_ids
+        request_id_line = self._request_id(scope, request_ids) if request_ids is not None else b""
         if self.upgrade is not None and self._websocket_handshake(scope, method, version):
             return
         cycle = RequestCycle(self, scope, parser.should_keep_alive(), self.expect_continue, method_bytes == b"HEAD")
+        if request_id_line:
+            cycle.request_id_line = request_id_line
         self._reset_head()
         if self.state.access_log is not None:
             cycle.start_ns = perf_counter_ns()
         self.parsing = cycle
         self.body_seen_at = self.state.clock
         self.queue.append(cycle)
+
+    def _request_id(self, scope: dict[str, Any], request_ids: RequestIds) -> bytes:
+        """Keep the client's request id when it is valid, else give the request a new one in its headers (the
+        app and the access log read it there); the response header line that echoes it."""
+        sent, self.request_id_sent = self.request_id_sent, None
+        if sent is not None and request_ids.accepts(sent):
+            return request_ids.response_line(sent)
+        request_id = request_ids.new()
+        headers = scope["headers"]
+        if sent is not None:  # invalid or repeated: the app and the log must see only the replacement
+            headers = [header for header in headers if header[0] != request_ids.header]
+            scope["headers"] = headers
+        headers.append((request_ids.header, request_id))
+        return request_ids.response_line(request_id)
 
     def _websocket_handshake(self, scope: dict[str, Any], method: str, version: str) -> bool:
         """An Upgrade request: queue it as a WebSocket handshake (True), or leave it to plain HTTP (False).
@@ -526,15 +558,28 @@ class H1Protocol(asyncio.Protocol):
         counters.requests += 1
         counters.responses[cycle.status // 100 - 1] += 1
         counters.bytes_out += cycle.response_bytes
-        if counters.requests == state.max_requests and state.on_max_requests is not None:
-            state.on_max_requests()
+        if counters.timed:
+            # Plain int and list updates, one clock read: the tick publishes them to the scoreboard. Most requests
+            # of a fast server land in the first bucket and most are GETs, which WorkerCounters.method_counts
+            # derives: both skip a lookup.
+            elapsed = perf_counter_ns() - cycle.start_ns
+            bounds = counters.latency_bounds_ns
+            counters.latency[0 if elapsed <= bounds[0] else bisect_left(bounds, elapsed)] += 1
+            counters.duration_ns += elapsed
+            method = cycle.scope["method"]
+            if method is not GET and method != GET:
+                counters.methods[METHOD_INDEX.get(method, OTHER_METHOD)] += 1
+        if counters.requests >= state.max_requests and state.on_max_requests is not None:
+            # >=: refused requests count too and may step over the exact number. Asked once.
+            on_max_requests, state.on_max_requests = state.on_max_requests, None
+            on_max_requests()
         if state.access_log is not None:
             state.access_log.log(
                 cycle.scope,
                 cycle.status,
                 cycle.response_headers,
                 cycle.response_bytes,
-                perf_counter_ns() - cycle.start_ns,
+                elapsed if counters.timed else perf_counter_ns() - cycle.start_ns,
             )
         if cycle is not self.cycle:
             return
@@ -563,6 +608,7 @@ class H1Protocol(asyncio.Protocol):
     def _refuse(self, status: int, reason: str, headers: bytes = b"") -> None:
         """Answer a bad request with `status` and close; earlier pipelined responses go out first."""
         response = error_response(status, reason, self.state.default_headers + headers)
+        self.state.counters.count_refusal(status)
         self.in_head = False
         if not self.reading_paused:
             self.reading_paused = True

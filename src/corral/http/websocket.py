@@ -54,7 +54,15 @@ _TEXT = Opcode.TEXT
 _BINARY = Opcode.BINARY
 _CONT = Opcode.CONT
 _PONG = Opcode.PONG
-_MAX_CLOSE_REASON = 123  # a control frame's payload is at most 125 bytes, two of them the code
+_MAX_CLOSE_REASON = 123
+# The first byte of an unfragmented text or binary frame, and the header of one with a short payload.
+_FIN_TEXT = 0x80 | Opcode.TEXT
+_FIN_BINARY = 0x80 | Opcode.BINARY
+_SHORT_HEADERS = {first: [bytes((first, length)) for length in range(126)] for first in (_FIN_TEXT, _FIN_BINARY)}
+_HEADER_16 = struct.Struct("!BBH")
+_HEADER_64 = struct.Struct("!BBQ")
+# Payloads at least this long are written beside their header (writev) instead of copied behind it.
+_COPY_LIMIT = 16 * 1024  # a control frame's payload is at most 125 bytes, two of them the code
 
 _utf8_decoder = codecs.getincrementaldecoder("utf-8")
 
@@ -81,7 +89,11 @@ class _ServerProtocol(Protocol):
 
     def recv_frame(self, frame: Frame) -> None:
         if frame.opcode is Opcode.CLOSE:
-            self.current_size = None
+            # "No message in progress": websockets 14 and later call it current_size, earlier ones cur_size.
+            if hasattr(self, "current_size"):
+                self.current_size = None
+            else:
+                self.cur_size = None
         super().recv_frame(frame)
 
 
@@ -374,16 +386,17 @@ class WebSocketSession(asyncio.Protocol):
             if self.phase != _OPEN:
                 self._refuse_send(kind, message)
                 return
-            protocol = self.protocol
             text = message.get("text")
             if text is not None:
-                protocol.send_text(text.encode())
+                first, payload = _FIN_TEXT, text.encode()
             else:
-                data = message.get("bytes")
-                if data is None:
+                first, payload = _FIN_BINARY, message.get("bytes")
+                if payload is None:
                     raise RuntimeError("websocket.send needs a 'text' or a 'bytes' key")
-                protocol.send_binary(data)
-            self._write(protocol.data_to_send())
+            if self.protocol.extensions:
+                self._send_compressed(first, payload)
+            else:
+                self._send_frame(first, payload)
             if self.writing_paused:
                 await self._drain()  # a slow reader makes the app wait instead of the server buffer
         elif kind == "websocket.accept":
@@ -396,6 +409,32 @@ class WebSocketSession(asyncio.Protocol):
             self._deny_body(message)
         else:
             raise RuntimeError(f"unexpected ASGI message type {kind!r} on a websocket connection")
+
+    def _send_frame(self, first: int, payload: Any) -> None:
+        """One unfragmented, uncompressed frame, framed here rather than by the protocol object: its
+        serializer copies the payload into a new buffer, which for large messages costs a memcpy each."""
+        if self.gone:
+            return
+        length = len(payload)
+        if length < 126:
+            header = _SHORT_HEADERS[first][length]
+        elif length < 65536:
+            header = _HEADER_16.pack(first, 126, length)
+        else:
+            header = _HEADER_64.pack(first, 127, length)
+        if length < _COPY_LIMIT:
+            self.transport.write(header + payload)  # one small write beats a writev of two pieces
+        else:
+            self.transport.writelines((header, payload))
+        self.counters.bytes_out += len(header) + length
+
+    def _send_compressed(self, first: int, payload: Any) -> None:
+        protocol = self.protocol
+        if first == _FIN_TEXT:
+            protocol.send_text(payload)
+        else:
+            protocol.send_binary(payload)
+        self._write(protocol.data_to_send())
 
     def _refuse_send(self, kind: str, message: dict[str, Any]) -> None:
         """A websocket.send while not OPEN: an error, except for answers just before a failure."""
@@ -558,6 +597,8 @@ class WebSocketSession(asyncio.Protocol):
     def _log_outcome(self, exc: BaseException | None) -> None:
         logger = self.state.logger
         if exc is None:
+            if self.gone:
+                return  # the client left during the handshake: nothing was owed to it
             if self.phase == _HANDSHAKE:
                 logger.error("ASGI app returned without accepting or rejecting the WebSocket handshake")
             elif self.phase == _DENYING:
@@ -587,7 +628,10 @@ class WebSocketSession(asyncio.Protocol):
     def _keepalive(self, now: float) -> None:
         settings = self.settings
         if self.ping_payload is not None:
-            if settings.ping_timeout and now - self.ping_sent_at > settings.ping_timeout:
+            if self.reading_paused:
+                # The app is not reading, so neither is corral: the pong may be waiting unread. Not the peer's fault.
+                self.ping_sent_at = now
+            elif settings.ping_timeout and now - self.ping_sent_at > settings.ping_timeout:
                 # 1011, as the websockets library does for a keep-alive timeout; no point waiting for a
                 # close frame from a peer that does not answer pings.
                 self._fail(CLOSE_INTERNAL_ERROR, "keepalive ping timeout")

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from corral.admin.monitor import Monitor
 from corral.hooks import HookFailed, ServerView, WorkerView, call_hook, run_on_starting
 from corral.master import sizing, upgrade
 from corral.master.pidfile import Pidfile, PidfileError
@@ -87,9 +88,13 @@ class WorkerHandle:
 
 def run(cfg: Any, reload_config: Callable[[], Any] | None = None) -> int:
     """Bind, start the pool and supervise it until told to stop; the exit status says how it ended."""
-    from corral.logging import setup_error_log
+    from corral.logging import LogConfigError, configure_logging
 
-    logger = setup_error_log(cfg.errorlog, cfg.loglevel)
+    try:
+        logger = configure_logging(cfg)  # before anything is bound; the workers inherit it
+    except LogConfigError as exc:
+        print(f"corral: error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     server = ServerView(cfg, logger, os.getpid(), lambda: 0)
     start_cwd = os.getcwd()  # where a USR2 re-exec starts again, whatever chdir says
     upgrade_from = upgrade.upgrade_parent()
@@ -201,11 +206,17 @@ def _run_pool(
             print(f"corral: error: {exc}", file=sys.stderr)
             return EXIT_APP
     arbiter = Arbiter(
-        cfg, listeners, logger, app=app, reload_config=reload_config, identity=identity, server=server, systemd=systemd
+        cfg,
+        listeners,
+        logger,
+        app=app,
+        reload_config=reload_config,
+        identity=identity,
+        server=server,
+        systemd=systemd,
+        ssl_context=ssl_context,
+        upgrading=upgrading,
     )
-    arbiter.ssl_context = ssl_context
-    if upgrading is not None:
-        arbiter.upgrading = upgrading
     return arbiter.run()
 
 
@@ -224,6 +235,7 @@ class Arbiter:
         server: ServerView | None = None,
         systemd: SystemdNotifier | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        upgrading: UpgradeState | None = None,
     ) -> None:
         self.cfg = cfg
         # Built here, in the master, and inherited by every worker forked from now on (rebuilt on HUP).
@@ -240,6 +252,7 @@ class Arbiter:
         self.cpu_budget: sizing.CpuBudget | None = None  # set when workers="auto"
         self.target = self._initial_target()
         self.scoreboard = Scoreboard(max(SCOREBOARD_SLOTS_MIN, self.target * 4))
+        self.monitor = Monitor(cfg, self.scoreboard, listeners, logger)  # heartbeat, admin endpoint, StatsD
         self.ever_ready = False
         self.failures_in_a_row = 0
         self.next_spawn_at = 0.0
@@ -252,7 +265,7 @@ class Arbiter:
         self.systemd = systemd if systemd is not None else SystemdNotifier.from_environ()
         self.systemd_report = SystemdReporter(self.systemd) if self.systemd is not None else None
         self.spawned = 0  # workers started so far: each one's `age`, as Gunicorn numbers them
-        self.upgrading = UpgradeState(os.getcwd())
+        self.upgrading = upgrading or UpgradeState(os.getcwd())
         self.server = server or ServerView(cfg, logger, self.pid, lambda: 0)
         self.server._count_workers = lambda: len(self.workers)
         self.server.LISTENERS = listeners
@@ -261,6 +274,16 @@ class Arbiter:
     # --- the loop -------------------------------------------------------------------------------
 
     def run(self) -> int:
+        # Before the first worker: it reads the metrics settings from the scoreboard, and an admin address that
+        # cannot be bound must stop the start (exit 2) with no worker started.
+        problem = self.monitor.start(
+            identity=self.identity,
+            close_in_child=self._close_master_fds,
+            upgrading=bool(self.upgrading.upgrade_from),
+        )
+        if problem is not None:
+            print(f"corral: error: {problem}", file=sys.stderr)
+            return EXIT_CONFIG
         self._install_signals()
         set_title(self.cfg, "master")
         self.scoreboard.set_master(self.pid, MasterState.STARTING, self.generation)
@@ -298,6 +321,7 @@ class Arbiter:
         return 0.05 if busy else 0.5
 
     def _wait(self, timeout: float) -> None:
+        self.monitor.turn(self.target, serving=self.stopping is None)  # the heartbeat /livez checks
         timeout = self._tell_systemd(timeout)
         try:
             readable, _, _ = select.select([self.wake_r], [], [], timeout)
@@ -531,7 +555,10 @@ class Arbiter:
             return False
         slot = self.scoreboard.slot(index)
         now = time.monotonic()
-        slot.claim(0, self.generation, now)
+        reason = self.monitor.spawn_reason(
+            self.workers.values(), reloading=self.rollout_from is not None, ever_ready=self.ever_ready
+        )
+        slot.claim(0, self.generation, now, reason)
         cfg = self.cfg
         max_requests = cfg.max_requests + random.randint(0, cfg.max_requests_jitter) if cfg.max_requests else 0
         self.spawned += 1
@@ -560,10 +587,8 @@ class Arbiter:
     def _become_worker(self, slot: Slot, max_requests: int, view: WorkerView) -> None:
         from corral.worker.process import WorkerLaunch, run_worker_process
 
-        os.close(self.wake_r)
-        os.close(self.wake_w)
-        if self.systemd is not None:
-            self.systemd.close()  # only the master speaks to systemd
+        self._close_master_fds()
+        self.monitor.close_in_worker()
         run_worker_process(
             WorkerLaunch(
                 self.cfg,
@@ -579,6 +604,14 @@ class Arbiter:
                 ssl_context=self.ssl_context,
             )
         )
+
+    def _close_master_fds(self) -> None:
+        """In a forked child (a worker, the admin process): close what only the master may hold; only the
+        master speaks to systemd."""
+        os.close(self.wake_r)
+        os.close(self.wake_w)
+        if self.systemd is not None:
+            self.systemd.close()
 
     # --- reaping --------------------------------------------------------------------------------
 
@@ -596,10 +629,12 @@ class Arbiter:
             if worker is None:
                 if pid == self.upgrading.new_master_pid:
                     self._new_master_exited(os.waitstatus_to_exitcode(status))
+                self.monitor.reaped(pid, status)  # the admin process: restarted while serving
                 continue  # otherwise not ours: as PID 1 in a container we reap every orphan that lands on us
             self._worker_exited(worker, os.waitstatus_to_exitcode(status))
 
     def _worker_exited(self, worker: WorkerHandle, code: int) -> None:
+        self.monitor.worker_exited(worker, code)  # counts why it ended, before the slot is released
         worker.slot.release()
         self.server.WORKERS.pop(worker.pid, None)
         if worker.view is not None:
@@ -790,6 +825,7 @@ class Arbiter:
             self.log.warning("Worker pid %d still running at shutdown: killing it", worker.pid)
             self._kill(worker)
         self._reap_all(timeout=5.0)
+        self.monitor.stop()  # last: /readyz said 503 throughout the drain
         self.scoreboard.close()
         self.log.info("Master exiting")
         return self.exit_code if self.exit_code is not None else EXIT_OK

@@ -20,6 +20,7 @@ __all__ = [
     "LONGEST_BURST",
     "NOISE",
     "QUIET_PERIOD",
+    "WATCH_START_TIMEOUT",
     "ChangeFilter",
     "Debouncer",
     "Reloader",
@@ -44,6 +45,7 @@ QUIET_PERIOD = 0.3
 LONGEST_BURST = 2.0
 _ENGINES: dict[str, bool | None] = {"auto": None, "poll": True, "inotify": False}  # -> watchfiles' force_polling
 _ADDED = 1  # watchfiles.Change.added (not imported here: watchfiles is optional until --reload is used)
+WATCH_START_TIMEOUT = 5.0  # how long the master waits at start for the watch to be in place
 _TICK_MS = 100  # how often the watching thread wakes without changes, to finish a settled burst
 _NAMED_IN_LOG = 3
 _WATCH_ATTEMPTS = 5  # in a row: a directory that vanishes between the walk and the watch just means "walk again"
@@ -287,6 +289,7 @@ class Reloader:
         self.log = log
         self.debouncer = debouncer or Debouncer()
         self._stop = threading.Event()
+        self._watching = threading.Event()  # set once the watcher delivers its first batch: edits now count
         self._calling = threading.RLock()  # held while on_change runs, so stop() can wait it out
         self._thread: threading.Thread | None = None
         self._cwd = os.getcwd()
@@ -295,6 +298,10 @@ class Reloader:
         _install_fork_guard()
         self._thread = threading.Thread(target=self._run, name="corral-reloader", daemon=True)
         self._thread.start()
+
+    def wait_until_watching(self, timeout: float) -> bool:
+        """Whether the watch is in place within `timeout` seconds (the watcher starts in the thread)."""
+        return self._watching.wait(timeout)
 
     def stop(self, timeout: float = 2.0) -> None:
         with self._calling:
@@ -344,6 +351,7 @@ class Reloader:
         """Feed batches of watchfiles changes through the filter and the debouncer, calling on_change when a
         burst settles. Returns True (and stops reading) when a new directory appeared: the watch must be redone."""
         for batch in batches:
+            self._watching.set()  # the first batch, even an empty one on timeout, means the watch is in place
             now = clock()
             self._fire(self.debouncer.take_settled(now))  # first: a burst already over is not merged into the next
             if self._take_batch(batch, now):
@@ -386,6 +394,9 @@ def start_reloader(cfg: Any, log: logging.Logger, on_change: Callable[[list[str]
         )
     reloader = Reloader(plan, on_change, log)
     reloader.start()
+    # So that the log line below is true: an edit made after it is seen (a test or a developer may act on it).
+    if not reloader.wait_until_watching(WATCH_START_TIMEOUT):
+        log.warning("reload: the file watcher is slow to start; edits made now may be missed")
     cwd = os.getcwd()
     log.info(
         "Reload: watching %s for %s",

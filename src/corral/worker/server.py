@@ -79,7 +79,7 @@ class Worker:
         self.on_quit = on_quit  # the worker_int hook, on INT or QUIT
         # ssl= and a handshake bound for every server and accepted socket; empty for plain HTTP.
         self.tls_options = serving_options(ssl_context, cfg.header_timeout)
-        self.counters = WorkerCounters()
+        self.counters = WorkerCounters.for_worker(cfg, slot)
         self.servers: list[asyncio.AbstractServer] = []
         self.stop_requested: asyncio.Future[bool] = loop.create_future()
         self.state: ServerState | None = None
@@ -100,7 +100,12 @@ class Worker:
         if self.stop_requested.done():
             await lifespan.shutdown()
             return EXIT_OK
-        self.access_log = AccessLog.open(cfg.accesslog, cfg.access_log_format)
+        self.access_log = AccessLog.open(
+            cfg.accesslog,
+            cfg.access_log_format,
+            log_format=cfg.log_format,
+            request_id_header=cfg.request_id_header,
+        )
         self.state = self._make_state(lifespan.state)
         await self._start_servers()
         self._start_watchdog()
@@ -117,6 +122,9 @@ class Worker:
             self.watchdog.stop()
         if self.tick_handle is not None:
             self.tick_handle.cancel()
+        if self.slot is not None:
+            # The last counts since the tick: the master adds them to the pool's totals when it reaps us.
+            self.slot.publish(self.counters, time.monotonic(), rss_bytes())
         if self.access_log is not None:
             self.access_log.close()
         self.logger.info("Shutdown complete")
@@ -146,6 +154,7 @@ class Worker:
             max_requests=self.max_requests,
             on_max_requests=self._max_requests_reached,
             ws_settings=WebSocketSettings.from_config(cfg),
+            request_id_header=cfg.request_id_header,
         )
 
     async def _start_servers(self) -> None:

@@ -1,0 +1,82 @@
+"""The admin endpoint as a small ASGI app (served by corral's own HTTP/1.1 code in the admin process):
+/livez, /readyz, /metrics and /status, each answered from one fresh read of the scoreboard."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+from corral.admin.prometheus import CONTENT_TYPE, BoardCollector, metrics_registry, render_metrics
+from corral.admin.status import liveness_problem, readiness_problem, status_document
+from corral.master.scoreboard import BoardSnapshot
+
+__all__ = ["AdminApp"]
+
+_TEXT = b"text/plain; charset=utf-8"
+_JSON = b"application/json"
+_INDEX = (
+    b"corral admin endpoint\n"
+    b"/livez    200 while the master's loop turns\n"
+    b"/readyz   200 when the pool takes traffic; 503 while starting, draining or with no READY worker\n"
+    b"/metrics  Prometheus text format\n"
+    b"/status   the pool as JSON (corral status shows it as a table)\n"
+)
+
+Response = tuple[int, bytes, bytes]  # status, content type, body
+
+
+class AdminApp:
+    """Routes GET and HEAD on four paths; anything else is 404 or 405."""
+
+    def __init__(
+        self,
+        read_board: Callable[[], BoardSnapshot],
+        listener_names: list[str],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.read_board = read_board
+        self.listener_names = listener_names
+        self.clock = clock
+        self.registry = metrics_registry(BoardCollector(read_board, listener_names, clock))
+        self.routes: dict[str, Callable[[], Response]] = {
+            "/": lambda: (200, _TEXT, _INDEX),
+            "/livez": self.livez,
+            "/readyz": self.readyz,
+            "/metrics": self.metrics,
+            "/status": self.status,
+        }
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
+        if scope["type"] != "http":
+            if scope["type"] == "websocket":
+                await send({"type": "websocket.close", "code": 1003})
+            return
+        extra: list[tuple[bytes, bytes]] = []
+        route = self.routes.get(scope["path"])
+        if route is None:
+            status, content_type, body = 404, _TEXT, b"not found; see /\n"
+        elif scope["method"] not in ("GET", "HEAD"):
+            status, content_type, body = 405, _TEXT, b"method not allowed\n"
+            extra.append((b"allow", b"GET, HEAD"))
+        else:
+            status, content_type, body = route()
+        headers = [(b"content-type", content_type), (b"cache-control", b"no-store"), *extra]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    def livez(self) -> Response:
+        problem = liveness_problem(self.read_board(), self.clock())
+        return (200, _TEXT, b"ok\n") if problem is None else (503, _TEXT, f"not alive: {problem}\n".encode())
+
+    def readyz(self) -> Response:
+        problem = readiness_problem(self.read_board(), self.clock())
+        return (200, _TEXT, b"ready\n") if problem is None else (503, _TEXT, f"not ready: {problem}\n".encode())
+
+    def metrics(self) -> Response:
+        return 200, CONTENT_TYPE.encode(), render_metrics(self.registry)
+
+    def status(self) -> Response:
+        document = status_document(self.read_board(), self.listener_names, self.clock())
+        return 200, _JSON, json.dumps(document, indent=1).encode() + b"\n"

@@ -1,0 +1,171 @@
+"""`corral status`, `corral reload` and `corral scale N`: talk to a running corral.
+
+They find it the way the server was configured, from the same settings (command line, CORRAL_CMD_ARGS,
+config file): the admin endpoint (`admin_bind`) for the pool's status and target, the pidfile (`pidfile`) or
+the admin endpoint for the master's pid. Changes go through the master's signals (HUP, TTIN, TTOU), so
+only who may signal the master may change the pool: the admin endpoint itself only reads.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+from corral.admin.status import format_status
+from corral.master.sockets import BindError, parse_bind
+
+__all__ = ["CommandError", "NotConfigured", "fetch_status", "master_pid", "reload", "scale", "status"]
+
+TIMEOUT = 5.0
+_ANY_HOST = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}
+
+
+class CommandError(Exception):
+    """Why a command could not do its work; str() is one line for the user."""
+
+
+class NotConfigured(CommandError):
+    """The command was not told where the running corral is."""
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self.path)
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+def _connection(address: str, timeout: float) -> http.client.HTTPConnection:
+    try:
+        where = parse_bind(address)
+    except BindError as exc:
+        raise CommandError(f"admin_bind: {exc}") from None
+    if where.kind == "unix":
+        return _UnixConnection(where.path, timeout)
+    if where.kind == "fd":
+        raise CommandError(f"admin_bind {address!r} is an inherited descriptor: give its address with --admin-bind")
+    return http.client.HTTPConnection(_ANY_HOST.get(where.host, where.host), where.port, timeout=timeout)
+
+
+def fetch_status(address: str, timeout: float = TIMEOUT) -> dict[str, Any]:
+    """The /status document of the corral whose admin endpoint is `address`."""
+    conn = _connection(address, timeout)
+    try:
+        conn.request("GET", "/status")
+        response = conn.getresponse()
+        body = response.read()
+    except (OSError, http.client.HTTPException) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+        raise CommandError(f"cannot reach the admin endpoint at {address}: {reason} (is corral running?)") from None
+    finally:
+        conn.close()
+    if response.status != 200:
+        raise CommandError(f"the admin endpoint at {address} answered {response.status} to /status")
+    try:
+        document: dict[str, Any] = json.loads(body)
+    except ValueError:
+        raise CommandError(f"the admin endpoint at {address} sent something that is not JSON") from None
+    return document
+
+
+def _admin_address(cfg: Any, why: str) -> str:
+    if not cfg.admin_bind:
+        raise NotConfigured(
+            f"{why} needs the admin endpoint: give the server's admin_bind (--admin-bind ADDRESS, or the same "
+            "config file with -c)"
+        )
+    return str(cfg.admin_bind)
+
+
+def status(cfg: Any, *, as_json: bool = False) -> str:
+    """What `corral status` prints."""
+    document = fetch_status(_admin_address(cfg, "corral status"))
+    return json.dumps(document, indent=1) if as_json else format_status(document)
+
+
+def master_pid(cfg: Any) -> int:
+    """The master's pid: from the pidfile when there is one, else from the admin endpoint."""
+    if cfg.pidfile:
+        try:
+            with open(cfg.pidfile) as handle:
+                text = handle.read().strip()
+        except OSError as exc:
+            raise CommandError(f"pidfile {cfg.pidfile}: {exc.strerror or exc} (is corral running?)") from None
+        if not text.isdigit() or int(text) <= 1:
+            raise CommandError(f"pidfile {cfg.pidfile}: {text!r} is not a process id")
+        pid = int(text)
+    elif cfg.admin_bind:
+        pid = int(fetch_status(cfg.admin_bind)["master"]["pid"])
+    else:
+        raise NotConfigured("cannot find the master: give the server's pidfile (-p FILE) or admin_bind (--admin-bind)")
+    _check_signallable(pid, cfg.pidfile)
+    return pid
+
+
+def _check_signallable(pid: int, pidfile: str | None) -> None:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        stale = f" (the pidfile {pidfile} is stale)" if pidfile else ""
+        raise CommandError(f"no process {pid}{stale}: is corral running?") from None
+    except PermissionError:
+        raise CommandError(f"not allowed to signal the master (pid {pid}): run as its user or as root") from None
+
+
+def reload(cfg: Any) -> str:
+    """HUP the master: it re-reads its configuration and replaces every worker, new ones READY first."""
+    pid = master_pid(cfg)
+    os.kill(pid, signal.SIGHUP)
+    return f"corral: sent HUP to the master (pid {pid}): rolling reload started; corral status follows it"
+
+
+def scale(
+    cfg: Any,
+    workers: int,
+    *,
+    timeout: float = 30.0,
+    fetch: Callable[[str], dict[str, Any]] = fetch_status,
+    send: Callable[[int, int], None] = os.kill,
+) -> str:
+    """TTIN or TTOU the master one signal at a time, each time until its target moved, until the target is
+    `workers`. One at a time because signals of one kind sent together may arrive as one."""
+    if workers < 1:
+        raise CommandError(f"scale: the pool needs at least 1 worker, got {workers}")
+    address = _admin_address(cfg, "corral scale")
+    master = fetch(address)["master"]
+    pid, start = int(master["pid"]), int(master["target"])
+    _check_signallable(pid, None)
+    deadline = time.monotonic() + timeout
+    target = start
+    for _ in range(abs(workers - start) + 1):
+        if target == workers:
+            return f"corral: target {start} -> {workers} workers (the master is on it; corral status shows the pool)"
+        send(pid, signal.SIGTTIN if workers > target else signal.SIGTTOU)
+        target = _wait_for_new_target(address, target, deadline, fetch)
+    raise CommandError(f"scale: the target is {target}, not {workers}: did someone else change it meanwhile?")
+
+
+def _wait_for_new_target(address: str, old: int, deadline: float, fetch: Callable[[str], dict[str, Any]]) -> int:
+    for _ in range(100_000):
+        target = int(fetch(address)["master"]["target"])
+        if target != old:
+            return target
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    raise CommandError(f"scale: the master did not change its target from {old} in time (see its error log)")
