@@ -32,6 +32,7 @@ from corral.http.errors import (
     URITooLong,
     error_response,
 )
+from corral.http.flow import WriteFlowControl
 from corral.http.proxy import PROXY_HEADER_NAMES, ProxyTrust, apply_proxy_headers
 from corral.http.websocket import (
     CLOSE_GOING_AWAY,
@@ -166,7 +167,7 @@ class ServerState:
             conn.check_timeouts(now)
 
 
-class H1Protocol(asyncio.Protocol):
+class H1Protocol(WriteFlowControl):
     """One HTTP/1.1 connection."""
 
     def __init__(self, state: ServerState) -> None:
@@ -256,26 +257,8 @@ class H1Protocol(asyncio.Protocol):
         self.queue.clear()
         self._release_writers()
 
-    def pause_writing(self) -> None:
-        self.writing_paused = True
-
-    def resume_writing(self) -> None:
-        self.writing_paused = False
-        self._release_writers()
-
-    def _release_writers(self) -> None:
-        waiters, self.drain_waiters = self.drain_waiters, []
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
-
-    async def drain(self) -> None:
-        """Wait until the transport's write buffer falls below its low-water mark."""
-        if self.closing:
-            return
-        waiter = self.loop.create_future()
-        self.drain_waiters.append(waiter)
-        await waiter
+    def _writes_abandoned(self) -> bool:
+        return self.closing
 
     def data_received(self, data: bytes) -> None:
         self.state.counters.bytes_in += len(data)

@@ -23,6 +23,7 @@ from websockets.frames import Close, Frame, Opcode
 from websockets.protocol import OPEN, Protocol, Side
 
 from corral.http.errors import ClientDisconnected, error_response
+from corral.http.flow import WriteFlowControl
 from corral.http.ws_handshake import Handshake, accept_response, denial_response
 
 if TYPE_CHECKING:
@@ -150,7 +151,7 @@ def close_websockets(state: ServerState, code: int) -> None:
         session.going_away(code)
 
 
-class WebSocketSession(asyncio.Protocol):
+class WebSocketSession(WriteFlowControl):
     """One WebSocket connection: owns the transport after the upgrade, and the app's receive/send."""
 
     cycle = None  # never an HTTP request in flight (the worker's active-requests gauge reads this)
@@ -223,25 +224,8 @@ class WebSocketSession(asyncio.Protocol):
         self._release_writers()
         self._forget_if_done()
 
-    def pause_writing(self) -> None:
-        self.writing_paused = True
-
-    def resume_writing(self) -> None:
-        self.writing_paused = False
-        self._release_writers()
-
-    def _release_writers(self) -> None:
-        waiters, self.drain_waiters = self.drain_waiters, []
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
-
-    async def _drain(self) -> None:
-        if self.gone:
-            return
-        waiter = self.loop.create_future()
-        self.drain_waiters.append(waiter)
-        await waiter
+    def _writes_abandoned(self) -> bool:
+        return self.gone
 
     # --- frames in ------------------------------------------------------------------------------
 
@@ -398,7 +382,7 @@ class WebSocketSession(asyncio.Protocol):
             else:
                 self._send_frame(first, payload)
             if self.writing_paused:
-                await self._drain()  # a slow reader makes the app wait instead of the server buffer
+                await self.drain()  # a slow reader makes the app wait instead of the server buffer
         elif kind == "websocket.accept":
             self._accept(message)
         elif kind == "websocket.close":

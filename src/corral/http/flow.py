@@ -1,0 +1,43 @@
+"""Write back-pressure for corral's asyncio protocols: the transport pauses and resumes us, and writers
+await `drain()` until its buffer falls below the low-water mark (HTTP responses and WebSocket frames alike)."""
+
+from __future__ import annotations
+
+import asyncio
+
+__all__ = ["WriteFlowControl"]
+
+
+class WriteFlowControl(asyncio.Protocol):
+    """pause_writing/resume_writing bookkeeping and `drain()`; subclasses set `loop`, `writing_paused` and
+    `drain_waiters` in their __init__, call `_release_writers()` when the connection is lost, and say in
+    `_writes_abandoned()` when waiting would be pointless."""
+
+    loop: asyncio.AbstractEventLoop
+    writing_paused: bool
+    drain_waiters: list[asyncio.Future[None]]
+
+    def pause_writing(self) -> None:
+        self.writing_paused = True
+
+    def resume_writing(self) -> None:
+        self.writing_paused = False
+        self._release_writers()
+
+    def _release_writers(self) -> None:
+        waiters, self.drain_waiters = self.drain_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _writes_abandoned(self) -> bool:
+        """True once nothing more will be written (closing, peer gone): drain() returns at once."""
+        return False
+
+    async def drain(self) -> None:
+        """Wait until the transport's write buffer falls below its low-water mark."""
+        if self._writes_abandoned():
+            return
+        waiter = self.loop.create_future()
+        self.drain_waiters.append(waiter)
+        await waiter
