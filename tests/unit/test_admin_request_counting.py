@@ -12,36 +12,9 @@ from typing import Any
 from corral.http import eager
 from corral.http.h1 import H1Protocol, ServerState
 from corral.master.scoreboard import METHODS, WorkerCounters
+from tests.unit.fakes import FakeTransport
 
 eager.install()
-
-
-class Transport(asyncio.Transport):
-    def __init__(self) -> None:
-        super().__init__()
-        self.written = bytearray()
-        self.closed = False
-
-    def write(self, data: bytes) -> None:  # type: ignore[override]
-        self.written += data
-
-    def close(self) -> None:
-        self.closed = True
-
-    def abort(self) -> None:
-        self.closed = True
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return {"peername": ("127.0.0.1", 40000), "sockname": ("127.0.0.1", 8000)}.get(name, default)
 
 
 async def by_path(scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
@@ -61,7 +34,7 @@ def serve(counters: WorkerCounters, requests: list[tuple[str, str]]) -> None:
                             counters=counters)  # fmt: skip
         for method, path in requests:
             protocol = H1Protocol(state)
-            protocol.connection_made(Transport())
+            protocol.connection_made(FakeTransport())
             protocol.data_received(f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n".encode())
             for _ in range(200):
                 if protocol.cycle is None and not protocol.queue:

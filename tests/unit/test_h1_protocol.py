@@ -11,41 +11,11 @@ import pytest
 
 from corral.http import eager
 from corral.http.h1 import H1Protocol, ServerState
+from tests.unit.fakes import FakeTransport
 
 eager.install()
 
 App = Callable[[dict, Callable, Callable], Awaitable[None]]
-
-
-class FakeTransport(asyncio.Transport):
-    def __init__(self, peer: tuple[str, int] = ("127.0.0.1", 40000)) -> None:
-        super().__init__()
-        self.written = bytearray()
-        self.closed = False
-        self.reading = True
-        self.peer = peer
-
-    def write(self, data: bytes) -> None:  # type: ignore[override]
-        assert not self.closed, "write after close"
-        self.written += data
-
-    def close(self) -> None:
-        self.closed = True
-
-    def abort(self) -> None:
-        self.closed = True
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def pause_reading(self) -> None:
-        self.reading = False
-
-    def resume_reading(self) -> None:
-        self.reading = True
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return {"peername": self.peer, "sockname": ("127.0.0.1", 8000)}.get(name, default)
 
 
 async def hello(scope: dict, receive: Callable, send: Callable) -> None:

@@ -19,6 +19,7 @@ from corral.config import request_id_header_value
 from corral.http import eager
 from corral.http.h1 import H1Protocol, ServerState
 from corral.logging import REQUEST_ID_MAX_LENGTH, AccessLog, RequestIds, compile_json_access_log
+from tests.unit.fakes import FakeTransport
 
 eager.install()
 
@@ -115,31 +116,6 @@ def test_request_id_header_setting_refuses_what_is_no_header_name_or_a_header_th
 # ------------------------------------------------------------------------------------------- connection
 
 App = Callable[[dict, Callable, Callable], Awaitable[None]]
-
-
-class FakeTransport(asyncio.Transport):
-    def __init__(self) -> None:
-        super().__init__()
-        self.written = bytearray()
-        self.closed = False
-
-    def write(self, data: bytes) -> None:  # type: ignore[override]
-        self.written += data
-
-    def close(self) -> None:
-        self.closed = True
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return {"peername": ("127.0.0.1", 40000), "sockname": ("127.0.0.1", 8000)}.get(name, default)
 
 
 class Recorder:

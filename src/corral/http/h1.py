@@ -393,8 +393,6 @@ class H1Protocol(WriteFlowControl):
         if request_id_line:
             cycle.request_id_line = request_id_line
         self._reset_head()
-        if self.state.access_log is not None:
-            cycle.start_ns = perf_counter_ns()
         self.parsing = cycle
         self.body_seen_at = self.state.clock
         self.queue.append(cycle)
