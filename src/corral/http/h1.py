@@ -155,6 +155,13 @@ class ServerState:
             self.date_line = b"date: %s\r\n" % formatdate(usegmt=True).encode("ascii")
         self.default_headers = self.server_line + self.date_line
 
+    def max_requests_reached(self) -> None:
+        """Ask for a successor, once: >= rather than == at the call sites, since refused requests count too
+        and may step over the exact number."""
+        on_max_requests, self.on_max_requests = self.on_max_requests, None
+        if on_max_requests is not None:
+            on_max_requests()
+
     def default_headers_without(self, name: bytes) -> bytes:
         """The default headers minus one the app sets itself (rare: an app that sends its own Server)."""
         lines = [self.server_line, self.date_line]
@@ -421,7 +428,7 @@ class H1Protocol(WriteFlowControl):
             return False
         state = self.state
         handshake = check_handshake(method, version, self.headers, deflate=state.ws_settings.per_message_deflate)
-        start_ns = perf_counter_ns() if state.access_log is not None else 0
+        start_ns = perf_counter_ns() if state.counters.timed or state.access_log is not None else 0
         pending = WebSocketUpgrade(websocket_scope(scope, handshake), handshake, start_ns)
         self._reset_head()
         self.websocket_upgrade = pending
@@ -551,9 +558,7 @@ class H1Protocol(WriteFlowControl):
             if method is not GET and method != GET:
                 counters.methods[METHOD_INDEX.get(method, OTHER_METHOD)] += 1
         if counters.requests >= state.max_requests and state.on_max_requests is not None:
-            # >=: refused requests count too and may step over the exact number. Asked once.
-            on_max_requests, state.on_max_requests = state.on_max_requests, None
-            on_max_requests()
+            state.max_requests_reached()
         if state.access_log is not None:
             state.access_log.log(
                 cycle.scope,

@@ -523,11 +523,9 @@ class WebSocketSession(WriteFlowControl):
     def _handshake_answered(self, status: int, headers: list[Any], length: int) -> None:
         """Count the handshake as a request and log it, as the HTTP/1.1 side does for its responses."""
         state = self.state
-        counters = self.counters
-        counters.requests += 1
-        counters.responses[status // 100 - 1] += 1
-        if counters.requests == state.max_requests and state.on_max_requests is not None:
-            state.on_max_requests()
+        self.counters.count_response(status, length, "GET", self.start_ns)  # a handshake is always a GET
+        if self.counters.requests >= state.max_requests and state.on_max_requests is not None:
+            state.max_requests_reached()
         if state.access_log is not None:
             state.access_log.log(self.scope, status, headers, length, perf_counter_ns() - self.start_ns)
 
