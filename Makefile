@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test autobahn lint bench docs clean
+.PHONY: run test system-packages autobahn lint bench docs clean
 
 $(BIN)/corral: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,7 +14,11 @@ $(BIN)/corral: pyproject.toml
 run: $(BIN)/corral
 	$(BIN)/corral examples.hello:app
 
-test: $(BIN)/corral
+# Debian packages that some tests use as real neighbours; tests skip with a reason where they are missing.
+system-packages:
+	bash scripts/install-system-packages
+
+test: $(BIN)/corral system-packages
 	$(BIN)/ruff check .
 	$(BIN)/python -m corral.docs --check
 	$(BIN)/python -m pytest -n 2
