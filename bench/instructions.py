@@ -1,0 +1,121 @@
+"""Counts the CPU instructions corral's own code spends on one keep-alive request, with no sockets.
+
+The protocol is driven in-process through a fake transport, so what is counted is corral's parsing, request
+cycle and response writing plus the app, not the kernel. Run under callgrind, the count is the same whatever
+else the machine is doing, which makes it the figure to compare before and after a change to the request path
+on a busy machine (req/s from `bench/run` needs a quiet one):
+
+    bench/.venv/bin/python bench/instructions.py            # runs itself twice under valgrind, prints per request
+    bench/.venv/bin/python bench/instructions.py --src OTHER/src   # the same for another checkout's corral
+
+Two runs with different request counts are subtracted, so start-up and import cost cancel out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+__all__ = ["main"]
+
+_TESTS = {
+    "plaintext": b"GET /plaintext HTTP/1.1\r\nHost: bench\r\nUser-Agent: wrk\r\nAccept: */*\r\n\r\n",
+    "json": b"GET /json HTTP/1.1\r\nHost: bench\r\nUser-Agent: wrk\r\nAccept: */*\r\n\r\n",
+}
+_SMALL, _LARGE = 2_000, 12_000
+
+
+class _Transport(asyncio.Transport):
+    """Keeps only a byte count of what is written: enough for the protocol, nothing to grow."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = 0
+        self.closing = False
+
+    def write(self, data: Any) -> None:
+        self.written += len(data)
+
+    def writelines(self, chunks: Any) -> None:
+        for chunk in chunks:
+            self.write(chunk)
+
+    def close(self) -> None:
+        self.closing = True
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"peername": ("127.0.0.1", 40000), "sockname": ("127.0.0.1", 8000)}.get(name, default)
+
+
+async def _drive(test: str, requests: int) -> None:
+    from apps import app  # bench/apps.py, the app every benchmarked server runs
+
+    from corral.http import eager
+    from corral.http.h1 import H1Protocol, ServerState
+
+    eager.install()
+    state = ServerState(loop=asyncio.get_running_loop(), app=app, logger=logging.getLogger("bench"))
+    protocol = H1Protocol(state)
+    transport = _Transport()
+    protocol.connection_made(transport)
+    request = _TESTS[test]
+    for _ in range(requests):
+        protocol.data_received(request)
+    if transport.closing:
+        raise SystemExit("the connection was closed: the request path failed")
+
+
+def _count(test: str, requests: int, src: Path | None) -> int:
+    """Total instructions of one child run under callgrind."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "callgrind.out"
+        env = dict(os.environ)
+        if src is not None:
+            env["PYTHONPATH"] = os.pathsep.join([str(src), env.get("PYTHONPATH", "")])
+        subprocess.run(
+            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable, __file__,
+             "--child", test, str(requests)],
+            env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        summary = re.search(r"^summary:\s*(\d+)", out.read_text(), re.MULTILINE)
+        if summary is None:
+            raise SystemExit("callgrind wrote no summary line")
+        return int(summary.group(1))
+
+
+def main(argv: list[str]) -> int:
+    if argv[:1] == ["--child"]:
+        sys.path.insert(0, str(Path(__file__).parent))
+        asyncio.run(_drive(argv[1], int(argv[2])))
+        return 0
+    parser = argparse.ArgumentParser(prog="bench/instructions.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tests", default="plaintext,json", help="comma-separated: plaintext, json")
+    parser.add_argument("--src", type=Path, help="the src/ folder of another corral checkout to count instead")
+    args = parser.parse_args(argv)
+    for test in args.tests.split(","):
+        small, large = _count(test, _SMALL, args.src), _count(test, _LARGE, args.src)
+        per_request = (large - small) / (_LARGE - _SMALL)
+        print(f"{test}: {per_request:,.0f} instructions per request")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
