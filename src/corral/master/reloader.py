@@ -392,7 +392,8 @@ def start_reloader(cfg: Any, log: logging.Logger, on_change: Callable[[list[str]
             "reload: preload_app is on, so the app is imported once in the master: code changes need a restart "
             "(config file changes still reload)"
         )
-    reloader = Reloader(plan, on_change, log)
+    quiet = cfg.reload_delay
+    reloader = Reloader(plan, on_change, log, debouncer=Debouncer(quiet=quiet, longest=max(LONGEST_BURST, quiet)))
     reloader.start()
     # So that the log line below is true: an edit made after it is seen (a test or a developer may act on it).
     if not reloader.wait_until_watching(WATCH_START_TIMEOUT):
