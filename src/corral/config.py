@@ -393,7 +393,10 @@ def admin_bind_value(raw: Any) -> str | None:
     """An address for the admin endpoint; it needs prometheus-client to render /metrics."""
     value = optional_bind(raw)
     if value is not None and importlib.util.find_spec("prometheus_client") is None:
-        raise ValueError("the admin endpoint needs the prometheus-client package (pip install 'corral[metrics]')")
+        raise ValueError(
+            "the admin endpoint needs the prometheus-client package "
+            "(pip install prometheus-client; from corral's checkout: pip install '.[metrics]')"
+        )
     return value
 
 

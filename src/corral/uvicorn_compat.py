@@ -39,8 +39,8 @@ UVICORN_DIFFERENCES: dict[str, str] = {
     "uds": "Becomes bind unix:PATH (umask applies while it is bound).",
     "fd": "Becomes bind fd://N.",
     "reload": "A change replaces the workers (new ones READY first), so an edit with a syntax error logs its "
-    "traceback and the old code keeps serving. Needs watchfiles (pip install 'corral[reload]', or "
-    "pip install '.[reload]' from a checkout).",
+    "traceback and the old code keeps serving. Needs watchfiles (pip install watchfiles, or "
+    "pip install '.[reload]' from corral's checkout).",
     "reload_delay": "The quiet time after the last change of a burst (uvicorn: the time between checks).",
     "workers": "Default 1 with --reload and in corral.run(), as in uvicorn; otherwise `auto` (the CPUs the "
     "process may use). WEB_CONCURRENCY is read by both.",

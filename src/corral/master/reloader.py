@@ -68,7 +68,10 @@ def _require_watchfiles() -> Any:
     try:
         return importlib.import_module("watchfiles")
     except ImportError:
-        raise ValueError("reload: needs the watchfiles package (pip install 'corral[reload]')") from None
+        raise ValueError(
+            "reload: needs the watchfiles package "
+            "(pip install watchfiles; from corral's checkout: pip install '.[reload]')"
+        ) from None
 
 
 # --------------------------------------------------------------------------------------------------
