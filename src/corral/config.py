@@ -504,6 +504,8 @@ _SSL_VERSION_NAMES: Mapping[str, str] = {
 def _ssl_version(raw: Any) -> str | None:
     if raw is None:
         return None
+    if isinstance(raw, str) and raw.strip().isdigit():  # uvicorn's --ssl-version takes ssl.PROTOCOL_* numbers
+        raw = int(raw)
     if isinstance(raw, int) and not isinstance(raw, bool):
         name = _SSL_VERSION_NUMBERS.get(int(raw))
     else:
@@ -1299,6 +1301,19 @@ def _unknown_argument_line(extra: str, app: str | None, origin: str) -> str:
     return f"APP: unexpected extra argument {extra!r}; only one APP may be given (APP is {app!r})"
 
 
+_APP_SPEC = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*(\(.*\))?")
+
+
+def _app_taken_by_a_bare_flag(values: dict[str, Any]) -> str | None:
+    """`corral --server-header main:app`: uvicorn's bare flag before APP; argparse gave APP to the flag."""
+    for setting in SETTINGS:
+        value = values.get(setting.name)
+        if setting.bare is not None and isinstance(value, str) and _APP_SPEC.fullmatch(value):
+            values[setting.name] = setting.bare
+            return value
+    return None
+
+
 def _parse_arguments(argv: list[str], origin: str) -> _Arguments:
     try:
         namespace, extras = build_parser().parse_known_args(argv)
@@ -1306,6 +1321,8 @@ def _parse_arguments(argv: list[str], origin: str) -> _Arguments:
         raise ConfigError(_parse_error_line(str(exc), origin)) from None
     values = vars(namespace)
     app = values.pop("app", None)
+    if app is None:
+        app = _app_taken_by_a_bare_flag(values)
     values.pop("help", None)
     values.pop("help_all", None)
     values.pop("version", None)

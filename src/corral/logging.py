@@ -66,7 +66,14 @@ ERROR_LOGGER = "corral.error"
 ACCESS_LOGGER = "corral.access"
 # A Gunicorn logging config names these; corral's loggers take their handlers when the config leaves
 # corral's own unconfigured, so a gunicorn.conf.py keeps routing the same lines to the same places.
-_GUNICORN_LOGGERS = {ERROR_LOGGER: "gunicorn.error", ACCESS_LOGGER: "gunicorn.access"}
+# uvicorn's logging configs name uvicorn.error (whose handlers usually sit on its parent, "uvicorn") and
+# uvicorn.access: they are adopted the same way, after Gunicorn's.
+_GUNICORN_LOGGERS = (
+    (ERROR_LOGGER, ("gunicorn.error",)),
+    (ACCESS_LOGGER, ("gunicorn.access",)),
+    (ERROR_LOGGER, ("uvicorn.error", "uvicorn")),
+    (ACCESS_LOGGER, ("uvicorn.access",)),
+)
 
 ERROR_LOG_FORMAT = "[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s"
 ERROR_LOG_DATE_FORMAT = "%Y-%m-%d %H:%M:%S %z"
@@ -365,11 +372,13 @@ def _reason(error: BaseException) -> str:
 
 def _adopt_gunicorn_loggers() -> None:
     known = logging.Logger.manager.loggerDict
-    for ours, theirs in _GUNICORN_LOGGERS.items():
-        gunicorn_logger = known.get(theirs)
+    for ours, names in _GUNICORN_LOGGERS:
+        candidates = [known.get(name) for name in names]
+        configured = [c for c in candidates if isinstance(c, logging.Logger) and c.handlers]
         logger = logging.getLogger(ours)
-        if not isinstance(gunicorn_logger, logging.Logger) or not gunicorn_logger.handlers:
+        if not configured:
             continue
+        gunicorn_logger = configured[0]
         if _foreign_handlers(logger):
             continue  # the config names corral's logger itself: that wins
         for handler in gunicorn_logger.handlers:

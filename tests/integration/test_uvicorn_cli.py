@@ -191,6 +191,24 @@ def test_server_header_from_header_flag_replaces_corrals(started: list[Server], 
     assert httpx.get(server.url, timeout=5.0).headers.get_list("server") == ["edge"]
 
 
+UPGRADE = (
+    b"GET /chat HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+)
+
+
+@pytest.mark.parametrize(("flags", "status"), [([], 500), (["--ws", "none"], 200)])
+def test_ws_none_serves_upgrade_requests_as_plain_http(
+    started: list[Server], tmp_path: Path, flags: list[str], status: int
+) -> None:
+    port = free_port()
+    _corral(started, tmp_path, "--port", str(port), "-w", "1", *flags, port=port)
+    with Conn(port) as conn:
+        conn.send(UPGRADE)
+        # The app returns from a WebSocket session without a word (500); with --ws none it sees plain HTTP.
+        assert conn.read_response().status == status
+
+
 # ---------------------------------------------------------------------------------------------- corral.run()
 
 
