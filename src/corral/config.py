@@ -730,16 +730,19 @@ SETTINGS: tuple[Setting, ...] = (
             cli=("-b", "--bind"), env="PORT", env_template="0.0.0.0:{}", metavar="ADDRESS", kind="append",
             default_doc="['127.0.0.1:8000'], or ['0.0.0.0:$PORT'] when PORT is set"),
     Setting("host", "Server Socket", None, optional_string,
-            "uvicorn's host: with port, listen on HOST:PORT instead of bind (HOST default 127.0.0.1).",
+            "uvicorn's host: with port, listen on HOST:PORT instead of bind (HOST default 127.0.0.1); not read "
+            "from config files, where `host` is left to the file's own use.",
             cli=("--host",), metavar="HOST", uvicorn="host"),
     Setting("port", "Server Socket", None, optional_port,
-            "uvicorn's port: with host, listen on HOST:PORT instead of bind (PORT default 8000; 0: any free port).",
+            "uvicorn's port: with host, listen on HOST:PORT instead of bind (PORT default 8000); not read from "
+            "config files.",
             cli=("--port",), metavar="PORT", uvicorn="port"),
     Setting("uds", "Server Socket", None, optional_string,
-            "uvicorn's unix domain socket: listen on unix:PATH instead of bind.",
+            "uvicorn's unix domain socket: listen on unix:PATH instead of bind; not read from config files.",
             cli=("--uds",), metavar="PATH", uvicorn="uds"),
     Setting("fd", "Server Socket", None, optional_fd,
-            "uvicorn's file descriptor: listen on the inherited socket fd://N instead of bind.",
+            "uvicorn's file descriptor: listen on the inherited socket fd://N instead of bind; not read from "
+            "config files.",
             cli=("--fd",), metavar=_INT, uvicorn="fd"),
     Setting("backlog", "Server Socket", 2048, integer(minimum=1),
             "Maximum number of pending connections queued by the kernel.", cli=("--backlog",), metavar=_INT,
@@ -1098,6 +1101,10 @@ HELP_COMMON: frozenset[str] = frozenset(
 )  # fmt: skip
 _DEFAULTS: Mapping[str, Any] = types.MappingProxyType({s.name: s.validator(s.default) for s in SETTINGS})
 _FILE_IGNORED = frozenset({"config"})  # meaningless inside the file it would name
+# uvicorn's socket settings come from the command line and corral.run() only: in a Gunicorn config file these
+# names are the file's own helpers (`port = os.environ.get("PORT", "8000")` before `bind = ...`).
+_SOCKET_PARTS = ("host", "port", "uds", "fd")
+_FILE_LOCAL = frozenset(_SOCKET_PARTS)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1397,6 +1404,8 @@ def _read_config_file(spec: str, cwd: str) -> _FileSettings:
             continue
         if name in _FILE_IGNORED:
             warnings.append(f"config file {spec}: {name!r} is ignored inside a config file")
+        elif name in _FILE_LOCAL:
+            continue
         elif name in SETTINGS_BY_NAME:
             values[name] = value
         elif _looks_like_setting(name, value):
@@ -1468,9 +1477,6 @@ def _check_supported(values: Mapping[str, Any], sources: Mapping[str, str]) -> l
                 f"{setting.name}: not supported yet (planned in issue {setting.implemented_in}); {where}"
             )
     return warnings
-
-
-_SOCKET_PARTS = ("host", "port", "uds", "fd")
 
 
 def _combine_uvicorn_bind(values: dict[str, Any], sources: dict[str, str]) -> None:

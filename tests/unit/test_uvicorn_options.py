@@ -101,6 +101,14 @@ def test_host_from_the_command_line_replaces_the_config_files_bind(tmp_path: Pat
     assert load(["main:app"], environ={"PORT": "7000"}).bind == ["0.0.0.0:7000"]
 
 
+def test_a_config_files_own_port_variable_is_not_the_uvicorn_setting(tmp_path: Path) -> None:
+    (tmp_path / "gunicorn.conf.py").write_text("host = '0.0.0.0'\nport = '8123'\nbind = [f'{host}:{port}']\n")
+    cfg = load(["main:app"], cwd=tmp_path)
+    assert cfg.bind == ["0.0.0.0:8123"]
+    assert cfg.port is None
+    assert not cfg.warnings
+
+
 def test_host_next_to_bind_in_the_same_place_is_one_error_line() -> None:
     message = load_error(["-b", "127.0.0.1:1", "--host", "0.0.0.0", "main:app"])
     assert message == "bind: give either bind (-b) or --host, not both (from the command line)"
