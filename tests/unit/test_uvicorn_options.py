@@ -281,3 +281,26 @@ def test_run_needs_an_import_string_for_workers_or_reload(keywords: dict[str, ob
     with pytest.raises(ConfigError, match="You must pass the application as an import string to enable 'reload' or"):
         api.Config(app, **keywords)
     api.Config("main:app", **keywords)  # an import string may have both
+
+
+# ---------------------------------------------------------------------------------------------- --interface
+
+
+def test_interface_asgi2_calls_the_app_with_the_scope_first() -> None:
+    import asyncio
+
+    from corral.loading import app_as_asgi3
+
+    calls: list[object] = []
+
+    class Asgi2App:  # ambiguous to detection (it takes *args), so the interface setting decides
+        def __call__(self, *args: object) -> object:
+            calls.append(args)
+
+            async def instance(receive: object, send: object) -> None:
+                calls.append("instance")
+
+            return instance
+
+    asyncio.run(app_as_asgi3(Asgi2App(), "asgi2")({"type": "http"}, None, None))
+    assert calls == [({"type": "http"},), "instance"]
