@@ -311,6 +311,30 @@ def test_colours_and_access_log_only_on_a_terminal(started: list[Server], tmp_pa
     assert "/plain" not in plain.stdout_text()  # no access log off a terminal unless asked
 
 
+def test_no_use_colors_and_no_access_log_hold_on_a_terminal(started: list[Server], tmp_path: Path) -> None:
+    port = free_port()
+    command = [sys.executable, "-m", "corral", APP, "--app-dir", str(REPO_ROOT), "--port", str(port), "-w", "1",
+               "--no-use-colors", "--no-access-log"]  # fmt: skip
+    controller, terminal = pty.openpty()
+    try:
+        proc = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=terminal, stderr=terminal, cwd=REPO_ROOT, env=_env(),
+            start_new_session=True,
+        )  # fmt: skip
+        os.close(terminal)
+        server = Server(APP, tuple(command), port, proc, tmp_path / "none", tmp_path / "none")
+        started.append(server)
+        seen = _read_pty(controller, b"Application startup complete", 15.0)
+        assert b"[INFO] Application startup complete" in seen, seen
+        assert httpx.get(f"http://127.0.0.1:{port}/quiet", timeout=5.0).status_code == 200
+        server.stop()
+        seen += _read_pty(controller, b"Master exiting", 10.0)
+    finally:
+        os.close(controller)
+    assert b"\x1b[" not in seen
+    assert b"/quiet" not in seen
+
+
 def test_access_log_flag_turns_it_on_off_a_terminal(started: list[Server], tmp_path: Path) -> None:
     port = free_port()
     server = _corral(started, tmp_path, "--port", str(port), "-w", "1", "--access-log", port=port)
