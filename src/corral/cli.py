@@ -39,6 +39,8 @@ def _early_action(argv: Iterable[str]) -> str | None:
             return None
         if token in ("-h", "--help"):
             return "help"
+        if token == "--help-all":
+            return "help-all"
         if token in ("-v", "--version"):
             return "version"
     return None
@@ -68,7 +70,7 @@ def _check_app(cfg: Config) -> int:
     except (LogConfigError, TLSConfigError) as exc:
         return _error(str(exc), EXIT_CONFIG_ERROR, sys.stderr)
     try:
-        load_app(cfg.app, factory=cfg.factory, app_dir=cfg.app_dir)
+        load_app(cfg.app, factory=cfg.factory, app_dir=cfg.app_dir, interface=cfg.interface)
     except AppLoadError as exc:
         return _error(str(exc), EXIT_APP_ERROR, sys.stderr)
     print(f"corral: configuration OK; {cfg.app} loads")
@@ -81,8 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     early = _early_action(args)
     if args and args[0] in COMMANDS:
         return _run_command(args[0], args[1:])
-    if early == "help":
-        print(build_parser().format_help(), end="")
+    if early in ("help", "help-all"):
+        print(build_parser(common_only=early == "help").format_help(), end="")
         print(_COMMANDS_HELP, end="")
         return 0
     if early == "version":

@@ -41,8 +41,8 @@ SETTING_DIFFERENCES: dict[str, str] = {
     "then sends SIGABRT and the worker's traceback (every thread) goes to the error log before it is replaced.",
     "keepalive": "Default 5 s (Gunicorn: 2 s).",
     "max_requests": "The replacement starts and is READY before the old worker stops: capacity never drops.",
-    "reload": "Uses watchfiles (pip install 'corral[reload]'); a change does what HUP does, so a broken edit "
-    "keeps the previous workers serving.",
+    "reload": "Uses watchfiles (pip install watchfiles, or '.[reload]' from corral's checkout); a change does "
+    "what HUP does, so a broken edit keeps the previous workers serving.",
     "reload_engine": "`poll` makes watchfiles poll; `auto` and `inotify` use the native watcher.",
     "check_config": "Also imports the app, like Gunicorn.",
     "print_config": "Also shows where each value came from (default, env, file, flag).",

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from corral.master.reloader import QUIET_PERIOD
 from corral.master.scoreboard import DEFAULT_LATENCY_BOUNDS, check_latency_bounds
 from corral.master.sockets import parse_bind
 from corral.master.statsd import parse_statsd_address, statsd_prefix, statsd_tags
@@ -28,6 +29,7 @@ __all__ = [
     "DEFAULT_CONFIG_FILE",
     "GUNICORN_CMD_ARGS_ENV",
     "GUNICORN_CONFIG_FILE",
+    "HELP_COMMON",
     "SECTIONS",
     "SETTINGS",
     "SETTINGS_BY_NAME",
@@ -35,6 +37,7 @@ __all__ = [
     "ConfigError",
     "Setting",
     "build_parser",
+    "config_from_keywords",
     "format_value",
     "load_config",
 ]
@@ -81,6 +84,14 @@ class Setting:
     ignored: str | None = None
     env_template: str = "{}"  # how an env var's text becomes a raw value (PORT -> "0.0.0.0:{}")
     default_doc: str | None = None  # how the docs show the default, when repr(default) would mislead
+    # Bare flags that set a fixed raw value (uvicorn's --no-access-log, --date-header): (flag, raw value).
+    switches: tuple[tuple[str, Any], ...] = ()
+    # For a "value" setting: the raw value its flags give when used bare (uvicorn's bare --server-header).
+    bare: str | None = None
+    # The keyword of uvicorn.run() (and uvicorn.Config) for this setting; corral.run() accepts it too.
+    uvicorn: str | None = None
+    # A one-line notice for a value that is accepted but means nothing to corral (uvicorn's --ws wsproto).
+    notice: Callable[[Any], str | None] | None = None
 
     @property
     def implemented(self) -> bool:
@@ -382,7 +393,10 @@ def admin_bind_value(raw: Any) -> str | None:
     """An address for the admin endpoint; it needs prometheus-client to render /metrics."""
     value = optional_bind(raw)
     if value is not None and importlib.util.find_spec("prometheus_client") is None:
-        raise ValueError("the admin endpoint needs the prometheus-client package (pip install 'corral[metrics]')")
+        raise ValueError(
+            "the admin endpoint needs the prometheus-client package "
+            "(pip install prometheus-client; from corral's checkout: pip install '.[metrics]')"
+        )
     return value
 
 
@@ -490,6 +504,8 @@ _SSL_VERSION_NAMES: Mapping[str, str] = {
 def _ssl_version(raw: Any) -> str | None:
     if raw is None:
         return None
+    if isinstance(raw, str) and raw.strip().isdigit():  # uvicorn's --ssl-version takes ssl.PROTOCOL_* numbers
+        raw = int(raw)
     if isinstance(raw, int) and not isinstance(raw, bool):
         name = _SSL_VERSION_NUMBERS.get(int(raw))
     else:
@@ -521,6 +537,80 @@ def existing_loop(raw: Any) -> str:
     if value == "uvloop" and importlib.util.find_spec("uvloop") is None:
         raise ValueError("uvloop is not installed (use --loop auto or asyncio)")
     return value
+
+
+def _optional_int(raw: Any) -> int | None:
+    return None if raw is None else integer(minimum=0)(raw)
+
+
+def optional_port(raw: Any) -> int | None:
+    return None if raw is None or raw == "" else integer(minimum=0, maximum=65535)(raw)
+
+
+def optional_fd(raw: Any) -> int | None:
+    return None if raw is None or raw == "" else integer(minimum=0)(raw)
+
+
+# uvicorn's numeric levels (run(log_level=logging.DEBUG)) and its TRACE level (5).
+_LEVEL_NUMBERS: Mapping[int, str] = {5: "trace", 10: "debug", 20: "info", 30: "warning", 40: "error", 50: "critical"}
+
+
+def log_level_value(raw: Any) -> str:
+    if isinstance(raw, int) and not isinstance(raw, bool) and raw in _LEVEL_NUMBERS:
+        return _LEVEL_NUMBERS[raw]
+    return choice("trace", "debug", "info", "warning", "error", "critical", aliases={"warn": "warning"})(raw)
+
+
+def interface_value(raw: Any) -> str:
+    value = choice("auto", "asgi3", "asgi2", "wsgi")(raw)
+    if value == "wsgi":
+        raise ValueError(
+            "WSGI apps are not served yet; wrap the app (from asgiref.wsgi import WsgiToAsgi) and use "
+            "--interface auto or asgi3"
+        )
+    return value
+
+
+def ws_value(raw: Any) -> str:
+    # websockets and websockets-sansio name what corral uses (the websockets library's protocol), so they are auto.
+    return choice("auto", "none", "wsproto", aliases={"websockets": "auto", "websockets-sansio": "auto"})(raw)
+
+
+def _ws_notice(value: Any) -> str | None:
+    if value == "wsproto":
+        return "corral's WebSocket implementation is built on websockets, not wsproto; it serves the same protocol"
+    return None
+
+
+def header_lines(raw: Any) -> list[str]:
+    """Response headers as "Name: value" lines, from NAME:VALUE strings or (name, value) pairs (uvicorn.run)."""
+    items = raw if isinstance(raw, (list, tuple)) else [raw]
+    lines = []
+    for item in items:
+        if isinstance(item, (list, tuple)) and len(item) == 2:
+            name, value = (string(part) for part in item)
+        else:
+            name, sep, value = string(item).partition(":")
+            if not sep:
+                raise ValueError(f"expected NAME:VALUE, got {item!r}")
+        name, value = name.strip(), value.strip()
+        if not _HEADER_TOKEN.fullmatch(name):
+            raise ValueError(f"{name!r} is not a valid header name")
+        if name.lower() in _SERVER_HEADERS - {"server"}:
+            raise ValueError(f"{name!r} is a header the server handles itself")
+        lines.append(f"{name}: {header_value(value)}")
+    return lines
+
+
+def env_file_value(raw: Any) -> str | None:
+    """A readable .env file; it is parsed here so that a bad line stops the start before anything is bound."""
+    if raw is None or raw == "":
+        return None
+    from corral.envfile import read_env_file  # a small parser; no dependency
+
+    path = string(raw)
+    read_env_file(path)
+    return path
 
 
 # --------------------------------------------------------------------------------------------------
@@ -597,15 +687,20 @@ SETTINGS: tuple[Setting, ...] = (
             "The app (MODULE:ATTRIBUTE) when none is given on the command line (Gunicorn's name)."),
     # Application
     Setting("app_dir", "Application", ".", string,
-            "Directory added to sys.path before importing the app.", cli=("--app-dir",), metavar="DIR"),
+            "Directory added to sys.path before importing the app.", cli=("--app-dir",), metavar="DIR",
+            uvicorn="app_dir"),
     Setting("factory", "Application", False, boolean,
             "Treat APP as a factory: call it (no arguments) to get the ASGI app.",
-            cli=("--factory",), kind="flag"),
+            cli=("--factory",), kind="flag", uvicorn="factory"),
     Setting("lifespan", "Application", "auto", choice("auto", "on", "off"),
             "ASGI lifespan protocol: auto (use it if the app supports it), on (required), off.",
-            cli=("--lifespan",), metavar="MODE"),
+            cli=("--lifespan",), metavar="MODE", uvicorn="lifespan"),
+    Setting("interface", "Application", "auto", interface_value,
+            "How the app is called: auto (detected from the callable), asgi3, asgi2; wsgi is refused for now.",
+            cli=("--interface",), metavar="INTERFACE", uvicorn="interface"),
     Setting("loop", "Application", "auto", existing_loop,
-            "Event loop: auto (uvloop when installed), uvloop, asyncio.", cli=("--loop",), metavar="LOOP"),
+            "Event loop: auto (uvloop when installed), uvloop, asyncio.", cli=("--loop",), metavar="LOOP",
+            uvicorn="loop"),
     Setting("preload_app", "Application", False, boolean,
             "Import the app in the master before forking workers.",
             cli=("--preload",), kind="flag"),
@@ -615,6 +710,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("raw_env", "Application", [], key_value_list,
             "Set an environment variable (KEY=VALUE) for the app; repeatable.",
             cli=("-e", "--env"), metavar="ENV", kind="append"),
+    Setting("env_file", "Application", None, env_file_value,
+            "A .env file (KEY=VALUE lines) loaded into the environment at start and on HUP; variables already "
+            "set keep their value, raw_env (-e) wins over the file.",
+            cli=("--env-file",), metavar="FILE", uvicorn="env_file"),
     Setting("pythonpath", "Application", None, optional_string,
             "Comma-separated directories to add to sys.path.",
             cli=("--pythonpath",), metavar="PATHS"),
@@ -630,15 +729,32 @@ SETTINGS: tuple[Setting, ...] = (
             "repeatable.",
             cli=("-b", "--bind"), env="PORT", env_template="0.0.0.0:{}", metavar="ADDRESS", kind="append",
             default_doc="['127.0.0.1:8000'], or ['0.0.0.0:$PORT'] when PORT is set"),
+    Setting("host", "Server Socket", None, optional_string,
+            "uvicorn's host: with port, listen on HOST:PORT instead of bind (HOST default 127.0.0.1); not read "
+            "from config files, where `host` is left to the file's own use.",
+            cli=("--host",), metavar="HOST", uvicorn="host"),
+    Setting("port", "Server Socket", None, optional_port,
+            "uvicorn's port: with host, listen on HOST:PORT instead of bind (PORT default 8000); not read from "
+            "config files.",
+            cli=("--port",), metavar="PORT", uvicorn="port"),
+    Setting("uds", "Server Socket", None, optional_string,
+            "uvicorn's unix domain socket: listen on unix:PATH instead of bind; not read from config files.",
+            cli=("--uds",), metavar="PATH", uvicorn="uds"),
+    Setting("fd", "Server Socket", None, optional_fd,
+            "uvicorn's file descriptor: listen on the inherited socket fd://N instead of bind; not read from "
+            "config files.",
+            cli=("--fd",), metavar=_INT, uvicorn="fd"),
     Setting("backlog", "Server Socket", 2048, integer(minimum=1),
-            "Maximum number of pending connections queued by the kernel.", cli=("--backlog",), metavar=_INT),
+            "Maximum number of pending connections queued by the kernel.", cli=("--backlog",), metavar=_INT,
+            uvicorn="backlog"),
     Setting("reuse_port", "Server Socket", False, boolean,
             "Set SO_REUSEPORT: each worker gets its own listening socket.",
             cli=("--reuse-port",), kind="flag"),
     # Worker Processes
     Setting("workers", "Worker Processes", "auto", workers_value,
             "Number of worker processes, or 'auto' (the CPUs this process may use).",
-            cli=("-w", "--workers"), env="WEB_CONCURRENCY", metavar=_INT),
+            cli=("-w", "--workers"), env="WEB_CONCURRENCY", metavar=_INT, uvicorn="workers",
+            default_doc="'auto'; 1 with --reload"),
     Setting("worker_class", "Worker Processes", "corral", worker_class_value,
             "corral, or a Uvicorn worker name from a Gunicorn config: all mean corral's own worker.",
             cli=("-k", "--worker-class"), metavar="STRING"),
@@ -654,13 +770,15 @@ SETTINGS: tuple[Setting, ...] = (
             cli=("-t", "--timeout"), env="WEB_TIMEOUT", metavar=_SECONDS),
     Setting("graceful_timeout", "Worker Processes", 30.0, seconds(),
             "On shutdown, time allowed for in-flight requests to finish before they are cut.",
-            cli=("--graceful-timeout",), metavar=_SECONDS),
+            cli=("--graceful-timeout", "--timeout-graceful-shutdown"), metavar=_SECONDS,
+            uvicorn="timeout_graceful_shutdown"),
     Setting("keepalive", "Worker Processes", 5.0, seconds(),
             "Seconds an idle keep-alive connection is kept open; 0 closes after each response.",
-            cli=("--keep-alive",), metavar=_SECONDS),
+            cli=("--keep-alive", "--timeout-keep-alive"), metavar=_SECONDS, uvicorn="timeout_keep_alive"),
     Setting("max_requests", "Worker Processes", 0, integer(minimum=0),
             "Replace a worker after it has served this many requests; 0: never.",
-            cli=("--max-requests",), env="WEB_MAX_REQUESTS", metavar=_INT),
+            cli=("--max-requests", "--limit-max-requests"), env="WEB_MAX_REQUESTS", metavar=_INT,
+            uvicorn="limit_max_requests"),
     Setting("max_requests_jitter", "Worker Processes", 0, integer(minimum=0),
             "Add a random 0..N to max_requests per worker, so workers are not all replaced at once.",
             cli=("--max-requests-jitter",), metavar=_INT),
@@ -682,13 +800,32 @@ SETTINGS: tuple[Setting, ...] = (
     # HTTP
     Setting("root_path", "HTTP", "", root_path_value,
             "ASGI root_path: the prefix under which a proxy mounts the app.",
-            cli=("--root-path",), metavar="PATH"),
+            cli=("--root-path",), metavar="PATH", uvicorn="root_path"),
     Setting("server_header", "HTTP", "corral", header_value,
-            "Value of the Server response header; empty: no Server header.",
-            cli=("--server-header",), metavar="STRING"),
+            "Value of the Server response header; empty (--no-server-header): none; --server-header alone keeps "
+            "the default.",
+            cli=("--server-header",), metavar="STRING", bare="corral", switches=(("--no-server-header", ""),),
+            uvicorn="server_header"),
     Setting("date_header", "HTTP", True, boolean,
             "Whether responses get a Date header (--no-date-header turns it off).",
-            cli=("--no-date-header",), kind="negflag"),
+            cli=("--no-date-header",), kind="negflag", switches=(("--date-header", True),), uvicorn="date_header"),
+    Setting("headers", "HTTP", [], header_lines,
+            "A header added to every response, NAME:VALUE (uvicorn's --header); repeatable. A Server header "
+            "replaces server_header.",
+            cli=("--header",), metavar="NAME:VALUE", kind="append", uvicorn="headers"),
+    Setting("limit_concurrency", "HTTP", 0, integer(minimum=0),
+            "A request that arrives while its worker has more connections open than this (each runs one "
+            "request at a time) is answered 503 and its connection closed; 0: off.",
+            cli=("--limit-concurrency",), metavar=_INT, uvicorn="limit_concurrency"),
+    Setting("http", "HTTP", "auto", choice("auto", "h11", aliases={"httptools": "auto"}),
+            "uvicorn's HTTP parser choice: corral always parses with httptools (auto and httptools).",
+            cli=("--http",), metavar="PARSER", uvicorn="http",
+            ignored="corral always parses HTTP/1.1 with httptools"),
+    Setting("h11_max_incomplete_event_size", "HTTP", None, _optional_int,
+            "uvicorn's buffer limit for the h11 parser.",
+            cli=("--h11-max-incomplete-event-size",), metavar=_INT, uvicorn="h11_max_incomplete_event_size",
+            ignored="corral parses with httptools; its request head is bounded by limit_request_line, "
+                    "limit_request_fields and limit_request_field_size"),
     Setting("sendfile", "HTTP", None, _optional_bool,
             "Gunicorn's use of sendfile() (--no-sendfile turns it off).",
             cli=("--no-sendfile",), kind="negflag", ignored="corral does not use sendfile()"),
@@ -741,7 +878,12 @@ SETTINGS: tuple[Setting, ...] = (
     # Proxy
     Setting("forwarded_allow_ips", "Proxy", "127.0.0.1,::1", forwarded_ips,
             "Comma-separated IPs/networks (or '*') whose X-Forwarded-*/Forwarded headers are trusted.",
-            cli=("--forwarded-allow-ips",), env="FORWARDED_ALLOW_IPS", metavar="LIST"),
+            cli=("--forwarded-allow-ips",), env="FORWARDED_ALLOW_IPS", metavar="LIST",
+            uvicorn="forwarded_allow_ips"),
+    Setting("proxy_headers", "Proxy", True, boolean,
+            "Honour X-Forwarded-*/Forwarded from forwarded_allow_ips (--no-proxy-headers: never, from anyone).",
+            cli=("--proxy-headers",), kind="flag", switches=(("--no-proxy-headers", False),),
+            uvicorn="proxy_headers"),
     Setting("secure_scheme_headers", "Proxy",
             {"X-FORWARDED-PROTOCOL": "ssl", "X-FORWARDED-PROTO": "https", "X-FORWARDED-SSL": "on"},
             header_dict,
@@ -762,9 +904,17 @@ SETTINGS: tuple[Setting, ...] = (
             cli=("--access-logformat",), metavar="STRING"),
     Setting("errorlog", "Logging", "-", string,
             "Error log file; '-' is stderr.", cli=("--error-logfile", "--log-file"), metavar="FILE"),
-    Setting("loglevel", "Logging", "info",
-            choice("debug", "info", "warning", "error", "critical", aliases={"warn": "warning"}),
-            "Error log level: debug, info, warning, error, critical.", cli=("--log-level",), metavar="LEVEL"),
+    Setting("loglevel", "Logging", "info", log_level_value,
+            "Error log level: trace, debug, info, warning, error, critical.", cli=("--log-level",),
+            metavar="LEVEL", uvicorn="log_level"),
+    Setting("access_log", "Logging", None, _optional_bool,
+            "Access log on or off; unset: on (to stdout) when stderr is a terminal, else as accesslog says.",
+            cli=("--access-log",), kind="flag", switches=(("--no-access-log", False),), uvicorn="access_log",
+            default_doc="None (on when stderr is a terminal)"),
+    Setting("use_colors", "Logging", None, _optional_bool,
+            "Colour the log lines; unset: when stderr is a terminal (and the text log format is used).",
+            cli=("--use-colors",), kind="flag", switches=(("--no-use-colors", False),), uvicorn="use_colors",
+            default_doc="None (when stderr is a terminal)"),
     Setting("log_format", "Logging", "text", choice("text", "json"),
             "Line format of the error and access logs: text (Gunicorn's) or json (one object per line; fields in "
             "docs/logging.md).",
@@ -775,8 +925,9 @@ SETTINGS: tuple[Setting, ...] = (
             "(%(request_id)s); empty: off.",
             cli=("--request-id-header",), metavar="NAME"),
     Setting("logconfig", "Logging", None, optional_string,
-            "A logging.config file (fileConfig format), applied in the master before the workers start.",
-            cli=("--log-config",), metavar="FILE"),
+            "A logging config file applied in the master before the workers start: .json and .yaml/.yml hold a "
+            "dictConfig dictionary (YAML needs PyYAML), any other name is fileConfig (ini) format.",
+            cli=("--log-config",), metavar="FILE", uvicorn="log_config"),
     Setting("logconfig_dict", "Logging", {}, mapping,
             "A logging.config.dictConfig dictionary; takes precedence over logconfig_json and logconfig."),
     Setting("logconfig_json", "Logging", None, optional_string,
@@ -854,25 +1005,28 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("certfile", "TLS", None, optional_string,
             "TLS certificate file (PEM; intermediates after the certificate): every listener serves HTTPS. The "
             "master reads it (and keyfile, ca_certs) before binding and again on HUP.",
-            cli=("--certfile",), metavar="FILE"),
+            cli=("--certfile", "--ssl-certfile"), uvicorn="ssl_certfile", metavar="FILE"),
     Setting("keyfile", "TLS", None, optional_string,
-            "TLS private key file (PEM, not encrypted); default: the key in certfile.",
-            cli=("--keyfile",), metavar="FILE"),
+            "TLS private key file (PEM; encrypted only with keyfile_password); default: the key in certfile.",
+            cli=("--keyfile", "--ssl-keyfile"), uvicorn="ssl_keyfile", metavar="FILE"),
+    Setting("keyfile_password", "TLS", None, optional_string,
+            "Password of an encrypted keyfile.", cli=("--ssl-keyfile-password",), metavar="PASSWORD",
+            uvicorn="ssl_keyfile_password"),
     Setting("ca_certs", "TLS", None, optional_string,
             "PEM file of the CAs that sign client certificates; used with cert_reqs 1 or 2 (a warning at 0).",
-            cli=("--ca-certs",), metavar="FILE"),
+            cli=("--ca-certs", "--ssl-ca-certs"), uvicorn="ssl_ca_certs", metavar="FILE"),
     Setting("cert_reqs", "TLS", 0, _cert_reqs,
             "Client certificates: 0 not asked, 1 optional, 2 required (ssl.CERT_* values work too); 1 and 2 "
             "need ca_certs.",
-            cli=("--cert-reqs",), metavar=_INT),
+            cli=("--cert-reqs", "--ssl-cert-reqs"), uvicorn="ssl_cert_reqs", metavar=_INT),
     Setting("ciphers", "TLS", None, optional_string,
             "OpenSSL cipher list for TLS 1.2 (TLS 1.3 always uses OpenSSL's suites); default: Python's.",
-            cli=("--ciphers",), metavar="CIPHERS"),
+            cli=("--ciphers", "--ssl-ciphers"), uvicorn="ssl_ciphers", metavar="CIPHERS"),
     Setting("ssl_version", "TLS", None, _ssl_version,
             "Lowest TLS version accepted: TLSv1_2 (the default) or TLSv1_3. Gunicorn's protocol names and "
             "numbers work: TLS, SSLv23 and TLS_SERVER mean TLSv1_2; SSLv3, TLSv1 and TLSv1_1 are raised to "
             "TLSv1_2 with a warning.",
-            cli=("--ssl-version",), metavar="VERSION"),
+            cli=("--ssl-version",), uvicorn="ssl_version", metavar="VERSION"),
     Setting("do_handshake_on_connect", "TLS", False, boolean,
             "Kept for Gunicorn config files; both values behave the same: asyncio does the handshake as soon "
             "as a connection is accepted, without blocking the worker, and the client must finish it within "
@@ -891,38 +1045,45 @@ SETTINGS: tuple[Setting, ...] = (
     # WebSocket
     Setting("ws_max_size", "WebSocket", 16 * 1024 * 1024, byte_size,
             "Largest WebSocket message accepted, in bytes (close 1009 beyond).",
-            cli=("--ws-max-size",), metavar="BYTES"),
+            cli=("--ws-max-size",), metavar="BYTES", uvicorn="ws_max_size"),
     Setting("ws_max_queue", "WebSocket", 32, integer(minimum=1),
             "Incoming WebSocket messages buffered before reading pauses.",
-            cli=("--ws-max-queue",), metavar=_INT),
+            cli=("--ws-max-queue",), metavar=_INT, uvicorn="ws_max_queue"),
     Setting("ws_ping_interval", "WebSocket", 20.0, seconds(),
             "Seconds between keep-alive pings; 0: off.",
-            cli=("--ws-ping-interval",), metavar=_SECONDS),
+            cli=("--ws-ping-interval",), metavar=_SECONDS, uvicorn="ws_ping_interval"),
     Setting("ws_ping_timeout", "WebSocket", 20.0, seconds(),
             "Close the connection when a ping is not answered within this many seconds; 0: off.",
-            cli=("--ws-ping-timeout",), metavar=_SECONDS),
+            cli=("--ws-ping-timeout",), metavar=_SECONDS, uvicorn="ws_ping_timeout"),
     Setting("ws_per_message_deflate", "WebSocket", True, boolean,
             "Negotiate permessage-deflate compression.",
-            cli=("--ws-per-message-deflate",), metavar="BOOL"),
+            cli=("--ws-per-message-deflate",), metavar="BOOL", uvicorn="ws_per_message_deflate"),
+    Setting("ws", "WebSocket", "auto", ws_value,
+            "uvicorn's WebSocket implementation: auto, websockets and websockets-sansio all mean corral's own "
+            "(built on websockets); none serves upgrade requests as plain HTTP; wsproto is accepted with a notice.",
+            cli=("--ws",), metavar="IMPL", uvicorn="ws", notice=_ws_notice),
     # Development
     Setting("reload", "Development", False, boolean,
             "Replace the workers when a source file or the config file changes (development only; needs watchfiles).",
-            cli=("--reload",), kind="flag"),
+            cli=("--reload",), kind="flag", uvicorn="reload"),
+    Setting("reload_delay", "Development", QUIET_PERIOD, seconds(),
+            "Seconds without further changes before --reload acts on a burst of edits.",
+            cli=("--reload-delay",), metavar=_SECONDS, uvicorn="reload_delay"),
     Setting("reload_engine", "Development", "auto", choice("auto", "poll", "inotify"),
             "How --reload sees changes: auto (native events, polling where they fail), poll, inotify.",
             cli=("--reload-engine",), metavar="ENGINE"),
     Setting("reload_dirs", "Development", [], string_list,
             "Directories watched instead of the current directory and app_dir; repeatable.",
-            cli=("--reload-dir",), metavar="DIR", kind="append"),
+            cli=("--reload-dir",), metavar="DIR", kind="append", uvicorn="reload_dirs"),
     Setting("reload_extra_files", "Development", [], string_list,
             "Files that always trigger a reload, wherever they are; repeatable.",
             cli=("--reload-extra-file",), metavar="FILE", kind="append"),
     Setting("reload_include", "Development", [], string_list,
             "Glob patterns of files that also trigger a reload, besides *.py; repeatable.",
-            cli=("--reload-include",), metavar="GLOB", kind="append"),
+            cli=("--reload-include",), metavar="GLOB", kind="append", uvicorn="reload_includes"),
     Setting("reload_exclude", "Development", [], string_list,
             "Glob patterns of files or directories that never trigger a reload; repeatable.",
-            cli=("--reload-exclude",), metavar="GLOB", kind="append"),
+            cli=("--reload-exclude",), metavar="GLOB", kind="append", uvicorn="reload_excludes"),
     Setting("spew", "Development", False, boolean,
             "Gunicorn's trace of every executed line.", cli=("--spew",), kind="flag",
             ignored="use a debugger or sys.settrace in the app instead"),
@@ -931,8 +1092,19 @@ SETTINGS: tuple[Setting, ...] = (
 )  # fmt: skip
 
 SETTINGS_BY_NAME: Mapping[str, Setting] = types.MappingProxyType({s.name: s for s in SETTINGS})
+# What `corral --help` shows (two screens); `corral --help-all` shows every flag.
+HELP_COMMON: frozenset[str] = frozenset(
+    {"config", "print_config", "factory", "raw_env", "env_file", "bind", "host", "port", "uds", "workers",
+     "timeout", "graceful_timeout", "keepalive", "max_requests", "root_path", "forwarded_allow_ips",
+     "proxy_headers", "accesslog", "access_log", "loglevel", "log_format", "logconfig", "use_colors", "admin_bind",
+     "certfile", "keyfile", "reload", "reload_dirs"}
+)  # fmt: skip
 _DEFAULTS: Mapping[str, Any] = types.MappingProxyType({s.name: s.validator(s.default) for s in SETTINGS})
 _FILE_IGNORED = frozenset({"config"})  # meaningless inside the file it would name
+# uvicorn's socket settings come from the command line and corral.run() only: in a Gunicorn config file these
+# names are the file's own helpers (`port = os.environ.get("PORT", "8000")` before `bind = ...`).
+_SOCKET_PARTS = ("host", "port", "uds", "fd")
+_FILE_LOCAL = frozenset(_SOCKET_PARTS)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1018,14 +1190,17 @@ def _help_text(setting: Setting) -> str:
         notes.append(f"default: {setting.default_doc or format_value(setting.default)}")
     if setting.env:
         notes.append(f"env: {setting.env}")
+    if setting.switches:
+        notes.append("also " + ", ".join(flag for flag, _ in setting.switches))
     if setting.status:
         notes.append(setting.status)
     text = f"{setting.doc} [{'; '.join(notes)}]" if notes else setting.doc
     return text.replace("%", "%%")  # argparse %-formats help strings
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The command-line parser, generated from SETTINGS and grouped by section."""
+def build_parser(*, common_only: bool = False) -> argparse.ArgumentParser:
+    """The command-line parser, generated from SETTINGS and grouped by section. common_only: the one --help
+    prints, whose help lists only HELP_COMMON (every flag is still parsed; --help-all lists them all)."""
     parser = _Parser(
         prog="corral",
         usage="corral [OPTIONS] APP",
@@ -1033,7 +1208,10 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=(
             f"Precedence: defaults < env (PORT, WEB_CONCURRENCY, ...) < config file < ${CMD_ARGS_ENV}\n"
             f"(or ${GUNICORN_CMD_ARGS_ENV} when that is unset) < command line.\n"
-            "Every setting, config-file-only ones included: docs/settings.md."
+            + ("Only common settings are shown: corral --help-all lists every flag, uvicorn's and Gunicorn's "
+               "included.\n" if common_only else "")
+            + "Every setting, config-file-only ones included: docs/settings.md\n"
+            "(python -m corral.docs --stdout prints it)."
         ),
         add_help=False,
         allow_abbrev=False,
@@ -1043,28 +1221,47 @@ def build_parser() -> argparse.ArgumentParser:
     general = parser.add_argument_group("General")
     general.add_argument("-h", "--help", action="store_true", default=argparse.SUPPRESS,
                          help="Show this help and exit.")  # fmt: skip
+    general.add_argument("--help-all", action="store_true", default=argparse.SUPPRESS,
+                         help="Show every flag, including uvicorn's and Gunicorn's, and exit.")  # fmt: skip
     general.add_argument("-v", "--version", action="store_true", default=argparse.SUPPRESS,
                          help="Print the version and exit.")  # fmt: skip
-    groups = {section: parser.add_argument_group(section) for section in SECTIONS}
+    shown = {s.section for s in SETTINGS if s.cli and (not common_only or s.name in HELP_COMMON)}
+    groups = {section: parser.add_argument_group(section) for section in SECTIONS if section in shown}
     for setting in SETTINGS:
         if setting.cli:
-            _add_option(groups[setting.section], setting)
+            if not common_only:
+                _add_option(groups[setting.section], setting)
+            elif setting.name in HELP_COMMON:  # the doc alone: the defaults are in --help-all
+                also = f" [also {', '.join(flag for flag, _ in setting.switches)}]" if setting.switches else ""
+                _add_option(groups[setting.section], setting, (setting.doc + also).replace("%", "%%"))
+            else:
+                _add_option(parser, setting, argparse.SUPPRESS)
     return parser
 
 
-def _add_option(group: Any, setting: Setting) -> None:
-    common: dict[str, Any] = {"dest": setting.name, "default": argparse.SUPPRESS, "help": _help_text(setting)}
+def _add_option(group: Any, setting: Setting, help_text: str | None = None) -> None:
+    shown = _help_text(setting) if help_text is None else help_text
+    common: dict[str, Any] = {"dest": setting.name, "default": argparse.SUPPRESS, "help": shown}
     if setting.kind == "flag":
         group.add_argument(*setting.cli, action="store_const", const=True, **common)
     elif setting.kind == "negflag":
         group.add_argument(*setting.cli, action="store_const", const=False, **common)
+    elif setting.bare is not None:
+        # Optional argument: `--server-header` alone (uvicorn's bare flag) or `--server-header VALUE`.
+        group.add_argument(*setting.cli, nargs="?", const=setting.bare, metavar=setting.metavar or "VALUE", **common)
     else:
         action = "append" if setting.kind == "append" else "store"
         group.add_argument(*setting.cli, action=action, metavar=setting.metavar or "VALUE", **common)
+    for flag, raw in setting.switches:
+        # Listed under the main flag's help line only: one line per setting keeps --help short.
+        group.add_argument(flag, dest=setting.name, action="store_const", const=raw, default=argparse.SUPPRESS,
+                           help=argparse.SUPPRESS)  # fmt: skip
 
 
-_FLAG_TO_SETTING: Mapping[str, str] = types.MappingProxyType({flag: s.name for s in SETTINGS for flag in s.cli})
-_EXTRA_FLAGS = ("-h", "--help", "-v", "--version")
+_FLAG_TO_SETTING: Mapping[str, str] = types.MappingProxyType(
+    {flag: s.name for s in SETTINGS for flag in (*s.cli, *(switch for switch, _ in s.switches))}
+)
+_EXTRA_FLAGS = ("-h", "--help", "--help-all", "-v", "--version")
 
 
 @dataclass(frozen=True)
@@ -1087,13 +1284,41 @@ def _parse_error_line(message: str, origin: str) -> str:
     return f"{message} ({_on(origin)})"
 
 
+# Flags of uvicorn (and older uvicorns) that corral spells differently, with what to write instead.
+_FOREIGN_FLAGS: Mapping[str, str] = types.MappingProxyType({
+    "--limit-max-requests-jitter": "--max-requests-jitter N",
+    "--timeout-worker-healthcheck": "--timeout SECONDS (the master replaces a worker silent that long)",
+    "--timeout-notify": "--timeout SECONDS",
+    "--debug": "--reload and --log-level debug",
+    "--workers-auto": "--workers auto",
+    "--unix-socket": "--uds PATH (or -b unix:PATH)",
+    "--socket": "-b unix:PATH or --fd N",
+})  # fmt: skip
+
+
 def _unknown_argument_line(extra: str, app: str | None, origin: str) -> str:
     if extra.startswith("-") and extra != "-":
         flag = extra.split("=", 1)[0]
         close = difflib.get_close_matches(flag, [*_FLAG_TO_SETTING, *_EXTRA_FLAGS], n=1, cutoff=0.75)
-        hint = f"; did you mean {close[0]}?" if close else "; see corral --help"
+        if flag in _FOREIGN_FLAGS:
+            hint = f"; use {_FOREIGN_FLAGS[flag]}"
+        else:
+            hint = f"; did you mean {close[0]}?" if close else "; see corral --help-all"
         return f"{flag}: unknown option ({_on(origin)}){hint}"
     return f"APP: unexpected extra argument {extra!r}; only one APP may be given (APP is {app!r})"
+
+
+_APP_SPEC = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*(\(.*\))?")
+
+
+def _app_taken_by_a_bare_flag(values: dict[str, Any]) -> str | None:
+    """`corral --server-header main:app`: uvicorn's bare flag before APP; argparse gave APP to the flag."""
+    for setting in SETTINGS:
+        value = values.get(setting.name)
+        if setting.bare is not None and isinstance(value, str) and _APP_SPEC.fullmatch(value):
+            values[setting.name] = setting.bare
+            return value
+    return None
 
 
 def _parse_arguments(argv: list[str], origin: str) -> _Arguments:
@@ -1103,7 +1328,10 @@ def _parse_arguments(argv: list[str], origin: str) -> _Arguments:
         raise ConfigError(_parse_error_line(str(exc), origin)) from None
     values = vars(namespace)
     app = values.pop("app", None)
+    if app is None:
+        app = _app_taken_by_a_bare_flag(values)
     values.pop("help", None)
+    values.pop("help_all", None)
     values.pop("version", None)
     if extras:
         raise ConfigError(_unknown_argument_line(extras[0], app, origin))
@@ -1176,6 +1404,8 @@ def _read_config_file(spec: str, cwd: str) -> _FileSettings:
             continue
         if name in _FILE_IGNORED:
             warnings.append(f"config file {spec}: {name!r} is ignored inside a config file")
+        elif name in _FILE_LOCAL:
+            continue
         elif name in SETTINGS_BY_NAME:
             values[name] = value
         elif _looks_like_setting(name, value):
@@ -1232,6 +1462,9 @@ def _check_supported(values: Mapping[str, Any], sources: Mapping[str, str]) -> l
     has no use for is a warning (returned, one line each). Nothing is ever ignored silently."""
     warnings = []
     for setting in SETTINGS:
+        notice = setting.notice(values[setting.name]) if setting.notice is not None else None
+        if notice:
+            warnings.append(f"{setting.name}: {notice}; {_given(setting, values[setting.name], sources[setting.name])}")
         if setting.implemented or values[setting.name] == _DEFAULTS[setting.name]:
             continue
         where = _given(setting, values[setting.name], sources[setting.name])
@@ -1244,6 +1477,40 @@ def _check_supported(values: Mapping[str, Any], sources: Mapping[str, str]) -> l
                 f"{setting.name}: not supported yet (planned in issue {setting.implemented_in}); {where}"
             )
     return warnings
+
+
+def _combine_uvicorn_bind(values: dict[str, Any], sources: dict[str, str]) -> None:
+    """uvicorn's --host/--port, --uds or --fd replace bind (one address, as uvicorn listens on one socket:
+    fd first, then uds, then host:port). Given in the same place as bind, they contradict it: an error."""
+    given = [name for name in _SOCKET_PARTS if values[name] is not None]
+    if not given:
+        return
+    source = max((sources[name] for name in given), key=_precedence_rank)
+    if sources["bind"] == source:
+        flags = "/".join(f"--{name}" for name in given)
+        raise ConfigError(f"bind: give either bind (-b) or {flags}, not both ({_from(source)})")
+    if values["fd"] is not None:
+        address = f"fd://{values['fd']}"
+    elif values["uds"] is not None:
+        address = f"unix:{values['uds']}"
+    else:
+        host = values["host"] if values["host"] is not None else "127.0.0.1"
+        port = values["port"] if values["port"] is not None else 8000
+        address = f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+    _set(values, sources, "bind", [address], source)
+
+
+def _precedence_rank(source: str) -> int:
+    for rank, prefix in enumerate(("default", "env ", "config file", CMD_ARGS_ENV, GUNICORN_CMD_ARGS_ENV)):
+        if source.startswith(prefix):
+            return rank
+    return 5  # the command line, or a keyword of corral.run()
+
+
+def _development_defaults(values: dict[str, Any], sources: dict[str, str]) -> None:
+    # uvicorn's --reload runs one worker; a workers value given anywhere (WEB_CONCURRENCY too) still wins.
+    if values["reload"] and sources["workers"] == "default":
+        values["workers"], sources["workers"] = 1, "default with reload"
 
 
 def _cmd_args_variable(environ: Mapping[str, str]) -> str:
@@ -1286,6 +1553,19 @@ def _choose_app(
     return None, "default"
 
 
+def config_from_keywords(settings: Mapping[str, Any], app: str | None, source: str) -> Config:
+    """A Config from the defaults and settings given by name (corral.run()'s keywords): no config file, no
+    environment variables, as with uvicorn.run()."""
+    values = {name: copy.deepcopy(value) for name, value in _DEFAULTS.items()}
+    sources = dict.fromkeys(values, "default")
+    _apply(values, sources, settings, source)
+    _combine_uvicorn_bind(values, sources)
+    _development_defaults(values, sources)
+    _check_accounts(values, sources)
+    warnings = _check_supported(values, sources)
+    return Config(values, sources, app, app_source=source, warnings=warnings)
+
+
 def load_config(argv: list[str], environ: Mapping[str, str] | None = None, cwd: str | None = None) -> Config:
     """Build the effective Config from argv (without the program name), the environment and cwd.
 
@@ -1312,6 +1592,8 @@ def load_config(argv: list[str], environ: Mapping[str, str] | None = None, cwd: 
         values["config"], sources["config"] = config_spec, config_source
     _apply(values, sources, env.values, env_source)
     _apply(values, sources, cli.values, "command line")
+    _combine_uvicorn_bind(values, sources)
+    _development_defaults(values, sources)
     _check_accounts(values, sources)
     warnings.extend(_check_supported(values, sources))
 

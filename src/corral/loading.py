@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["ASGIApp", "AppLoadError", "load_app"]
+__all__ = ["ASGIApp", "AppLoadError", "app_as_asgi3", "load_app"]
 
 ASGIApp = Callable[[dict[str, Any], Callable[..., Any], Callable[..., Any]], Awaitable[None]]
 _Scope = dict[str, Any]
@@ -49,7 +49,7 @@ class _Spec:
     kwargs: dict[str, Any] = field(default_factory=dict)
 
 
-def load_app(spec: str, *, factory: bool = False, app_dir: str | None = ".") -> ASGIApp:
+def load_app(spec: str, *, factory: bool = False, app_dir: str | None = ".", interface: str = "auto") -> ASGIApp:
     """Import and return the ASGI 3 app named by `spec`; raise AppLoadError (one line) if that fails.
 
     Spec forms:
@@ -84,7 +84,16 @@ def load_app(spec: str, *, factory: bool = False, app_dir: str | None = ".") -> 
     obj, label = _resolve_attributes(module, parsed)
     if parsed.call or factory:
         obj, label = _call_factory(obj, label, parsed)
-    return _as_asgi3(obj, label, parsed.module)
+    return app_as_asgi3(obj, interface, label=label, module=parsed.module)
+
+
+def app_as_asgi3(obj: Any, interface: str = "auto", *, label: str = "the app", module: str = "") -> ASGIApp:
+    """An app object as an ASGI 3 callable: detected (auto), or as the interface setting says (asgi3, asgi2)."""
+    if interface == "asgi2":
+        return _asgi2_to_asgi3(obj)
+    if interface == "asgi3" and callable(obj) and not inspect.iscoroutinefunction(_call_target(obj)):
+        return _awaiting(obj)
+    return _as_asgi3(obj, label, module)
 
 
 # ---------------------------------------------------------------------------------------------- the spec

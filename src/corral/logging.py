@@ -46,10 +46,13 @@ __all__ = [
     "JSON_ACCESS_FIELDS",
     "REQUEST_ID_MAX_LENGTH",
     "AccessLog",
+    "ColourFormatter",
     "JsonFormatter",
     "LogConfigError",
     "LoggedAccessLog",
     "RequestIds",
+    "access_log_colors",
+    "access_log_target",
     "compile_access_log_format",
     "compile_json_access_log",
     "configure_logging",
@@ -63,11 +66,21 @@ ERROR_LOGGER = "corral.error"
 ACCESS_LOGGER = "corral.access"
 # A Gunicorn logging config names these; corral's loggers take their handlers when the config leaves
 # corral's own unconfigured, so a gunicorn.conf.py keeps routing the same lines to the same places.
-_GUNICORN_LOGGERS = {ERROR_LOGGER: "gunicorn.error", ACCESS_LOGGER: "gunicorn.access"}
+# uvicorn's logging configs name uvicorn.error (whose handlers usually sit on its parent, "uvicorn") and
+# uvicorn.access: they are adopted the same way, after Gunicorn's.
+_GUNICORN_LOGGERS = (
+    (ERROR_LOGGER, ("gunicorn.error",)),
+    (ACCESS_LOGGER, ("gunicorn.access",)),
+    (ERROR_LOGGER, ("uvicorn.error", "uvicorn")),
+    (ACCESS_LOGGER, ("uvicorn.access",)),
+)
 
 ERROR_LOG_FORMAT = "[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s"
 ERROR_LOG_DATE_FORMAT = "%Y-%m-%d %H:%M:%S %z"
+TRACE = 5  # uvicorn's level below DEBUG; corral accepts it (--log-level trace) and logs nothing extra there
+logging.addLevelName(TRACE, "TRACE")
 _LOG_LEVELS = {
+    "trace": TRACE,
     "debug": logging.DEBUG,
     "info": logging.INFO,
     "warning": logging.WARNING,
@@ -101,11 +114,46 @@ def configure_logging(cfg: Any) -> logging.Logger:
     if _foreign_handlers(logger):
         return logger
     try:
-        return setup_error_log(cfg.errorlog, cfg.loglevel, cfg.log_format)
+        return setup_error_log(cfg.errorlog, cfg.loglevel, cfg.log_format, colors=_error_log_colors(cfg))
     except OSError as error:
         raise LogConfigError(f"errorlog: cannot open {cfg.errorlog}: {error.strerror or error}") from None
     except ValueError as error:
         raise LogConfigError(str(error)) from None
+
+
+def _error_log_colors(cfg: Any) -> bool:
+    """use_colors, or (unset) whether the error log goes to a terminal; JSON lines are never coloured."""
+    if cfg.log_format != "text":
+        return False
+    use_colors = getattr(cfg, "use_colors", None)
+    if use_colors is not None:
+        return bool(use_colors)
+    return cfg.errorlog in ("-", "") and _isatty(sys.stderr)
+
+
+def _isatty(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # replaced by something without a terminal, or closed
+        return False
+
+
+def access_log_target(cfg: Any) -> str | None:
+    """Where access lines go: access_log off wins; accesslog when set; else stdout when access_log is on, or
+    when it is unset and stderr is a terminal (the developer's loop: uvicorn logs requests there too)."""
+    access_log = getattr(cfg, "access_log", None)
+    if access_log is False:
+        return None
+    if cfg.accesslog:
+        return str(cfg.accesslog)
+    if access_log or (access_log is None and _isatty(sys.stderr)):
+        return "-"
+    return None
+
+
+def access_log_colors(cfg: Any) -> bool | None:
+    """use_colors for the access log; None: colour when its descriptor is a terminal."""
+    return False if cfg.log_format != "text" else getattr(cfg, "use_colors", None)
 
 
 def _check_access_log_format(cfg: Any) -> None:
@@ -128,7 +176,7 @@ def _settle_corral_loggers(error_level: int) -> None:
             logger.setLevel(default_level)
 
 
-def setup_error_log(errorlog: str, loglevel: str, log_format: str = "text") -> logging.Logger:
+def setup_error_log(errorlog: str, loglevel: str, log_format: str = "text", *, colors: bool = False) -> logging.Logger:
     """Point the "corral.error" logger at stderr ("-") or a file (appended), replacing an earlier setup."""
     level = _LOG_LEVELS.get(loglevel.strip().lower())
     if level is None:
@@ -146,6 +194,8 @@ def setup_error_log(errorlog: str, loglevel: str, log_format: str = "text") -> l
         handler = logging.FileHandler(errorlog, mode="a", encoding="utf-8")
     if log_format == "json":
         handler.setFormatter(JsonFormatter())
+    elif colors:
+        handler.setFormatter(ColourFormatter(ERROR_LOG_FORMAT, ERROR_LOG_DATE_FORMAT))
     else:
         handler.setFormatter(logging.Formatter(ERROR_LOG_FORMAT, ERROR_LOG_DATE_FORMAT))
     _error_handlers.append(handler)
@@ -166,6 +216,39 @@ def reopen_error_log() -> None:
             replaced = handler.setStream(open(handler.baseFilename, "a", encoding=handler.encoding))  # noqa: SIM115
             if replaced is not None:
                 replaced.close()
+
+
+# ANSI colours by level (uvicorn's choice of colours) and by status class for access lines.
+_LEVEL_COLOURS = {TRACE: "\x1b[34m", logging.DEBUG: "\x1b[36m", logging.INFO: "\x1b[32m", logging.WARNING: "\x1b[33m",
+                  logging.ERROR: "\x1b[31m", logging.CRITICAL: "\x1b[91m"}  # fmt: skip
+_STATUS_COLOURS = {1: "\x1b[37m", 2: "\x1b[32m", 3: "\x1b[33m", 4: "\x1b[31m", 5: "\x1b[91m"}
+_RESET = "\x1b[0m"
+
+
+class ColourFormatter(logging.Formatter):
+    """Gunicorn's line format with the level name coloured, for a terminal (use_colors)."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        colour = _LEVEL_COLOURS.get(record.levelno)
+        if colour is None:
+            return super().formatMessage(record)
+        plain = record.levelname
+        record.levelname = f"{colour}{plain}{_RESET}"
+        try:
+            return super().formatMessage(record)
+        finally:
+            record.levelname = plain
+
+
+def _coloured(render: Render) -> Render:
+    """An access line renderer whose lines are coloured by status class."""
+
+    def render_coloured(scope: dict, status: int, headers: Any, length: int | None, time_ns: int) -> str:
+        line = render(scope, status, headers, length, time_ns)
+        colour = _STATUS_COLOURS.get(status // 100)
+        return f"{colour}{line}{_RESET}" if colour else line
+
+    return render_coloured
 
 
 class JsonFormatter(logging.Formatter):
@@ -223,16 +306,33 @@ def _dict_config(config: dict[str, Any], setting: str) -> None:
         raise LogConfigError(f"{setting}: {_reason(error)}") from None
 
 
-def _read_json_config(path: str) -> dict[str, Any]:
+def _read_json_config(path: str, setting: str = "logconfig_json") -> dict[str, Any]:
     try:
         with open(path, encoding="utf-8") as file:
             config = json.load(file)
     except OSError as error:
-        raise LogConfigError(f"logconfig_json: cannot read {path}: {error.strerror or error}") from None
+        raise LogConfigError(f"{setting}: cannot read {path}: {error.strerror or error}") from None
     except ValueError as error:  # JSONDecodeError, and text that is not UTF-8
-        raise LogConfigError(f"logconfig_json: {path} is not valid JSON: {error}") from None
+        raise LogConfigError(f"{setting}: {path} is not valid JSON: {error}") from None
     if not isinstance(config, dict):
-        raise LogConfigError(f"logconfig_json: {path} must hold a JSON object (a dictConfig dictionary)")
+        raise LogConfigError(f"{setting}: {path} must hold a JSON object (a dictConfig dictionary)")
+    return config
+
+
+def _read_yaml_config(path: str) -> dict[str, Any]:
+    try:
+        import yaml  # type: ignore[import-untyped]  # optional: only a YAML logging config needs it
+    except ImportError:
+        raise LogConfigError(f"logconfig: {path} is YAML, which needs PyYAML (pip install PyYAML)") from None
+    try:
+        with open(path, encoding="utf-8") as file:
+            config = yaml.safe_load(file)
+    except OSError as error:
+        raise LogConfigError(f"logconfig: cannot read {path}: {error.strerror or error}") from None
+    except (yaml.YAMLError, ValueError) as error:
+        raise LogConfigError(f"logconfig: {path} is not valid YAML: {_reason(error)}") from None
+    if not isinstance(config, dict):
+        raise LogConfigError(f"logconfig: {path} must hold a mapping (a dictConfig dictionary)")
     return config
 
 
@@ -241,6 +341,14 @@ def _file_config(path: str) -> None:
 
     if not os.path.isfile(path):
         raise LogConfigError(f"logconfig: {path}: no such file")
+    # uvicorn's --log-config reads the format from the name: JSON and YAML hold a dictConfig dictionary.
+    extension = os.path.splitext(path)[1].lower()
+    if extension == ".json":
+        _dict_config(_read_json_config(path, "logconfig"), "logconfig")
+        return
+    if extension in (".yaml", ".yml"):
+        _dict_config(_read_yaml_config(path), "logconfig")
+        return
     defaults = {"__file__": path, "here": os.path.dirname(os.path.abspath(path))}  # as Gunicorn passes them
     try:
         logging.config.fileConfig(path, defaults=defaults, disable_existing_loggers=False)
@@ -264,11 +372,13 @@ def _reason(error: BaseException) -> str:
 
 def _adopt_gunicorn_loggers() -> None:
     known = logging.Logger.manager.loggerDict
-    for ours, theirs in _GUNICORN_LOGGERS.items():
-        gunicorn_logger = known.get(theirs)
+    for ours, names in _GUNICORN_LOGGERS:
+        candidates = [known.get(name) for name in names]
+        configured = [c for c in candidates if isinstance(c, logging.Logger) and c.handlers]
         logger = logging.getLogger(ours)
-        if not isinstance(gunicorn_logger, logging.Logger) or not gunicorn_logger.handlers:
+        if not configured:
             continue
+        gunicorn_logger = configured[0]
         if _foreign_handlers(logger):
             continue  # the config names corral's logger itself: that wins
         for handler in gunicorn_logger.handlers:
@@ -348,6 +458,7 @@ class AccessLog:
         "_path",
         "_render",
         "_size",
+        "_threshold",
         "_unwritten",
         "dropped_bytes",
     )
@@ -359,6 +470,8 @@ class AccessLog:
         self._atomic_limit = _atomic_write_limit(fd)
         self._lines: list[str] = []
         self._size = 0
+        # On a terminal someone is watching: each line is written at once. Elsewhere lines are batched.
+        self._threshold = 0 if os.isatty(fd) else FLUSH_THRESHOLD
         self._unwritten = b""
         self._failing = False
         self.dropped_bytes = 0
@@ -366,7 +479,13 @@ class AccessLog:
 
     @classmethod
     def open(
-        cls, accesslog: str | None, access_log_format: str, *, log_format: str = "text", request_id_header: str = ""
+        cls,
+        accesslog: str | None,
+        access_log_format: str,
+        *,
+        log_format: str = "text",
+        request_id_header: str = "",
+        colors: bool | None = False,
     ) -> AccessLog | None:
         """The access log for the settings: "-" is stdout, a path is appended to; None or "" turns it off.
 
@@ -382,9 +501,10 @@ class AccessLog:
             return LoggedAccessLog(render, logger)
         if not accesslog:
             return None
-        if accesslog == "-":
-            return cls(render, _STDOUT_FD)
-        return cls(render, _open_append(accesslog), path=accesslog)
+        fd = _STDOUT_FD if accesslog == "-" else _open_append(accesslog)
+        if colors or (colors is None and os.isatty(fd)):
+            render = _coloured(render)
+        return cls(render, fd, path=None if accesslog == "-" else accesslog)
 
     def log(
         self,
@@ -398,7 +518,7 @@ class AccessLog:
         line = self._render(scope, status, response_headers, response_length, request_time_ns)
         self._lines.append(line)
         self._size += len(line)
-        if self._size >= FLUSH_THRESHOLD:
+        if self._size >= self._threshold:
             self.flush()
 
     def flush(self) -> None:

@@ -108,7 +108,7 @@ def default_context(cfg: Any) -> ssl.SSLContext:
     context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
     context.options |= getattr(ssl, "OP_NO_RENEGOTIATION", 0)
     context.set_alpn_protocols(["http/1.1"])
-    _load_chain(context, cfg.certfile, cfg.keyfile)
+    _load_chain(context, cfg.certfile, cfg.keyfile, getattr(cfg, "keyfile_password", None))
     # Deliberately not create_default_context(): for client authentication it would also trust every CA of
     # the system store, so any publicly issued client certificate would pass cert_reqs.
     context.verify_mode = ssl.VerifyMode(cfg.cert_reqs)
@@ -130,7 +130,7 @@ def _read(setting: str, path: str) -> bytes:
         raise TLSConfigError(f"{setting}: {path}: {exc.strerror or exc}") from None
 
 
-def _load_chain(context: ssl.SSLContext, certfile: str, keyfile: str | None) -> None:
+def _load_chain(context: ssl.SSLContext, certfile: str, keyfile: str | None, password: str | None = None) -> None:
     # Read both files first so each problem names the setting at fault; OpenSSL only says "PEM lib".
     if not _CERTIFICATE_PEM.search(_read("certfile", certfile)):
         raise TLSConfigError(f"certfile: {certfile} holds no PEM certificate (-----BEGIN CERTIFICATE-----)")
@@ -144,11 +144,11 @@ def _load_chain(context: ssl.SSLContext, certfile: str, keyfile: str | None) -> 
         # Without a callback OpenSSL would prompt on the terminal, and a daemon would hang there.
         raise TLSConfigError(
             f"{key_setting}: {key_path} is encrypted and corral cannot ask for its password; "
-            "decrypt it, or load it with a password in an ssl_context hook"
+            "decrypt it, or give keyfile_password (--ssl-keyfile-password)"
         )
 
     try:
-        context.load_cert_chain(certfile, keyfile, password=refuse_password)
+        context.load_cert_chain(certfile, keyfile, password=password if password is not None else refuse_password)
     except ssl.SSLError as exc:
         if exc.reason == "KEY_VALUES_MISMATCH":
             raise TLSConfigError(f"{key_setting}: {key_path} does not match certfile {certfile}") from None

@@ -128,7 +128,10 @@ def test_reload_without_watchfiles_is_a_one_line_config_error(tmp_path: Path, pr
         env={**os.environ, "PYTHONPATH": os.pathsep.join([str(shadow), str(REPO_ROOT / "src")])},
     )  # fmt: skip
     assert result.returncode == 2, result.stderr
-    assert result.stderr == "corral: error: reload: needs the watchfiles package (pip install 'corral[reload]')\n"
+    assert result.stderr == (
+        "corral: error: reload: needs the watchfiles package "
+        "(pip install watchfiles; from corral's checkout: pip install '.[reload]')\n"
+    )
 
 
 def test_a_missing_reload_dir_is_a_one_line_config_error(project: Path) -> None:

@@ -674,7 +674,7 @@ def test_version_prints_name_and_version(capsys):
 
 
 def test_help_is_grouped_by_section_and_works_with_a_broken_config(capsys):
-    assert cli.main(["-c", "/nonexistent/conf.py", "--help"]) == 0
+    assert cli.main(["-c", "/nonexistent/conf.py", "--help-all"]) == 0
     out = capsys.readouterr().out
     for section in ("Server Socket:", "Worker Processes:", "Security:", "Logging:", "Proxy:"):
         assert section in out

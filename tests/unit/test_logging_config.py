@@ -110,6 +110,17 @@ def test_corral_logger_named_in_the_config_wins_over_its_gunicorn_name(tmp_path:
     assert theirs.read_text() == ""
 
 
+def test_uvicorn_logging_config_given_to_log_config_routes_corrals_lines(tmp_path: Path):
+    log = tmp_path / "uvicorn.log"
+    # uvicorn's shape: the error handlers sit on "uvicorn", its child "uvicorn.error" only has a level.
+    config = file_handler_config(log, "uvicorn", "uvicorn.access", level="INFO")
+    config["loggers"]["uvicorn.error"] = {"level": "INFO"}
+    (tmp_path / "log-config.json").write_text(json.dumps(config))
+    result = configure(tmp_path, "--log-config", "log-config.json")
+    assert result.returncode == 0, result.stderr
+    assert log.read_text().splitlines() == ["corral.error INFO error-log line", "corral.access INFO access line"]
+
+
 def test_logconfig_json_routes_a_logger_to_a_file(tmp_path: Path):
     log = tmp_path / "json-config.log"
     (tmp_path / "logging.json").write_text(json.dumps(file_handler_config(log, "corral.error")))

@@ -185,7 +185,9 @@ def test_missing_watchfiles_is_one_line_saying_how_to_install_it(
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ValueError) as raised:
         check_reload_setup(config(tmp_path))
-    assert str(raised.value) == "reload: needs the watchfiles package (pip install 'corral[reload]')"
+    assert str(raised.value) == (
+        "reload: needs the watchfiles package (pip install watchfiles; from corral's checkout: pip install '.[reload]')"
+    )
 
 
 def test_excluded_directories_are_not_watched_at_all(tmp_path: Path) -> None:

@@ -311,6 +311,16 @@ def test_encrypted_keyfile_is_refused_instead_of_prompting_for_a_password(pki: P
     assert line.startswith(f"keyfile: {encrypted} is encrypted and corral cannot ask for its password")
 
 
+def test_encrypted_keyfile_loads_with_uvicorns_ssl_keyfile_password(pki: Pki, tmp_path: Path) -> None:
+    key = serialization.load_pem_private_key(pki.server.private_key_pem.bytes(), password=None)
+    encrypted = tmp_path / "encrypted-key.pem"
+    encryption = serialization.BestAvailableEncryption(b"secret")
+    encrypted.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption))
+    flags = ("--ssl-certfile", str(pki.cert_file), "--ssl-keyfile", str(encrypted))
+    assert server_context(config(*flags, "--ssl-keyfile-password", "secret")) is not None
+    assert error_line(config(*flags, "--ssl-keyfile-password", "wrong")).startswith("certfile: cannot load")
+
+
 def test_ca_certs_without_a_certificate(pki: Pki) -> None:
     line = error_line(tls_config(pki, "--cert-reqs", "2", "--ca-certs", str(pki.key_file)))
     assert line.startswith(f"ca_certs: {pki.key_file} holds no PEM certificate")

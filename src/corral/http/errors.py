@@ -11,6 +11,7 @@ __all__ = [
     "HeaderFieldsTooLarge",
     "NotImplementedCoding",
     "PayloadTooLarge",
+    "ServiceUnavailable",
     "URITooLong",
     "error_response",
 ]
@@ -44,6 +45,10 @@ class HeaderFieldsTooLarge(HTTPError):
 
 class NotImplementedCoding(HTTPError):
     status = 501
+
+
+class ServiceUnavailable(HTTPError):
+    status = 503
 
 
 class ClientDisconnected(OSError):

@@ -29,6 +29,7 @@ from corral.http.errors import (
     HTTPError,
     NotImplementedCoding,
     PayloadTooLarge,
+    ServiceUnavailable,
     URITooLong,
     error_response,
 )
@@ -80,6 +81,9 @@ class ServerState:
         root_path: str = "",
         server_header: str = "corral",
         date_header: bool = True,
+        headers: list[str] | None = None,
+        limit_concurrency: int = 0,
+        websocket: bool = True,
         keepalive: float = 5.0,
         header_timeout: float = 10.0,
         body_timeout: float = 0.0,
@@ -133,11 +137,22 @@ class ServerState:
         self.draining = False
         self.clock = loop.time()
         self.server_line = f"server: {server_header}\r\n".encode("latin-1") if server_header else b""
+        # The headers setting ("Name: value" lines), added to every response; a Server line replaces ours.
+        self.extra_lines: list[bytes] = []
+        for line in headers or ():
+            encoded = line.encode("latin-1") + b"\r\n"
+            if line.lower().startswith("server:"):
+                self.server_line = encoded
+            else:
+                self.extra_lines.append(encoded)
         self.date_header = date_header
         self.date_line = b""
         self.default_headers = b""
-        # Upgrade is watched so a WebSocket handshake is recognised with no work for plain requests.
-        self.watched = frozenset({_HOST, _EXPECT, _TRANSFER_ENCODING, _UPGRADE})
+        # 0: off. A request that arrives while the worker has more connections than this is answered 503.
+        self.limit_concurrency = limit_concurrency
+        # Upgrade is watched so a WebSocket handshake is recognised with no work for plain requests; with
+        # WebSocket off (uvicorn's --ws none) it is not, so an upgrade request reaches the app as plain HTTP.
+        self.watched = frozenset({_HOST, _EXPECT, _TRANSFER_ENCODING, *((_UPGRADE,) if websocket else ())})
         if limit_request_body:
             self.watched |= {_CONTENT_LENGTH}
         # Request ids (off when the header setting is empty): the header is watched like Host, for free.
@@ -153,7 +168,7 @@ class ServerState:
         self.clock = self.loop.time()
         if self.date_header:
             self.date_line = b"date: %s\r\n" % formatdate(usegmt=True).encode("ascii")
-        self.default_headers = self.server_line + self.date_line
+        self.default_headers = b"".join((self.server_line, self.date_line, *self.extra_lines))
 
     def max_requests_reached(self) -> None:
         """Ask for a successor, once: >= rather than == at the call sites, since refused requests count too
@@ -164,8 +179,8 @@ class ServerState:
 
     def default_headers_without(self, name: bytes) -> bytes:
         """The default headers minus one the app sets itself (rare: an app that sends its own Server)."""
-        lines = [self.server_line, self.date_line]
-        return b"".join(line for line in lines if line and not line.startswith(name + b":"))
+        lines = [self.server_line, self.date_line, *self.extra_lines]
+        return b"".join(line for line in lines if line and not line.lower().startswith(name + b":"))
 
     def sweep(self) -> None:
         """Close idle keep-alive connections and heads that arrive too slowly (one pass, no timers)."""
@@ -391,6 +406,9 @@ class H1Protocol(WriteFlowControl):
         if method == "CONNECT":
             # A tunnel is not something an ASGI app can provide; a 2xx would tell the client it was open.
             raise NotImplementedCoding("CONNECT is not supported")
+        limit = self.state.limit_concurrency
+        if limit and len(self.state.connections) > limit:
+            raise ServiceUnavailable("limit_concurrency reached")
         scope = self._build_scope(method, version)
         request_ids = self.state.request_ids
         request_id_line = self._request_id(scope, request_ids) if request_ids is not None else b""

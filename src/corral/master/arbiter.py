@@ -86,8 +86,11 @@ class WorkerHandle:
         return self.term_sent_at is not None or self.abort_sent_at is not None or self.kill_sent
 
 
-def run(cfg: Any, reload_config: Callable[[], Any] | None = None) -> int:
-    """Bind, start the pool and supervise it until told to stop; the exit status says how it ended."""
+def run(cfg: Any, reload_config: Callable[[], Any] | None = None, *, app: Any = None) -> int:
+    """Bind, start the pool and supervise it until told to stop; the exit status says how it ended.
+
+    `app`: an app object given to corral.run() instead of an import string; the workers are forked with it
+    (as with preload_app), so it is never imported again."""
     from corral.logging import LogConfigError, configure_logging
 
     try:
@@ -137,7 +140,7 @@ def run(cfg: Any, reload_config: Callable[[], Any] | None = None) -> int:
         if pidfile is not None:
             pidfile.create(os.getpid())
         upgrading = UpgradeState(start_cwd, upgrade_from, pidfile)
-        return _run_pool(cfg, listeners, logger, identity, reload_config, server, ssl_context, upgrading)
+        return _run_pool(cfg, listeners, logger, identity, reload_config, server, ssl_context, upgrading, app)
     except PidfileError as exc:
         print(f"corral: error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -151,7 +154,14 @@ def run(cfg: Any, reload_config: Callable[[], Any] | None = None) -> int:
 
 def apply_process_environment(cfg: Any) -> None:
     """raw_env (KEY=VALUE) into the environment and pythonpath onto sys.path, as Gunicorn does at start and
-    again on HUP: the app, its workers and the hooks all see them."""
+    again on HUP: the app, its workers and the hooks all see them. env_file's variables fill in what is unset."""
+    if getattr(cfg, "env_file", None):
+        from corral.envfile import apply_env_file
+
+        try:
+            apply_env_file(cfg.env_file)
+        except ValueError as exc:  # checked when the config was loaded; changed since
+            raise OSError(f"env_file: {exc}") from None
     for item in cfg.raw_env:
         key, _, value = item.partition("=")
         os.environ[key] = value
@@ -186,6 +196,7 @@ def _run_pool(
     server: ServerView,
     ssl_context: ssl.SSLContext | None = None,
     upgrading: UpgradeState | None = None,
+    app: Any = None,
 ) -> int:
     if cfg.reuse_port and tcp_migrate_req_enabled() is False:
         logger.warning(
@@ -194,14 +205,16 @@ def _run_pool(
         )
     # Taken from the environment before a preloaded app is imported: the app must not notify in our name.
     systemd = SystemdNotifier.from_environ()
-    app = None
-    if getattr(cfg, "preload_app", False):
+    if app is not None or getattr(cfg, "preload_app", False):
         from corral.http import eager
-        from corral.loading import AppLoadError, load_app
+        from corral.loading import AppLoadError, app_as_asgi3, load_app
 
         eager.install()
         try:
-            app = load_app(cfg.app, factory=cfg.factory, app_dir=cfg.app_dir)
+            if app is not None:
+                app = app_as_asgi3(app, cfg.interface)
+            else:
+                app = load_app(cfg.app, factory=cfg.factory, app_dir=cfg.app_dir, interface=cfg.interface)
         except AppLoadError as exc:
             print(f"corral: error: {exc}", file=sys.stderr)
             return EXIT_APP

@@ -68,7 +68,10 @@ def _require_watchfiles() -> Any:
     try:
         return importlib.import_module("watchfiles")
     except ImportError:
-        raise ValueError("reload: needs the watchfiles package (pip install 'corral[reload]')") from None
+        raise ValueError(
+            "reload: needs the watchfiles package "
+            "(pip install watchfiles; from corral's checkout: pip install '.[reload]')"
+        ) from None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -392,7 +395,8 @@ def start_reloader(cfg: Any, log: logging.Logger, on_change: Callable[[list[str]
             "reload: preload_app is on, so the app is imported once in the master: code changes need a restart "
             "(config file changes still reload)"
         )
-    reloader = Reloader(plan, on_change, log)
+    quiet = cfg.reload_delay
+    reloader = Reloader(plan, on_change, log, debouncer=Debouncer(quiet=quiet, longest=max(LONGEST_BURST, quiet)))
     reloader.start()
     # So that the log line below is true: an edit made after it is seen (a test or a developer may act on it).
     if not reloader.wait_until_watching(WATCH_START_TIMEOUT):

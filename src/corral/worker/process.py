@@ -94,7 +94,7 @@ def _serve(launch: WorkerLaunch) -> int:
         from corral.loading import AppLoadError, load_app
 
         try:
-            app = load_app(cfg.app, factory=cfg.factory, app_dir=cfg.app_dir)
+            app = load_app(cfg.app, factory=cfg.factory, app_dir=cfg.app_dir, interface=cfg.interface)
         except AppLoadError as exc:
             logger.error("Worker could not load the app: %s", exc)
             return EXIT_APP_LOAD

@@ -19,7 +19,7 @@ from typing import Any
 from corral.http.h1 import H1Protocol, ServerState
 from corral.http.proxy import ProxyTrust
 from corral.http.websocket import CLOSE_GOING_AWAY, CLOSE_SERVICE_RESTART, WebSocketSettings, close_websockets
-from corral.logging import AccessLog
+from corral.logging import AccessLog, access_log_colors, access_log_target
 from corral.master.scoreboard import Slot, WorkerCounters, WorkerState
 from corral.master.sizing import rss_bytes
 from corral.master.sockets import describe
@@ -101,10 +101,11 @@ class Worker:
             await lifespan.shutdown()
             return EXIT_OK
         self.access_log = AccessLog.open(
-            cfg.accesslog,
+            access_log_target(cfg),
             cfg.access_log_format,
             log_format=cfg.log_format,
             request_id_header=cfg.request_id_header,
+            colors=access_log_colors(cfg),
         )
         self.state = self._make_state(lifespan.state)
         await self._start_servers()
@@ -137,10 +138,17 @@ class Worker:
             app=self.app,
             logger=self.logger,
             access_log=self.access_log,
-            proxy_trust=ProxyTrust.from_setting(cfg.forwarded_allow_ips, cfg.secure_scheme_headers),
+            proxy_trust=(
+                ProxyTrust.from_setting(cfg.forwarded_allow_ips, cfg.secure_scheme_headers)
+                if cfg.proxy_headers
+                else None
+            ),
             root_path=cfg.root_path,
             server_header=cfg.server_header,
             date_header=cfg.date_header,
+            headers=cfg.headers,
+            limit_concurrency=cfg.limit_concurrency,
+            websocket=cfg.ws != "none",
             keepalive=cfg.keepalive,
             header_timeout=cfg.header_timeout,
             body_timeout=cfg.body_timeout,
