@@ -58,6 +58,7 @@ class AdminLaunch:
     listener_names: list[str]
     identity: Identity | None
     master_pid: int
+    app_metrics_dir: str | None = None  # the app's prometheus_client multiprocess directory, when summed
 
 
 class AdminProcess:
@@ -72,8 +73,10 @@ class AdminProcess:
         identity: Identity | None,
         logger: logging.Logger,
         close_in_child: Callable[[], None],
+        app_metrics_dir: str | None = None,
     ) -> None:
         self.cfg = cfg
+        self.app_metrics_dir = app_metrics_dir
         self.address: str = cfg.admin_bind
         self.scoreboard = scoreboard
         self.listeners = listeners
@@ -124,7 +127,10 @@ class AdminProcess:
 
     def spawn(self) -> None:
         assert self.sock is not None
-        launch = AdminLaunch(self.cfg, self.sock, self.scoreboard, self.listener_names, self.identity, os.getpid())
+        launch = AdminLaunch(
+            self.cfg, self.sock, self.scoreboard, self.listener_names, self.identity, os.getpid(),
+            self.app_metrics_dir,
+        )  # fmt: skip
         # As for workers: signals stay blocked across fork, so none lands in the child's copy of the master's
         # handlers before it has reset them.
         signal.pthread_sigmask(signal.SIG_BLOCK, _MASTER_SIGNALS)
@@ -261,7 +267,12 @@ class _AdminServer:
 
         launch = self.launch
         self.loop.add_signal_handler(signal.SIGTERM, self._stop)
-        app = AdminApp(launch.scoreboard.read_board, launch.listener_names)
+        extra: list[Any] = []
+        if launch.app_metrics_dir is not None:
+            from corral.admin.app_metrics import AppMetricsCollector
+
+            extra.append(AppMetricsCollector(launch.app_metrics_dir, self.log))
+        app = AdminApp(launch.scoreboard.read_board, launch.listener_names, extra_collectors=extra)
         state = ServerState(
             loop=self.loop,
             app=app,

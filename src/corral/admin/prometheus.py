@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -164,9 +165,10 @@ class BoardCollector:
         yield from metric_families(self.read_board(), self.listener_names, self.clock())
 
 
-def metrics_registry(collector: BoardCollector) -> CollectorRegistry:
+def metrics_registry(collector: BoardCollector, *others: Any) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(collector)
+    for each in (collector, *others):
+        registry.register(each)
     return registry
 
 
