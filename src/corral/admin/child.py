@@ -267,7 +267,10 @@ class _AdminServer:
 
         launch = self.launch
         self.loop.add_signal_handler(signal.SIGTERM, self._stop)
-        extra: list[Any] = []
+        from corral.admin.prometheus import MemoryLimitCollector
+        from corral.master.sizing import memory_budget
+
+        extra: list[Any] = [MemoryLimitCollector(memory_budget().limit_bytes)]
         if launch.app_metrics_dir is not None:
             from corral.admin.app_metrics import AppMetricsCollector
 
