@@ -12,6 +12,7 @@ import pytest
 
 from corral.admin import app_metrics
 from corral.admin.app_metrics import ENV, AppMetricsError, prepare_app_metrics
+from corral.master.privileges import Identity
 
 
 @pytest.fixture(autouse=True)
@@ -87,3 +88,13 @@ def test_a_directory_that_cannot_be_made_is_a_config_error(monkeypatch: pytest.M
     monkeypatch.setattr(app_metrics.tempfile, "mkdtemp", refuse)
     with pytest.raises(AppMetricsError, match=r"^app_metrics: cannot make a directory .*--no-app-metrics"):
         prepare_app_metrics(cfg(), None)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can give a directory to another user")
+def test_the_directory_belongs_to_the_workers_user_when_they_drop_privileges() -> None:
+    made = prepare_app_metrics(cfg(), Identity(65534, 65534, "nobody", False))
+    assert made is not None
+    info = os.stat(made.path)
+    assert (info.st_uid, info.st_gid) == (65534, 65534)
+    made.close()
+    assert not os.path.exists(made.path)
