@@ -229,3 +229,27 @@ def test_a_preloaded_app_counts_even_when_the_config_file_imported_prometheus_cl
     for _ in range(5):
         get(admin.server, "/a")
     assert value(admin.samples(), "shop_hits_total", path="/a") == 5
+
+
+def test_recycled_workers_counts_stay_exact_while_their_files_are_folded(start: Callable[..., Admin]) -> None:
+    # max_requests 5 and one worker: each round of 6 requests has the worker replaced; each leaves counter,
+    # histogram and gauge files behind.
+    admin = start("--max-requests", "5")
+    (pid,) = admin.wait_for_ready(1)
+    directory = get(admin.server, "/dir").decode()
+    sent = 0
+    for _ in range(4):
+        for _ in range(6):
+            get(admin.server, "/a")
+            sent += 1
+        (pid,) = admin.wait_for_ready(1, not_pids={pid})
+
+    samples = admin.samples()
+    assert value(samples, "shop_hits_total", path="/a") == sent
+    assert value(samples, "shop_seconds_count") == sent
+    assert value(samples, "shop_workers_live") == 1
+    assert value(samples, "shop_workers_seen") == 5
+    counter_files = sorted(name for name in os.listdir(directory) if name.startswith("counter_"))
+    assert counter_files == sorted(["counter_archive.db", f"counter_{pid}.db"])
+    app_only = {name: found for name, found in samples.items() if name.startswith("shop_")}
+    assert {name: found for name, found in admin.samples().items() if name.startswith("shop_")} == app_only

@@ -18,13 +18,21 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from corral.master.privileges import Identity
 
-__all__ = ["ENV", "RESERVED_PREFIX", "AppMetricsCollector", "AppMetricsDir", "AppMetricsError", "prepare_app_metrics"]
+__all__ = [
+    "ENV",
+    "RESERVED_PREFIX",
+    "AppMetricsCollector",
+    "AppMetricsDir",
+    "AppMetricsError",
+    "compact_dead_files",
+    "prepare_app_metrics",
+]
 
 ENV = "PROMETHEUS_MULTIPROC_DIR"
 _LEGACY_ENV = "prometheus_multiproc_dir"  # older prometheus_client releases read this spelling
@@ -111,24 +119,103 @@ def _refresh_value_class() -> None:
         values.ValueClass = values.get_value_class()
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# Compaction: every worker that ever ran leaves files behind (its counters must keep counting in the totals), and
+# with max_requests recycling that is thousands of files a day, all read at every scrape. The files of processes
+# that have exited are folded into one archive file per kind, the way the collector would have summed them.
+
+Value = tuple[float, float]  # value, timestamp
+
+
+def _add(old: Value, new: Value) -> Value:
+    return old[0] + new[0], max(old[1], new[1])
+
+
+# File kinds (the name before the pid) whose values from several processes fold into one, and how. Gauges in the
+# `all` modes keep one series per process (a pid label), and live gauges are removed when their worker is
+# reaped: neither is folded.
+_FOLDS: dict[str, Callable[[Value, Value], Value]] = {
+    "counter": _add,
+    "histogram": _add,
+    "summary": _add,
+    "gauge_sum": _add,
+    "gauge_max": max,
+    "gauge_min": min,
+    "gauge_mostrecent": lambda old, new: new if new[1] > old[1] else old,
+}
+_ARCHIVE = "archive"
+
+
+def _exited(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False  # it exists (another user's process)
+    return False
+
+
+def compact_dead_files(path: str, exited: Callable[[int], bool] = _exited) -> int:
+    """Fold the files of processes that have exited into `<kind>_archive.db`; how many files were folded.
+
+    Only processes that no longer exist are folded: a live worker keeps its file mapped and writes to it.
+    A crash between the archive's replacement and the removal of the folded files would count them twice
+    (never lose them)."""
+    from prometheus_client.mmap_dict import MmapedDict
+
+    dead: dict[str, list[str]] = {}
+    for name in os.listdir(path):
+        kind, _, pid = name.removesuffix(".db").rpartition("_")
+        if name.endswith(".db") and kind in _FOLDS and pid.isdigit() and exited(int(pid)):
+            dead.setdefault(kind, []).append(os.path.join(path, name))
+    for kind, files in dead.items():
+        fold = _FOLDS[kind]
+        archive = os.path.join(path, f"{kind}_{_ARCHIVE}.db")
+        values: dict[str, Value] = {}
+        for source in ([archive] if os.path.exists(archive) else []) + files:
+            for key, value, timestamp, _ in MmapedDict.read_all_values_from_file(source):
+                values[key] = fold(values[key], (value, timestamp)) if key in values else (value, timestamp)
+        staging = archive + ".new"  # not *.db: the collector never reads it half-written
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(staging)
+        out = MmapedDict(staging)
+        try:
+            for key, (value, timestamp) in values.items():
+                out.write_value(key, value, timestamp)
+        finally:
+            out.close()
+        os.replace(staging, archive)
+        for source in files:
+            os.remove(source)
+    return sum(len(files) for files in dead.values())
+
+
 class AppMetricsCollector:
     """In the admin process: the app's metrics from every worker's files, summed as prometheus_client's
-    multiprocess mode defines; a metric named like corral's own is left out (logged once)."""
+    multiprocess mode defines; a metric named like corral's own is left out (logged once). With `compact`,
+    the files of exited workers are folded first (this process is the only one that does it)."""
 
-    def __init__(self, path: str, logger: logging.Logger) -> None:
+    def __init__(self, path: str, logger: logging.Logger, *, compact: bool = False) -> None:
         from prometheus_client.multiprocess import MultiProcessCollector
 
+        self.path = path
         self.inner = MultiProcessCollector(None, path=path)
         self.log = logger
+        self.compact = compact
         self.warned: set[str] = set()
 
     def collect(self) -> Iterator[Any]:
+        # A damaged or vanished file must cost neither corral's own metrics nor the rest of the app's.
+        if self.compact:
+            try:
+                compact_dead_files(self.path)
+            except Exception:
+                self._warn_once("compact", "Could not fold exited workers' metric files; they are read as they are")
         try:
             families = list(self.inner.collect())
-        except Exception:  # a damaged file must not cost corral's own metrics their scrape
-            if "" not in self.warned:
-                self.warned.add("")
-                self.log.exception("Could not read the app's metrics")
+        except Exception:
+            self._warn_once("read", "Could not read the app's metrics")
             return
         for family in families:
             if family.name.startswith(RESERVED_PREFIX):
@@ -140,3 +227,8 @@ class AppMetricsCollector:
                     )  # fmt: skip
                 continue
             yield family
+
+    def _warn_once(self, what: str, message: str) -> None:
+        if what not in self.warned:
+            self.warned.add(what)
+            self.log.exception(message)

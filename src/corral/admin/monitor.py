@@ -115,10 +115,9 @@ class Monitor:
                 close_in_child()
                 self._close_statsd()
 
-            app_metrics_dir = self.app_metrics.path if self.app_metrics is not None else None
             self.admin = AdminProcess(
                 cfg, self.scoreboard, self.listeners, self.listener_names, identity, self.log, in_child,
-                app_metrics_dir=app_metrics_dir,
+                app_metrics=self.app_metrics,
             )  # fmt: skip
             problem = self.admin.bind(upgrading=upgrading)
             if problem is not None:
