@@ -1,6 +1,7 @@
 """The app's own prometheus_client metrics on the admin /metrics: the multiprocess directory the workers write
 to (prepared by the master before any app code is imported, removed when it exits), dead workers' live gauges
-dropped when the master reaps them, and the collector that sums every worker's files at scrape time.
+dropped when the master reaps them, and the collector that sums every worker's files at scrape time (folding
+exited workers' files into archives first, so that recycling does not pile them up).
 
 prometheus_client's multiprocess mode keeps each process's values in files named after its pid in
 PROMETHEUS_MULTIPROC_DIR; the variable must be set before the app creates its first metric, which is why the
