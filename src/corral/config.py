@@ -963,6 +963,10 @@ SETTINGS: tuple[Setting, ...] = (
             "Time every request (the duration histogram) and count requests by method; --no-request-metrics "
             "saves that work. Read at start: a reload does not change it.",
             cli=("--no-request-metrics",), kind="negflag"),
+    Setting("app_metrics", "Metrics", True, boolean,
+            "With admin_bind: add the app's own prometheus_client metrics, summed over every worker, to /metrics "
+            "(corral prepares PROMETHEUS_MULTIPROC_DIR, or uses yours); --no-app-metrics turns it off.",
+            cli=("--no-app-metrics",), kind="negflag"),
     Setting("metrics_buckets", "Metrics", DEFAULT_LATENCY_BOUNDS, duration_buckets,
             "Upper bounds in seconds (1 to 15, ascending) of the request duration histogram's buckets; "
             "comma-separated on the command line. Read at start: a reload does not change them.",

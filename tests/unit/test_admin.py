@@ -11,11 +11,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from corral.admin.app import AdminApp
 from corral.admin.monitor import Monitor, exit_reason, listener_name
-from corral.admin.prometheus import BoardCollector, metrics_registry, render_metrics
+from corral.admin.prometheus import BoardCollector, MemoryLimitCollector, metrics_registry, render_metrics
 from corral.admin.status import (
     LIVENESS_TIMEOUT,
     format_duration,
@@ -251,6 +252,7 @@ def test_metrics_give_the_pool_workers_and_listeners(board: Scoreboard) -> None:
     assert samples["corral_listen_backlog_max"] == {(("listener", "127.0.0.1:8000"),): 128}
     assert samples["corral_master_state"][(("state", "running"),)] == 1
     assert samples["corral_master_alive"][()] == 1
+    assert samples["corral_ready"][()] == 1
     assert samples["corral_master_start_time_seconds"][()] == 1_700_000_000.0
 
 
@@ -381,3 +383,17 @@ def test_listener_names_are_addresses_without_a_scheme(tmp_path: Any) -> None:
         unix.bind(str(tmp_path / "app.sock"))
         assert listener_name(tcp) == f"127.0.0.1:{tcp.getsockname()[1]}"
         assert listener_name(unix) == f"unix:{tmp_path / 'app.sock'}"
+
+
+def test_ready_gauge_is_what_readyz_answers(board: Scoreboard) -> None:
+    add_worker(board, 0, 100, state=WorkerState.BOOTING)
+    assert scrape(board)["corral_ready"][()] == 0
+    add_worker(board, 1, 101)
+    assert scrape(board)["corral_ready"][()] == 1
+
+
+def test_memory_limit_gauge_gives_the_limit_it_was_given() -> None:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(MemoryLimitCollector(512 * 2**20))
+    (family,) = text_string_to_metric_families(render_metrics(registry).decode())
+    assert (family.name, family.samples[0].value) == ("corral_memory_limit_bytes", 512 * 2**20)

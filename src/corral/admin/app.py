@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from corral.admin.prometheus import CONTENT_TYPE, BoardCollector, metrics_registry, render_metrics
@@ -35,11 +35,13 @@ class AdminApp:
         read_board: Callable[[], BoardSnapshot],
         listener_names: list[str],
         clock: Callable[[], float] = time.monotonic,
+        extra_collectors: Sequence[Any] = (),
     ) -> None:
         self.read_board = read_board
         self.listener_names = listener_names
         self.clock = clock
-        self.registry = metrics_registry(BoardCollector(read_board, listener_names, clock))
+        # corral's own metrics first, then what else /metrics shows (the app's, summed over the workers).
+        self.registry = metrics_registry(BoardCollector(read_board, listener_names, clock), *extra_collectors)
         self.routes: dict[str, Callable[[], Response]] = {
             "/": lambda: (200, _TEXT, _INDEX),
             "/livez": self.livez,

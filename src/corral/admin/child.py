@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
+from corral.admin.app_metrics import AppMetricsDir
 from corral.master.privileges import Identity, drop_privileges
 from corral.master.scoreboard import Scoreboard
 from corral.master.sockets import BindError, create_listeners, describe
@@ -58,6 +59,7 @@ class AdminLaunch:
     listener_names: list[str]
     identity: Identity | None
     master_pid: int
+    app_metrics: AppMetricsDir | None = None  # the app's prometheus_client multiprocess directory, when summed
 
 
 class AdminProcess:
@@ -72,8 +74,10 @@ class AdminProcess:
         identity: Identity | None,
         logger: logging.Logger,
         close_in_child: Callable[[], None],
+        app_metrics: AppMetricsDir | None = None,
     ) -> None:
         self.cfg = cfg
+        self.app_metrics = app_metrics
         self.address: str = cfg.admin_bind
         self.scoreboard = scoreboard
         self.listeners = listeners
@@ -124,7 +128,10 @@ class AdminProcess:
 
     def spawn(self) -> None:
         assert self.sock is not None
-        launch = AdminLaunch(self.cfg, self.sock, self.scoreboard, self.listener_names, self.identity, os.getpid())
+        launch = AdminLaunch(
+            self.cfg, self.sock, self.scoreboard, self.listener_names, self.identity, os.getpid(),
+            self.app_metrics,
+        )  # fmt: skip
         # As for workers: signals stay blocked across fork, so none lands in the child's copy of the master's
         # handlers before it has reset them.
         signal.pthread_sigmask(signal.SIG_BLOCK, _MASTER_SIGNALS)
@@ -261,7 +268,17 @@ class _AdminServer:
 
         launch = self.launch
         self.loop.add_signal_handler(signal.SIGTERM, self._stop)
-        app = AdminApp(launch.scoreboard.read_board, launch.listener_names)
+        from corral.admin.prometheus import MemoryLimitCollector
+        from corral.master.sizing import memory_budget
+
+        extra: list[Any] = [MemoryLimitCollector(memory_budget().limit_bytes)]
+        if launch.app_metrics is not None:
+            from corral.admin.app_metrics import AppMetricsCollector
+
+            # Only a directory corral made is compacted: a user's is left as the user keeps it.
+            metrics_dir = launch.app_metrics
+            extra.append(AppMetricsCollector(metrics_dir.path, self.log, compact=metrics_dir.owned))
+        app = AdminApp(launch.scoreboard.read_board, launch.listener_names, extra_collectors=extra)
         state = ServerState(
             loop=self.loop,
             app=app,

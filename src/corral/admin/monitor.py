@@ -3,7 +3,8 @@ loop turn, the listeners' accept queues, StatsD flushes, the admin process, and 
 
 The arbiter calls in at a few points and never waits on any of it: `turn()` from its single wait point,
 `reaped()` for children that are not workers, `worker_exited()` and `spawn_reason()` around its own
-bookkeeping, `stop()` last at shutdown.
+bookkeeping, `stop()` last at shutdown. The app's own metrics directory (app_metrics.py) is made before the
+monitor exists (before a preloaded app is imported); the monitor tells it of dead workers.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from corral.admin.app_metrics import AppMetricsDir
 from corral.admin.backlog import listen_queue
 from corral.admin.child import AdminProcess
 from corral.master.privileges import Identity
@@ -70,9 +72,15 @@ class Monitor:
     """The master's observability duties; created with the arbiter, started before its first worker."""
 
     def __init__(
-        self, cfg: Any, scoreboard: Scoreboard, listeners: list[socket.socket], logger: logging.Logger
+        self,
+        cfg: Any,
+        scoreboard: Scoreboard,
+        listeners: list[socket.socket],
+        logger: logging.Logger,
+        app_metrics: AppMetricsDir | None = None,
     ) -> None:
         self.cfg = cfg
+        self.app_metrics = app_metrics
         self.scoreboard = scoreboard
         self.listeners = listeners
         self.listener_names = [listener_name(sock) for sock in listeners]
@@ -108,8 +116,9 @@ class Monitor:
                 self._close_statsd()
 
             self.admin = AdminProcess(
-                cfg, self.scoreboard, self.listeners, self.listener_names, identity, self.log, in_child
-            )
+                cfg, self.scoreboard, self.listeners, self.listener_names, identity, self.log, in_child,
+                app_metrics=self.app_metrics,
+            )  # fmt: skip
             problem = self.admin.bind(upgrading=upgrading)
             if problem is not None:
                 self._close_statsd()
@@ -145,6 +154,8 @@ class Monitor:
 
     def worker_exited(self, worker: Any, code: int) -> None:
         """Count why a reaped worker ended; a worker with no successor yet hands its reason on."""
+        if self.app_metrics is not None:
+            self.app_metrics.worker_exited(worker.pid)
         reason = exit_reason(worker, code)
         if reason is None:
             return

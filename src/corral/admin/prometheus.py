@@ -10,15 +10,23 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.utils import floatToGoString
 
-from corral.admin.status import liveness_problem
+from corral.admin.status import liveness_problem, readiness_problem
 from corral.master.scoreboard import METHODS, BoardSnapshot, MasterState, RestartReason, WorkerState
 
-__all__ = ["CONTENT_TYPE", "BoardCollector", "metric_families", "metrics_registry", "render_metrics"]
+__all__ = [
+    "CONTENT_TYPE",
+    "BoardCollector",
+    "MemoryLimitCollector",
+    "metric_families",
+    "metrics_registry",
+    "render_metrics",
+]
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 _STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
@@ -46,6 +54,9 @@ def _master_families(board: BoardSnapshot, now: float) -> list[Metric]:
     heartbeat.add_metric([], max(0.0, now - master.heartbeat) if master.heartbeat else 0.0)
     alive = GaugeMetricFamily("corral_master_alive", "1 when the master's loop turns (what /livez answers).")
     alive.add_metric([], 0.0 if liveness_problem(board, now) else 1.0)
+    # Sampled at each scrape, so flapping shows as changes() over a window (deploy/prometheus alerts on it).
+    ready = GaugeMetricFamily("corral_ready", "1 when the pool takes traffic (what /readyz answers).")
+    ready.add_metric([], 0.0 if readiness_problem(board, now) else 1.0)
     generation = GaugeMetricFamily("corral_master_generation", "Reload generation: HUP adds one.")
     generation.add_metric([], master.generation)
     started = GaugeMetricFamily("corral_master_start_time_seconds", "When the master started (Unix time).")
@@ -56,7 +67,7 @@ def _master_families(board: BoardSnapshot, now: float) -> list[Metric]:
     for reason in RestartReason:
         if reason is not RestartReason.START:
             restarts.add_metric([reason.name.lower()], board.restarts[reason])
-    return [state, heartbeat, alive, generation, started, restarts]
+    return [state, heartbeat, alive, ready, generation, started, restarts]
 
 
 def _worker_families(board: BoardSnapshot, now: float) -> list[Metric]:
@@ -164,9 +175,26 @@ class BoardCollector:
         yield from metric_families(self.read_board(), self.listener_names, self.clock())
 
 
-def metrics_registry(collector: BoardCollector) -> CollectorRegistry:
+class MemoryLimitCollector:
+    """The memory the server may use, read once when the admin process starts: what memory alerts compare
+    the workers' RSS with."""
+
+    def __init__(self, limit_bytes: int) -> None:
+        self.limit_bytes = limit_bytes
+
+    def collect(self) -> Iterator[Metric]:
+        limit = GaugeMetricFamily(
+            "corral_memory_limit_bytes",
+            "Memory this server may use: the tightest cgroup limit (a container's), else physical RAM; 0 unknown.",
+        )
+        limit.add_metric([], self.limit_bytes)
+        yield limit
+
+
+def metrics_registry(collector: BoardCollector, *others: Any) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(collector)
+    for each in (collector, *others):
+        registry.register(each)
     return registry
 
 

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from corral.admin.app_metrics import AppMetricsDir, prepare_app_metrics
 from corral.admin.monitor import Monitor
 from corral.hooks import HookFailed, ServerView, WorkerView, call_hook, run_on_starting
 from corral.master import sizing, upgrade
@@ -119,17 +120,22 @@ def run(cfg: Any, reload_config: Callable[[], Any] | None = None, *, app: Any = 
     except TLSConfigError as exc:
         print(f"corral: error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    app_metrics: AppMetricsDir | None = None
     try:
         if cfg.reload:
             check_reload_setup(cfg)  # after chdir: relative reload paths mean what they will mean when watched
         identity = resolve_identity(cfg.user, cfg.group, cfg.initgroups)
         owner = (identity.uid, identity.gid) if identity is not None else None
+        # Before a preloaded app creates its first metric, and before anything is bound.
+        app_metrics = prepare_app_metrics(cfg, identity)
         listeners = (
             upgrade.inherited_listeners()
             or systemd_listeners()
             or create_listeners(list(cfg.bind), cfg.backlog, umask=cfg.umask, owner=owner, reuse_port=cfg.reuse_port)
         )
     except (BindError, ValueError, OSError) as exc:
+        if app_metrics is not None:
+            app_metrics.close()
         print(f"corral: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_CONFIG
     # A master started by a binary upgrade writes <pidfile>.2 until the old master is gone (Gunicorn's way).
@@ -140,13 +146,17 @@ def run(cfg: Any, reload_config: Callable[[], Any] | None = None, *, app: Any = 
         if pidfile is not None:
             pidfile.create(os.getpid())
         upgrading = UpgradeState(start_cwd, upgrade_from, pidfile)
-        return _run_pool(cfg, listeners, logger, identity, reload_config, server, ssl_context, upgrading, app)
+        return _run_pool(
+            cfg, listeners, logger, identity, reload_config, server, ssl_context, upgrading, app_metrics, app
+        )
     except PidfileError as exc:
         print(f"corral: error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     finally:
         if pidfile is not None:
             pidfile.unlink()
+        if app_metrics is not None:
+            app_metrics.close()
         for sock in listeners:
             with contextlib.suppress(OSError):
                 sock.close()
@@ -196,6 +206,7 @@ def _run_pool(
     server: ServerView,
     ssl_context: ssl.SSLContext | None = None,
     upgrading: UpgradeState | None = None,
+    app_metrics: AppMetricsDir | None = None,
     app: Any = None,
 ) -> int:
     if cfg.reuse_port and tcp_migrate_req_enabled() is False:
@@ -229,6 +240,7 @@ def _run_pool(
         systemd=systemd,
         ssl_context=ssl_context,
         upgrading=upgrading,
+        app_metrics=app_metrics,
     )
     return arbiter.run()
 
@@ -249,6 +261,7 @@ class Arbiter:
         systemd: SystemdNotifier | None = None,
         ssl_context: ssl.SSLContext | None = None,
         upgrading: UpgradeState | None = None,
+        app_metrics: AppMetricsDir | None = None,
     ) -> None:
         self.cfg = cfg
         # Built here, in the master, and inherited by every worker forked from now on (rebuilt on HUP).
@@ -265,7 +278,8 @@ class Arbiter:
         self.cpu_budget: sizing.CpuBudget | None = None  # set when workers="auto"
         self.target = self._initial_target()
         self.scoreboard = Scoreboard(max(SCOREBOARD_SLOTS_MIN, self.target * 4))
-        self.monitor = Monitor(cfg, self.scoreboard, listeners, logger)  # heartbeat, admin endpoint, StatsD
+        # heartbeat, admin endpoint, StatsD, the app's metrics
+        self.monitor = Monitor(cfg, self.scoreboard, listeners, logger, app_metrics)
         self.ever_ready = False
         self.failures_in_a_row = 0
         self.next_spawn_at = 0.0
