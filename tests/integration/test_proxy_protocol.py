@@ -197,3 +197,11 @@ def test_proxy_protocol_with_tls_stops_corral_with_one_line(serve: ServerFactory
     assert server.wait(15) == 2
     lines = server.stderr_text().strip().splitlines()
     assert len(lines) == 1 and "proxy_protocol: cannot be combined with TLS" in lines[0], lines
+
+
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+def test_the_client_from_a_header_reaches_the_app_on_either_event_loop(serve: ServerFactory, loop: str) -> None:
+    server = serve("tests.apps.echo:app", "--proxy-protocol", "--proxy-allow-from", TRUSTED, "--loop", loop)
+    # The header and the request in one segment, as a proxy sends them when the client spoke first.
+    answer, _ = ask(server.port, b"PROXY TCP6 2001:db8::7 2001:db8::1 51000 443\r\n" + REQUEST, source=TRUSTED)
+    assert client_seen(answer) == ["2001:db8::7", 51000]

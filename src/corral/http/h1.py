@@ -255,12 +255,10 @@ class H1Protocol(WriteFlowControl):
     # --- the PROXY protocol gate (http/proxy_protocol.py) reads a header before this protocol is given the
     # connection; these are its only ways in.
 
-    def proxied(self, client: tuple[str, int] | None, server: tuple[str, int] | None) -> None:
-        """The connection's real addresses, from a PROXY header. Forwarded headers are then believed only if
-        the real client is itself a trusted proxy: the load balancer in front did not write them."""
+    def proxied(self, client: tuple[str, int] | None) -> None:
+        """The real client, from a PROXY header. Forwarded headers are then believed only if the real client is
+        itself a trusted proxy: the load balancer in front did not write them."""
         self.client = client
-        if server is not None:
-            self.server = server
         trust = self.state.proxy_trust
         self.trusted = trust is not None and client is not None and trust.is_trusted(client[0])
         self.watched = self.state.watched_trusted if self.trusted else self.state.watched

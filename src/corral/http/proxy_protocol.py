@@ -10,8 +10,10 @@ its `H1Protocol`; with the setting off nothing here runs. Decisions:
   does, and a connection without one is then a misconfiguration or someone else on the trusted network.
 * A peer outside `proxy_allow_ips` that starts with a header is closed (it would choose its own address);
   one that starts with anything else is served as plain HTTP.
-* LOCAL (v2 health checks), UNKNOWN (v1) and UNSPEC (v2) keep the connection's own addresses. A v2 AF_UNIX
-  source has no address an ASGI scope can carry: the client is then None. TLVs are skipped.
+* LOCAL (v2 health checks), UNKNOWN (v1) and UNSPEC (v2) keep the connection's own client address. A v2
+  AF_UNIX source has no address an ASGI scope can carry: the client is then None. TLVs are skipped.
+  `scope["server"]` stays the listening address, as the ASGI spec defines it and as proxy headers leave it;
+  the header's destination address is parsed (and validated) but not used.
 * Bounded: a v1 header is at most 107 bytes (the spec's limit), a v2 header at most 16 + `V2_MAX_PAYLOAD`
   bytes. The header is read under the same header timeout as a request head.
 * Refusals are logged (one warning line) and counted as 400 refusals in the worker's counters.
@@ -206,7 +208,7 @@ class ProxyProtocolGate(asyncio.Protocol):
         if header is not True:
             inner.state.counters.bytes_in += header.length
             if not header.local:
-                inner.proxied(header.client, header.server)
+                inner.proxied(header.client)
             buffer = buffer[header.length :]
         inner.proxy_header_done()
         self.transport.set_protocol(inner)  # type: ignore[union-attr]
