@@ -261,6 +261,12 @@ class Worker:
         close_websockets(state, CLOSE_GOING_AWAY if self.server_stopping() else CLOSE_SERVICE_RESTART)
         if graceful and self.final_shutdown():
             self._accept_backlog(state)
+        # Nothing more is accepted here: close our copies of the listeners now. Once every process has closed
+        # its copy, new connections are refused, and a load balancer retries them on another instance; an
+        # open copy would let the kernel queue them until we exit and then reset them, after the client had
+        # sent its request (a POST a balancer cannot retry).
+        for sock in self.listeners:
+            sock.close()
         if graceful:
             state.tick()
             state.drain_started = state.clock
@@ -276,8 +282,6 @@ class Worker:
                     len(state.connections),
                 )
         self._abort_connections()
-        for sock in self.listeners:
-            sock.close()
 
     def _accept_backlog(self, state: ServerState) -> None:
         """Take the connections already queued in the kernel, so the shutdown answers them too."""
