@@ -229,6 +229,7 @@ class PostLoad:
     threads: int = 4
     max_requests: int = 20_000
     max_seconds: float = 60.0
+    pause: float = 0.0  # seconds each thread waits between POSTs (0: back to back)
     outcomes: Counter[str] = field(default_factory=Counter)
     _stop: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -269,6 +270,7 @@ class PostLoad:
         deadline = time.monotonic() + self.max_seconds
         per_thread = self.max_requests // self.threads
         conn: http.client.HTTPConnection | None = None
+        index = 0
         for _ in range(per_thread):
             if self._stop.is_set() or time.monotonic() > deadline:
                 break
@@ -288,6 +290,8 @@ class PostLoad:
                 conn = None
             with self._lock:
                 self.outcomes[outcome] += 1
+            if self.pause:
+                self._stop.wait(self.pause * (0.8 + 0.4 * (index := (index + 1) % 5) / 4))
         if conn is not None:
             conn.close()
 
@@ -364,14 +368,15 @@ class Fleet:
                 load.wait_for_more(between)  # the successor takes its share before the next one goes
 
 
-def measure(kind: str, scenario: str, workdir: Path, python: str) -> PostLoad:
-    with Fleet(kind, workdir, python=python) as fleet, PostLoad(fleet.nginx.port) as load:
-        load.wait_for_more(500)
+def measure(kind: str, scenario: str, workdir: Path, python: str, threads: int, pause: float) -> PostLoad:
+    settle = 500 if not pause else threads * 3
+    with Fleet(kind, workdir, python=python) as fleet, PostLoad(fleet.nginx.port, threads, pause=pause) as load:
+        load.wait_for_more(settle)
         if scenario == "hup":
             fleet.hup_all()
         else:
-            fleet.rolling_restart(load)
-        load.wait_for_more(500)
+            fleet.rolling_restart(load, between=settle)
+        load.wait_for_more(settle)
         load.stop()
     return load
 
@@ -381,6 +386,8 @@ def main() -> None:
     parser.add_argument("--servers", default="corral,gunicorn-uvicorn")
     parser.add_argument("--scenarios", default="hup,rolling")
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=4, help="client threads, each on its own connection")
+    parser.add_argument("--pause", type=float, default=0.0, help="seconds between a thread's POSTs (0: none)")
     parser.add_argument("--workdir", type=Path, default=None, help="logs and nginx files (default: a temp dir)")
     args = parser.parse_args()
     if nginx_binary() is None:
@@ -392,7 +399,8 @@ def main() -> None:
     for kind in args.servers.split(","):
         for scenario in args.scenarios.split(","):
             for round_ in range(1, args.rounds + 1):
-                load = measure(kind, scenario, base / f"{kind}-{scenario}-{round_}", sys.executable)
+                workdir = base / f"{kind}-{scenario}-{round_}"
+                load = measure(kind, scenario, workdir, sys.executable, args.threads, args.pause)
                 outcomes = ", ".join(f"{name}: {count}" for name, count in sorted(load.outcomes.items()))
                 print(f"{kind:<18} {scenario:<8} {round_:>5} {load.total:>7} {load.failed:>5}  {outcomes}")
 
