@@ -51,11 +51,6 @@ def test_a_hup_of_every_instance_behind_nginx_loses_no_post(tmp_path: Path) -> N
         assert load.failed == 0, _report(fleet, load)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="a draining worker closes an idle keep-alive connection after DRAIN_IDLE_GRACE (1 s), shorter than the "
-    "keep-alive it advertised, while nginx may already be sending a POST on it (502); the drain change fixes it",
-)
 def test_a_rolling_restart_behind_nginx_loses_no_post(tmp_path: Path) -> None:
     with Fleet("corral", tmp_path) as fleet, PostLoad(fleet.nginx.port, **LOAD) as load:
         assert load.wait_for_more(300), _report(fleet, load)
