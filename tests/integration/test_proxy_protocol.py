@@ -8,6 +8,7 @@ connect from 127.0.0.1 (untrusted) or bind 127.0.0.2 (trusted) as each test need
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import shutil
 import signal
@@ -205,3 +206,24 @@ def test_the_client_from_a_header_reaches_the_app_on_either_event_loop(serve: Se
     # The header and the request in one segment, as a proxy sends them when the client spoke first.
     answer, _ = ask(server.port, b"PROXY TCP6 2001:db8::7 2001:db8::1 51000 443\r\n" + REQUEST, source=TRUSTED)
     assert client_seen(answer) == ["2001:db8::7", 51000]
+
+
+def test_a_websocket_session_after_a_header_sees_the_real_client(serve: ServerFactory) -> None:
+    from websockets.sync.client import connect
+
+    server = serve("tests.apps.websocket_apps:app", "--proxy-protocol", "--proxy-allow-from", TRUSTED)
+    sock = socket.socket()
+    sock.settimeout(5)
+    sock.bind((TRUSTED, 0))
+    sock.connect(("127.0.0.1", server.port))
+    sock.sendall(b"PROXY TCP4 203.0.113.7 192.0.2.1 51000 443\r\n")
+    with connect(f"ws://127.0.0.1:{server.port}/scope", sock=sock, open_timeout=5, close_timeout=5) as ws:
+        assert json.loads(ws.recv(timeout=5))["client"] == ["203.0.113.7", 51000]
+
+
+def test_the_haproxy_deploy_example_is_a_valid_haproxy_config() -> None:
+    binary = haproxy_binary()
+    if binary is None:
+        pytest.skip("HAProxy is not installed (Debian package haproxy: scripts/install-system-packages)")
+    checked = subprocess.run([binary, "-c", "-f", str(HAPROXY_TEMPLATE)], capture_output=True, text=True, timeout=30)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
