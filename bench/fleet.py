@@ -159,6 +159,11 @@ def server_command(kind: str, port: int, python: str = sys.executable, extra: tu
             python, "-m", "gunicorn", APP, "--bind", bind, "--workers", "1", "--keep-alive", "75",
             "-k", "uvicorn_worker.UvicornWorker", *extra,
         ]  # fmt: skip
+    if kind == "gunicorn-asgi":
+        return [
+            python, "-m", "gunicorn", APP, "--bind", bind, "--workers", "1", "--keep-alive", "75", "-k", "asgi",
+            *extra,
+        ]  # fmt: skip
     raise ValueError(f"unknown server {kind!r}")
 
 
@@ -383,7 +388,7 @@ def measure(kind: str, scenario: str, workdir: Path, python: str, threads: int, 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--servers", default="corral,gunicorn-uvicorn")
+    parser.add_argument("--servers", default="corral,gunicorn-uvicorn", help="also: gunicorn-asgi (gunicorn -k asgi)")
     parser.add_argument("--scenarios", default="hup,rolling")
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--threads", type=int, default=4, help="client threads, each on its own connection")

@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from corral.http.errors import BadRequest
 
@@ -71,6 +72,9 @@ class ProxyHeader:
     local: bool  # LOCAL, UNKNOWN or UNSPEC: keep the connection's own addresses
     client: Address | None = None
     server: Address | None = None
+
+
+_NO_HEADER = ProxyHeader(0, local=True)  # an untrusted peer speaking plain HTTP
 
 
 def starts_like_proxy_header(data: bytes) -> bool | None:
@@ -205,24 +209,24 @@ class ProxyProtocolGate(asyncio.Protocol):
             inner.proxy_header_waiting()
             return
         self.buffer = b""
-        if header is not True:
+        if header.length:
             inner.state.counters.bytes_in += header.length
-            if not header.local:
-                inner.proxied(header.client)
             buffer = buffer[header.length :]
+        if not header.local:
+            inner.proxied(header.client)
         inner.proxy_header_done()
         self.transport.set_protocol(inner)  # type: ignore[union-attr]
         if buffer:
             inner.data_received(buffer)
 
-    def _read(self, buffer: bytes) -> ProxyHeader | bool | None:
-        """The header (trusted peer); True for plain HTTP (untrusted peer); None until enough bytes arrived."""
+    def _read(self, buffer: bytes) -> ProxyHeader | None:
+        """The header of a trusted peer; for another peer, no header (plain HTTP); None until enough bytes."""
         if self.expected:
             return parse_proxy_header(buffer)
         looks = starts_like_proxy_header(buffer)
         if looks:
             raise ProxyProtocolError("PROXY protocol header from a peer not in proxy_allow_ips")
-        return None if looks is None else True
+        return None if looks is None else _NO_HEADER
 
     def _refuse(self, reason: str) -> None:
         inner = self.inner
@@ -246,7 +250,7 @@ class ProxyProtocolGate(asyncio.Protocol):
         self.inner.resume_writing()
 
 
-def gate_factory(inner_factory: Any, trust: ProxyTrust) -> Any:
+def gate_factory(inner_factory: Callable[[], H1Protocol], trust: ProxyTrust) -> Callable[[], ProxyProtocolGate]:
     """A protocol factory that puts a gate in front of each protocol `inner_factory` makes."""
 
     def factory() -> ProxyProtocolGate:
