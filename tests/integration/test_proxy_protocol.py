@@ -112,6 +112,13 @@ def client_seen(answer: bytes) -> list:
     return decode_echo(response.body)["client"]
 
 
+def refusal(answer: bytes) -> int:
+    """The status of the one response before the close, which must say Connection: close."""
+    [response] = parse_responses(answer)
+    assert response.closes, answer
+    return response.status
+
+
 @pytest.fixture
 def corral(serve: ServerFactory) -> Server:
     return serve("tests.apps.echo:app", "--proxy-protocol", "--proxy-allow-from", TRUSTED, "--access-logfile", "-")
@@ -139,7 +146,7 @@ def test_through_haproxy_the_app_sees_the_real_client_and_health_checks_pass(
 
 def test_a_proxy_header_from_a_peer_not_in_proxy_allow_ips_closes_the_connection(corral) -> None:
     answer, _ = ask(corral.port, b"PROXY TCP4 203.0.113.7 127.0.0.1 1234 80\r\n" + REQUEST)
-    assert answer == b""
+    assert refusal(answer) == 403
     assert corral.wait_for_stderr("not in proxy_allow_ips"), corral.stderr_text()
     # The same untrusted peer without a header is plain HTTP, with its own address.
     answer, (host, client_port) = ask(corral.port)
@@ -156,13 +163,13 @@ def test_a_proxy_header_from_a_peer_not_in_proxy_allow_ips_closes_the_connection
 )
 def test_a_malformed_header_from_a_trusted_peer_closes_the_connection(corral, header: bytes) -> None:
     answer, _ = ask(corral.port, header + bytes(12) + REQUEST, source=TRUSTED)
-    assert answer == b""
+    assert refusal(answer) == 400
     assert corral.wait_for_stderr(f"Closing a connection from {TRUSTED}:"), corral.stderr_text()
 
 
 def test_a_trusted_peer_must_send_a_header(corral) -> None:
     answer, _ = ask(corral.port, REQUEST, source=TRUSTED)
-    assert answer == b""
+    assert refusal(answer) == 400
     assert corral.wait_for_stderr("no PROXY protocol header"), corral.stderr_text()
 
 

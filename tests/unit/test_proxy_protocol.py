@@ -226,7 +226,9 @@ def test_a_trusted_peer_without_a_header_is_closed_and_counted(caplog: pytest.Lo
         gate = Gate()
         with caplog.at_level(logging.WARNING):
             gate.feed(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
-        assert gate.transport.closed and not gate.transport.written
+        assert gate.transport.closed
+        assert gate.transport.written.startswith(b"HTTP/1.1 400 Bad Request\r\n")
+        assert b"connection: close\r\n" in gate.transport.written
         assert gate.state.counters.responses[3] == 1
         assert "no PROXY protocol header" in caplog.text
 
@@ -237,7 +239,8 @@ def test_an_untrusted_peer_sending_a_header_is_closed() -> None:
     async def main() -> None:
         gate = Gate(peer=("198.51.100.9", 40000))
         gate.feed(b"PRO", b"XY TCP4 1.2.3.4 5.6.7.8 1 2\r\n")
-        assert gate.transport.closed and not gate.transport.written
+        assert gate.transport.closed
+        assert gate.transport.written.startswith(b"HTTP/1.1 403 Forbidden\r\n")
         assert gate.state.counters.responses[3] == 1
 
     run(main())

@@ -272,8 +272,8 @@ class H1Protocol(WriteFlowControl):
     def proxy_header_done(self) -> None:
         self.head_bytes = 0
 
-    def close_connection(self) -> None:
-        self._close()
+    def refuse_connection(self, status: int, reason: str) -> None:
+        self._refuse(status, reason)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True

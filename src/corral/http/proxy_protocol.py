@@ -16,7 +16,8 @@ its `H1Protocol`; with the setting off nothing here runs. Decisions:
   the header's destination address is parsed (and validated) but not used.
 * Bounded: a v1 header is at most 107 bytes (the spec's limit), a v2 header at most 16 + `V2_MAX_PAYLOAD`
   bytes. The header is read under the same header timeout as a request head.
-* Refusals are logged (one warning line) and counted as 400 refusals in the worker's counters.
+* A refusal is answered like a bad request (400; 403 for a header from an untrusted peer, as Gunicorn does)
+  with `Connection: close`, logged (one warning line), and counted as a refusal in the worker's counters.
 * TLS is not combined with the PROXY protocol: the header arrives before the TLS handshake, which asyncio's
   TLS transport would take as handshake bytes; the configuration refuses the pair.
 """
@@ -42,6 +43,7 @@ __all__ = [
     "ProxyHeader",
     "ProxyProtocolError",
     "ProxyProtocolGate",
+    "UntrustedProxyHeader",
     "gate_factory",
     "parse_proxy_header",
     "starts_like_proxy_header",
@@ -61,7 +63,13 @@ Address = tuple[str, int]
 
 
 class ProxyProtocolError(BadRequest):
-    """The bytes are not a valid PROXY protocol header."""
+    """The bytes are not a valid PROXY protocol header (400)."""
+
+
+class UntrustedProxyHeader(ProxyProtocolError):
+    """A PROXY header from a peer not in proxy_allow_ips (403, as Gunicorn answers it)."""
+
+    status = 403
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,7 +210,7 @@ class ProxyProtocolGate(asyncio.Protocol):
         try:
             header = self._read(buffer)
         except ProxyProtocolError as exc:
-            self._refuse(str(exc))
+            self._refuse(exc)
             return
         if header is None:
             self.buffer = buffer
@@ -225,17 +233,17 @@ class ProxyProtocolGate(asyncio.Protocol):
             return parse_proxy_header(buffer)
         looks = starts_like_proxy_header(buffer)
         if looks:
-            raise ProxyProtocolError("PROXY protocol header from a peer not in proxy_allow_ips")
+            raise UntrustedProxyHeader("PROXY protocol header from a peer not in proxy_allow_ips")
         return None if looks is None else _NO_HEADER
 
-    def _refuse(self, reason: str) -> None:
+    def _refuse(self, error: ProxyProtocolError) -> None:
+        """Answer with the error's status, close, log one line; the refusal is counted like a bad request's."""
         inner = self.inner
         client = inner.client
         peer = f"{client[0]}:{client[1]}" if client else "a unix socket peer"
-        inner.state.logger.warning("Closing a connection from %s: %s", peer, reason)
-        inner.state.counters.count_refusal(400)
+        inner.state.logger.warning("Closing a connection from %s: %s", peer, error.reason)
         self.buffer = b""
-        inner.close_connection()
+        inner.refuse_connection(error.status, error.reason)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.inner.connection_lost(exc)
