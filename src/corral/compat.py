@@ -35,6 +35,10 @@ SETTING_DIFFERENCES: dict[str, str] = {
     "worker_class": "Every Uvicorn worker name (`uvicorn.workers.UvicornWorker`, `uvicorn_worker.UvicornWorker`, "
     "`uvicorn.workers.UvicornH11Worker`) means corral's own worker; `sync`, `gthread`, `gevent` and other "
     "classes are refused in one line.",
+    "proxy_protocol": "v1 and v2 (LOCAL, TLVs skipped); a peer in proxy_allow_ips must send the header (400 "
+    "without one; Gunicorn serves it); a header from any other peer gets 403; not with TLS (exit 2).",
+    "proxy_allow_ips": "Also a unix-socket peer must send the header. After a PROXY header, X-Forwarded-* are "
+    "believed only when the header's client is itself in forwarded_allow_ips.",
     "worker_connections": "Applies to corral's asyncio worker (Gunicorn: only to eventlet/gevent workers): a "
     "connection over the cap gets 503 at once.",
     "timeout": "The heartbeat comes from the worker's event loop, so a blocked loop counts as silent; the master "

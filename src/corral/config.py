@@ -889,12 +889,11 @@ SETTINGS: tuple[Setting, ...] = (
             header_dict,
             "Headers (and exact values) by which a trusted proxy says the request came over HTTPS."),
     Setting("proxy_protocol", "Proxy", False, boolean,
-            "Accept the HAProxy PROXY protocol header on new connections.",
-            cli=("--proxy-protocol",), kind="flag",
-            unsupported="the PROXY protocol is not implemented yet and no open issue plans it"),
-    Setting("proxy_allow_ips", "Proxy", "127.0.0.1", string,
-            "IPs allowed to send a PROXY protocol header.", cli=("--proxy-allow-from",), metavar="LIST",
-            ignored="it only applies to the PROXY protocol, which corral does not implement"),
+            "Read a PROXY protocol header (v1 or v2) first on connections from proxy_allow_ips (not with TLS).",
+            cli=("--proxy-protocol",), kind="flag"),
+    Setting("proxy_allow_ips", "Proxy", "127.0.0.1,::1", forwarded_ips,
+            "Comma-separated IPs/networks (or '*') that must send a PROXY header when proxy_protocol is on.",
+            cli=("--proxy-allow-from",), metavar="LIST"),
     # Logging
     Setting("accesslog", "Logging", None, optional_string,
             "Access log file; '-' is stdout; unset: no access log.",
@@ -1461,6 +1460,15 @@ def _given(setting: Setting, value: Any, source: str) -> str:
     return f"got {format_value(value)} {_from(source)}"
 
 
+def _check_proxy_protocol(values: Mapping[str, Any], sources: Mapping[str, str]) -> None:
+    """The PROXY header comes before a TLS handshake, which the TLS layer would read as handshake bytes."""
+    if values["proxy_protocol"] and values["certfile"]:
+        raise ConfigError(
+            f"proxy_protocol: cannot be combined with TLS (certfile {_from(sources['certfile'])}); terminate TLS "
+            "at the proxy, or turn proxy_protocol off"
+        )
+
+
 def _check_supported(values: Mapping[str, Any], sources: Mapping[str, str]) -> list[str]:
     """A declared-but-unimplemented setting with a non-default value is an error; a Gunicorn setting corral
     has no use for is a warning (returned, one line each). Nothing is ever ignored silently."""
@@ -1599,6 +1607,7 @@ def load_config(argv: list[str], environ: Mapping[str, str] | None = None, cwd: 
     _combine_uvicorn_bind(values, sources)
     _development_defaults(values, sources)
     _check_accounts(values, sources)
+    _check_proxy_protocol(values, sources)
     warnings.extend(_check_supported(values, sources))
 
     app, app_source = _choose_app(cli, env, env_source, values, sources)

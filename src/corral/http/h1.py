@@ -267,6 +267,29 @@ class H1Protocol(WriteFlowControl):
             self.trusted = True
             self.watched = state.watched_trusted
 
+    # --- the PROXY protocol gate (http/proxy_protocol.py) reads a header before this protocol is given the
+    # connection; these are its only ways in.
+
+    def proxied(self, client: tuple[str, int] | None) -> None:
+        """The real client, from a PROXY header. Forwarded headers are then believed only if the real client is
+        itself a trusted proxy: the load balancer in front did not write them."""
+        self.client = client
+        trust = self.state.proxy_trust
+        self.trusted = trust is not None and client is not None and trust.is_trusted(client[0])
+        self.watched = self.state.watched_trusted if self.trusted else self.state.watched
+
+    def proxy_header_waiting(self) -> None:
+        """Part of a PROXY header arrived: the header timeout runs for it as for a request head."""
+        if not self.head_bytes:
+            self.head_started = self.state.clock
+            self.head_bytes = 1
+
+    def proxy_header_done(self) -> None:
+        self.head_bytes = 0
+
+    def refuse_connection(self, status: int, reason: str) -> None:
+        self._refuse(status, reason)
+
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
         self.state.connections.discard(self)

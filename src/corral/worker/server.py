@@ -169,9 +169,7 @@ class Worker:
         state = self.state
         assert state is not None
 
-        def protocol_factory() -> H1Protocol:
-            return H1Protocol(state)
-
+        protocol_factory = self._protocol_factory(state)
         for sock in self.listeners:
             # The server gets a duplicate: closing it must leave our descriptor open, so that on the final
             # shutdown the connections still queued in the kernel can be accepted and answered.
@@ -186,6 +184,19 @@ class Worker:
                 )
             self.servers.append(server)
             self.logger.debug("Listening on %s", describe(sock))
+
+    def _protocol_factory(self, state: ServerState) -> Callable[[], asyncio.Protocol]:
+        """HTTP/1.1 for each connection; behind a PROXY protocol gate when proxy_protocol is on."""
+
+        def protocol_factory() -> H1Protocol:
+            return H1Protocol(state)
+
+        if not getattr(self.cfg, "proxy_protocol", False):
+            return protocol_factory
+        from corral.http.proxy_protocol import gate_factory
+
+        trust = ProxyTrust.from_setting(self.cfg.proxy_allow_ips, {})
+        return gate_factory(protocol_factory, trust)
 
     def _start_watchdog(self) -> None:
         threshold = float(getattr(self.cfg, "loop_lag_warn", 0) or 0)
@@ -258,6 +269,12 @@ class Worker:
         close_websockets(state, CLOSE_GOING_AWAY if self.server_stopping() else CLOSE_SERVICE_RESTART)
         if graceful and self.final_shutdown():
             self._accept_backlog(state)
+        # Nothing more is accepted here: close our copies of the listeners now. Once every process has closed
+        # its copy, new connections are refused, and a load balancer retries them on another instance; an
+        # open copy would let the kernel queue them until we exit and then reset them, after the client had
+        # sent its request (a POST a balancer cannot retry).
+        for sock in self.listeners:
+            sock.close()
         if graceful:
             state.tick()
             state.drain_started = state.clock
@@ -273,15 +290,11 @@ class Worker:
                     len(state.connections),
                 )
         self._abort_connections()
-        for sock in self.listeners:
-            sock.close()
 
     def _accept_backlog(self, state: ServerState) -> None:
         """Take the connections already queued in the kernel, so the shutdown answers them too."""
 
-        def protocol_factory() -> H1Protocol:
-            return H1Protocol(state)
-
+        protocol_factory = self._protocol_factory(state)
         for sock in self.listeners:
             while True:
                 try:
