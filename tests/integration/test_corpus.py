@@ -324,7 +324,7 @@ def replay_valid(server: Server, data: bytes) -> Exchange:
 @cache
 def corral_help() -> str:
     completed = subprocess.run(
-        [sys.executable, "-m", "corral", "--help"], capture_output=True, text=True, cwd=REPO_ROOT, timeout=30
+        [sys.executable, "-m", "corral", "--help-all"], capture_output=True, text=True, cwd=REPO_ROOT, timeout=30
     )
     return completed.stdout + completed.stderr
 
