@@ -24,6 +24,7 @@ from corral.master.scoreboard import Slot, WorkerCounters, WorkerState
 from corral.master.sizing import rss_bytes
 from corral.master.sockets import describe
 from corral.tls import serving_options
+from corral.worker.drain import cancel_app_calls, wait_until_drained
 from corral.worker.lifespan import Lifespan, LifespanFailure
 
 __all__ = ["EXIT_LIFESPAN", "EXIT_OK", "Worker", "new_event_loop"]
@@ -34,6 +35,13 @@ EXIT_LIFESPAN = 4
 # How often the coarse clock, the Date header, idle/slow connection checks, log flushing and the
 # heartbeat run.
 TICK_SECONDS = 1.0
+
+# On INT/QUIT the master kills its workers 3 s after asking: lifespan shutdown gets this long, so the app can
+# still close its pools and flush what it holds.
+FAST_LIFESPAN_SHUTDOWN = 2.0
+
+# How long cancelled app calls get to unwind (their `finally` blocks, their except CancelledError).
+CANCEL_GRACE = 1.0
 
 
 def new_event_loop(choice: str) -> asyncio.AbstractEventLoop:
@@ -82,6 +90,7 @@ class Worker:
         self.counters = WorkerCounters.for_worker(cfg, slot)
         self.servers: list[asyncio.AbstractServer] = []
         self.stop_requested: asyncio.Future[bool] = loop.create_future()
+        self.hurried = False  # INT or QUIT came during a graceful drain: stop waiting
         self.state: ServerState | None = None
         self.access_log: AccessLog | None = None
         self.tick_handle: asyncio.TimerHandle | None = None
@@ -110,14 +119,19 @@ class Worker:
         await self._start_servers()
         self._start_watchdog()
         if self.slot is not None:
-            self.slot.set_state(WorkerState.READY, time.monotonic())
+            now = time.monotonic()
+            # RSS before READY: the master reads it as it sees READY (workers=auto caps the pool by it).
+            self.slot.publish(self.counters, now, rss_bytes())
+            self.slot.set_state(WorkerState.READY, now)
         self.logger.info("Application startup complete")
         graceful = await self.stop_requested
         if self.slot is not None:
             self.slot.set_state(WorkerState.DRAINING, time.monotonic())
         await self._stop_servers(graceful)
-        if graceful:
+        if graceful and not self.hurried:
             await lifespan.shutdown()
+        else:
+            await self._fast_lifespan_shutdown(lifespan)
         if self.watchdog is not None:
             self.watchdog.stop()
         if self.tick_handle is not None:
@@ -129,6 +143,15 @@ class Worker:
             self.access_log.close()
         self.logger.info("Shutdown complete")
         return EXIT_OK
+
+    async def _fast_lifespan_shutdown(self, lifespan: Lifespan) -> None:
+        """INT/QUIT: lifespan shutdown still runs, bounded so that it ends before the master's kill."""
+        try:
+            await asyncio.wait_for(lifespan.shutdown(), FAST_LIFESPAN_SHUTDOWN)
+        except asyncio.TimeoutError:
+            self.logger.warning(
+                "lifespan shutdown did not finish within %gs of a fast shutdown: cancelled", FAST_LIFESPAN_SHUTDOWN
+            )
 
     def _make_state(self, app_state: dict[str, Any]) -> ServerState:
         cfg = self.cfg
@@ -214,9 +237,12 @@ class Worker:
         if not self.stop_requested.done():
             self.logger.info("Worker shutting down%s", " gracefully" if graceful else "")
             self.stop_requested.set_result(graceful)
-        elif not graceful:
-            # A fast stop during the drain: stop waiting for the stragglers.
+        elif not graceful and not self.hurried:
+            # A fast stop during the drain: stop waiting for the stragglers (the drain wakes when they are gone).
+            self.hurried = True
             self._abort_connections()
+            if self.state is not None:
+                cancel_app_calls(self.state, self.logger, "fast shutdown during the drain")
 
     def _max_requests_reached(self) -> None:
         self.logger.info("max_requests (%d) reached: asking the master for a replacement", self.max_requests)
@@ -250,23 +276,24 @@ class Worker:
         close_websockets(state, CLOSE_GOING_AWAY if self.server_stopping() else CLOSE_SERVICE_RESTART)
         if graceful and self.final_shutdown():
             self._accept_backlog(state)
+        # Now, not after the drain: a connection that reached a listener we still held would wait in its
+        # queue, never accepted, and be reset when we exit. Once every holder has closed, connects are refused.
+        for sock in self.listeners:
+            sock.close()
+        why = "fast shutdown"
         if graceful:
             state.tick()
             state.drain_started = state.clock
-            deadline = self.loop.time() + self.cfg.graceful_timeout
-            while state.connections and self.loop.time() < deadline:
-                await asyncio.sleep(0.05)
-                state.tick()
-                state.sweep()
-            if state.connections:
-                self.logger.warning(
-                    "graceful_timeout (%ss) expired with %d connection(s) still open: closing them",
-                    self.cfg.graceful_timeout,
-                    len(state.connections),
-                )
+            # Idle keep-alive connections stay until their keep-alive timeout (the tick's sweep), their next
+            # request (answered with Connection: close), or the peer's close.
+            drained = await wait_until_drained(state, self.cfg.graceful_timeout, self.logger)
+            why = f"graceful_timeout ({self.cfg.graceful_timeout:g}s) expired"
+            if state.connections and not drained and not self.hurried:
+                self.logger.warning("%s with %d connection(s) still open: closing them", why, len(state.connections))
         self._abort_connections()
-        for sock in self.listeners:
-            sock.close()
+        tasks = cancel_app_calls(state, self.logger, why)
+        if tasks:
+            await asyncio.wait(tasks, timeout=CANCEL_GRACE)
 
     def _accept_backlog(self, state: ServerState) -> None:
         """Take the connections already queued in the kernel, so the shutdown answers them too."""

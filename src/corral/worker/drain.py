@@ -1,0 +1,68 @@
+"""A worker's graceful drain: waiting for its connections and for the app calls still running, then cancelling
+whatever outlives the bound.
+
+An app call is waited for until the app coroutine returns, not until its response is complete: work that runs
+after the response (Starlette's BackgroundTasks, a streaming app's cleanup) is part of the request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from corral.http.asgi import RequestCycle
+from corral.http.h1 import ServerState
+
+__all__ = ["cancel_app_calls", "describe_call", "wait_until_drained"]
+
+
+async def wait_until_drained(state: ServerState, timeout: float, logger: logging.Logger) -> bool:
+    """Wait until every connection is closed and every app call has returned, or `timeout` seconds pass.
+
+    Woken by the events themselves (the last connection going, the last app call returning), so a worker
+    with nothing left exits at once. True if everything finished.
+    """
+    done: asyncio.Future[None] = state.loop.create_future()
+
+    def check() -> None:
+        if not state.connections and not state.app_calls and not done.done():
+            done.set_result(None)
+
+    if state.app_calls:
+        logger.info(
+            "Waiting for %d app task(s) to finish (requests in flight or work after their response, such as "
+            "background tasks), for up to %gs",
+            len(state.app_calls),
+            timeout,
+        )
+    state.connections.on_empty = check
+    state.on_app_calls_done = check
+    try:
+        check()
+        await asyncio.wait({done}, timeout=timeout)
+    finally:
+        state.connections.on_empty = None
+        state.on_app_calls_done = None
+    return done.done()
+
+
+def cancel_app_calls(state: ServerState, logger: logging.Logger, why: str) -> list[asyncio.Task[Any]]:
+    """Cancel every app call still running and name them in the log; their Tasks, to wait for."""
+    calls = list(state.app_calls)
+    if not calls:
+        return []
+    logger.warning(
+        "%s: cancelling %d app task(s) still running: %s", why, len(calls), ", ".join(map(describe_call, calls))
+    )
+    tasks = [call.task for call in calls if call.task is not None and not call.task.done()]
+    for task in tasks:
+        task.cancel()
+    return tasks
+
+
+def describe_call(call: RequestCycle) -> str:
+    """'POST /jobs (after its response)': what the operator needs to find the request again."""
+    scope = call.scope
+    when = "after its response" if call.response_complete else "before its response was complete"
+    return f"{scope['method']} {scope['path']} ({when})"
