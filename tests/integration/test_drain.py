@@ -112,6 +112,25 @@ def test_a_background_task_longer_than_graceful_timeout_is_cancelled_and_named(
     ), log
 
 
+def test_int_during_a_drain_stops_waiting_cancels_the_app_work_and_still_runs_lifespan_shutdown(
+    serve: ServerFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shutdown_marker = tmp_path / "lifespan-shutdown"
+    monkeypatch.setenv("CORRAL_TEST_SHUTDOWN_MARKER", str(shutdown_marker))
+    server = serve(APP, "--graceful-timeout", "120")
+    marker = tmp_path / "job"
+    pid = start_job(server.port, 120, marker)
+    server.signal(signal.SIGTERM)
+    assert wait_until(lambda: "Waiting for 1 app task(s)" in worker_log(server, pid), 10), server.stderr_text()
+    server.signal(signal.SIGINT)
+    assert server.wait(30) is not None, "the drain went on after INT"
+    assert Path(f"{marker}.cancelled").exists(), server.stderr_text()
+    assert "fast shutdown during the drain: cancelling 1 app task(s) still running: POST /job" in worker_log(
+        server, pid
+    )
+    assert shutdown_marker.read_text() == f"shutdown by {pid}"
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGQUIT], ids=["INT", "QUIT"])
 def test_fast_shutdown_still_runs_lifespan_shutdown(
     serve: ServerFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, signum: signal.Signals

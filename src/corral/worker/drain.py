@@ -17,8 +17,11 @@ from corral.http.h1 import ServerState
 __all__ = ["cancel_app_calls", "describe_call", "wait_until_drained"]
 
 
-async def wait_until_drained(state: ServerState, timeout: float, logger: logging.Logger) -> bool:
-    """Wait until every connection is closed and every app call has returned, or `timeout` seconds pass.
+async def wait_until_drained(
+    state: ServerState, timeout: float, logger: logging.Logger, give_up: asyncio.Future[None]
+) -> bool:
+    """Wait until every connection is closed and every app call has returned, `timeout` seconds pass, or
+    `give_up` is done (a fast stop came).
 
     Woken by the events themselves (the last connection going, the last app call returning), so a worker
     with nothing left exits at once. True if everything finished.
@@ -40,7 +43,7 @@ async def wait_until_drained(state: ServerState, timeout: float, logger: logging
     state.on_app_calls_done = check
     try:
         check()
-        await asyncio.wait({done}, timeout=timeout)
+        await asyncio.wait({done, give_up}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
     finally:
         state.connections.on_empty = None
         state.on_app_calls_done = None

@@ -90,7 +90,7 @@ class Worker:
         self.counters = WorkerCounters.for_worker(cfg, slot)
         self.servers: list[asyncio.AbstractServer] = []
         self.stop_requested: asyncio.Future[bool] = loop.create_future()
-        self.hurried = False  # INT or QUIT came during a graceful drain: stop waiting
+        self.hurry: asyncio.Future[None] = loop.create_future()  # INT or QUIT during a drain: stop waiting
         self.state: ServerState | None = None
         self.access_log: AccessLog | None = None
         self.tick_handle: asyncio.TimerHandle | None = None
@@ -128,7 +128,7 @@ class Worker:
         if self.slot is not None:
             self.slot.set_state(WorkerState.DRAINING, time.monotonic())
         await self._stop_servers(graceful)
-        if graceful and not self.hurried:
+        if graceful and not self.hurry.done():
             await lifespan.shutdown()
         else:
             await self._fast_lifespan_shutdown(lifespan)
@@ -237,12 +237,9 @@ class Worker:
         if not self.stop_requested.done():
             self.logger.info("Worker shutting down%s", " gracefully" if graceful else "")
             self.stop_requested.set_result(graceful)
-        elif not graceful and not self.hurried:
-            # A fast stop during the drain: stop waiting for the stragglers (the drain wakes when they are gone).
-            self.hurried = True
-            self._abort_connections()
-            if self.state is not None:
-                cancel_app_calls(self.state, self.logger, "fast shutdown during the drain")
+        elif not graceful and not self.hurry.done():
+            # A fast stop during the drain: stop waiting for the stragglers.
+            self.hurry.set_result(None)
 
     def _max_requests_reached(self) -> None:
         self.logger.info("max_requests (%d) reached: asking the master for a replacement", self.max_requests)
@@ -286,9 +283,12 @@ class Worker:
             state.drain_started = state.clock
             # Idle keep-alive connections stay until their keep-alive timeout (the tick's sweep), their next
             # request (answered with Connection: close), or the peer's close.
-            drained = await wait_until_drained(state, self.cfg.graceful_timeout, self.logger)
-            why = f"graceful_timeout ({self.cfg.graceful_timeout:g}s) expired"
-            if state.connections and not drained and not self.hurried:
+            drained = await wait_until_drained(state, self.cfg.graceful_timeout, self.logger, self.hurry)
+            if self.hurry.done():
+                why = "fast shutdown during the drain"
+            else:
+                why = f"graceful_timeout ({self.cfg.graceful_timeout:g}s) expired"
+            if state.connections and not drained:
                 self.logger.warning("%s with %d connection(s) still open: closing them", why, len(state.connections))
         self._abort_connections()
         tasks = cancel_app_calls(state, self.logger, why)
