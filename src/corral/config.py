@@ -653,7 +653,7 @@ SETTINGS: tuple[Setting, ...] = (
             "Kill (with a traceback) and replace a worker whose event loop is silent this long; 0: off.",
             cli=("-t", "--timeout"), env="WEB_TIMEOUT", metavar=_SECONDS),
     Setting("graceful_timeout", "Worker Processes", 30.0, seconds(),
-            "On shutdown, time allowed for in-flight requests to finish before they are cut.",
+            "On shutdown or replacement, time for in-flight requests and app work after them (background tasks).",
             cli=("--graceful-timeout",), metavar=_SECONDS),
     Setting("keepalive", "Worker Processes", 5.0, seconds(),
             "Seconds an idle keep-alive connection is kept open; 0 closes after each response.",
