@@ -67,12 +67,12 @@ _FORBIDDEN_TRAILERS = frozenset({_HOST, _TRANSFER_ENCODING, _CONTENT_LENGTH})
 _TARGET_FORBIDDEN = re.compile(rb'[#"\x80-\xff]')
 
 
-class Connections(set):  # type: ignore[type-arg]
+class Connections(set["H1Protocol | WebSocketSession"]):
     """The live connections; a draining worker sets `on_empty` to learn at once when the last one goes."""
 
     on_empty: Callable[[], None] | None = None
 
-    def discard(self, conn: Any) -> None:
+    def discard(self, conn: H1Protocol | WebSocketSession) -> None:
         super().discard(conn)
         if not self and self.on_empty is not None:
             self.on_empty()
