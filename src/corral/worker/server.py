@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 import socket
@@ -297,10 +298,6 @@ class Worker:
 
     def _accept_backlog(self, state: ServerState) -> None:
         """Take the connections already queued in the kernel, so the shutdown answers them too."""
-
-        def protocol_factory() -> H1Protocol:
-            return H1Protocol(state)
-
         for sock in self.listeners:
             while True:
                 try:
@@ -311,9 +308,12 @@ class Worker:
                 with contextlib.suppress(OSError):
                     if sock.family != socket.AF_UNIX:
                         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                accepted = self.loop.connect_accepted_socket(protocol_factory, conn, **self.tls_options)
+                # Made now, not when the transport is set up a loop turn later: it counts as a connection from
+                # here on, so the drain cannot find the worker idle and exit before answering it.
+                protocol = H1Protocol(state)
+                accepted = self.loop.connect_accepted_socket(lambda p=protocol: p, conn, **self.tls_options)
                 task = self.loop.create_task(accepted)
-                task.add_done_callback(_log_accept_failure)
+                task.add_done_callback(functools.partial(_accept_done, state, protocol))
 
     def _abort_connections(self) -> None:
         if self.state is None:
@@ -323,6 +323,8 @@ class Worker:
                 conn.transport.abort()
 
 
-def _log_accept_failure(task: asyncio.Task[Any]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        logging.getLogger("corral.error").debug("could not serve a queued connection: %r", task.exception())
+def _accept_done(state: ServerState, protocol: H1Protocol, task: asyncio.Task[Any]) -> None:
+    if task.cancelled() or task.exception() is not None:
+        state.connections.discard(protocol)  # it never started: nothing to wait for
+        if not task.cancelled():
+            logging.getLogger("corral.error").debug("could not serve a queued connection: %r", task.exception())
