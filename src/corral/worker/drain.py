@@ -26,12 +26,8 @@ async def wait_until_drained(
     Woken by the events themselves (the last connection going, the last app call returning), so a worker
     with nothing left exits at once. True if everything finished.
     """
-    done: asyncio.Future[None] = state.loop.create_future()
-
-    def check() -> None:
-        if not state.connections and not state.app_calls and not done.done():
-            done.set_result(None)
-
+    loop = state.loop
+    deadline = loop.time() + timeout
     if state.app_calls:
         logger.info(
             "Waiting for %d app task(s) to finish (requests in flight or work after their response, such as "
@@ -39,15 +35,36 @@ async def wait_until_drained(
             len(state.app_calls),
             timeout,
         )
+    while not _drained(state):
+        remaining = deadline - loop.time()
+        if remaining <= 0 or give_up.done():
+            return False
+        await _until_empty(state, give_up, remaining)
+    return True
+
+
+async def _until_empty(state: ServerState, give_up: asyncio.Future[None], timeout: float) -> None:
+    """One wait for the moment both sets are empty. The caller checks again: a connection handed over (to a
+    WebSocket session) leaves the set for an instant before its successor joins it."""
+    emptied: asyncio.Future[None] = state.loop.create_future()
+
+    def check() -> None:
+        if _drained(state) and not emptied.done():
+            emptied.set_result(None)
+
     state.connections.on_empty = check
     state.on_app_calls_done = check
     try:
         check()
-        await asyncio.wait({done, give_up}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({emptied, give_up}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
     finally:
         state.connections.on_empty = None
         state.on_app_calls_done = None
-    return done.done()
+        emptied.cancel()
+
+
+def _drained(state: ServerState) -> bool:
+    return not state.connections and not state.app_calls
 
 
 def cancel_app_calls(state: ServerState, logger: logging.Logger, why: str) -> list[asyncio.Task[Any]]:
