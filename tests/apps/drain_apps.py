@@ -5,6 +5,7 @@ sends its closing message late, and app output a server must refuse or correct.
 - POST /job?seconds=S&marker=PATH: answers at once; a BackgroundTask writes PATH+".started", sleeps S seconds,
   then writes PATH (cancelled: PATH+".cancelled").
 - GET /download: 1 MiB with its Content-Length, in 64 KiB parts, then waits before the final empty message.
+- GET /file: 1 MiB from a file, with Starlette's FileResponse (whose final empty message follows a file read).
 - GET /status/float, /status/101, /status/103: http.response.start with that (bad) final status.
 - GET /no-content-with-length, /not-modified-with-length: 204 and 304 with a Content-Length header.
 - GET or POST /pid: "pid=N".
@@ -15,7 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
+import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +26,7 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse
+from starlette.responses import FileResponse, PlainTextResponse
 from starlette.routing import Route
 
 DOWNLOAD_SIZE = 1024 * 1024
@@ -50,15 +53,29 @@ async def pid(request: Request) -> PlainTextResponse:
     return PlainTextResponse(f"pid={os.getpid()}\n")
 
 
+@functools.cache
+def download_file() -> str:
+    fd, path = tempfile.mkstemp(prefix="corral-test-download-")
+    with os.fdopen(fd, "wb") as file:
+        file.write(b"x" * DOWNLOAD_SIZE)
+    return path
+
+
+async def file(request: Request) -> FileResponse:
+    return FileResponse(download_file(), media_type="application/octet-stream")
+
+
 @contextlib.asynccontextmanager
 async def lifespan(app: Starlette) -> AsyncIterator[None]:
     yield
+    if download_file.cache_info().currsize:
+        os.unlink(download_file())
     marker = os.environ.get("CORRAL_TEST_SHUTDOWN_MARKER")
     if marker:
         Path(marker).write_text(f"shutdown by {os.getpid()}")
 
 
-routes = [Route("/job", job, methods=["POST"]), Route("/pid", pid, methods=["GET", "POST"])]
+routes = [Route("/job", job, methods=["POST"]), Route("/pid", pid, methods=["GET", "POST"]), Route("/file", file)]
 service = Starlette(routes=routes, lifespan=lifespan)
 
 

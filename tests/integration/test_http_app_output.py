@@ -62,10 +62,10 @@ def test_204_and_304_go_out_without_content_length_and_the_next_pipelined_reques
     assert second.status == 200 and second.body.startswith(b"pid=")
 
 
-def _download_and_leave(port: int) -> None:
+def _download_and_leave(port: int, path: str) -> None:
     """Read the head and the whole declared body, then close at once: before the app's final message."""
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(get("/download"))
+        sock.sendall(get(path))
         data = b""
         while b"\r\n\r\n" not in data:
             chunk = sock.recv(65536)
@@ -90,17 +90,18 @@ def _responses_2xx(admin_port: int) -> float:
     return -1
 
 
+@pytest.mark.parametrize("path", ["/download", "/file"])
 def test_a_download_closed_right_after_its_last_byte_is_counted_and_logged(
-    serve: ServerFactory, tmp_path: Path
+    serve: ServerFactory, tmp_path: Path, path: str
 ) -> None:
     access_log = tmp_path / "access.log"
     admin_port = free_port()
     server = serve(APP, "--access-logfile", str(access_log), "--admin-bind", f"127.0.0.1:{admin_port}")
     for _ in range(5):
-        _download_and_leave(server.port)
+        _download_and_leave(server.port, path)
 
     def logged() -> int:
-        return access_log.read_text().count('"GET /download HTTP/1.1" 200') if access_log.exists() else 0
+        return access_log.read_text().count(f'"GET {path} HTTP/1.1" 200') if access_log.exists() else 0
 
     assert wait_until(lambda: logged() == 5, 10), access_log.read_text() if access_log.exists() else "no log"
     assert wait_until(lambda: _responses_2xx(admin_port) == 5, 10), _responses_2xx(admin_port)
