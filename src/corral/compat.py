@@ -93,8 +93,10 @@ SETTING_DIFFERENCES: dict[str, str] = {
 
 # (signal, what Gunicorn does, what corral does)
 SIGNALS: tuple[tuple[str, str, str], ...] = (
-    ("TERM", "Graceful shutdown.", "The same, after `drain_delay` (readiness reports draining first)."),
-    ("INT, QUIT", "Quick shutdown.", "The same."),
+    ("TERM", "Graceful shutdown.",
+     "The same, after `drain_delay` (readiness reports draining first); each worker also waits for app work "
+     "still running after its response (background tasks), up to `graceful_timeout`."),
+    ("INT, QUIT", "Quick shutdown.", "The same; lifespan shutdown still runs, for up to 2 s."),
     ("HUP", "Reload the config, start new workers, stop the old ones gracefully.",
      "The same, new-before-old: old workers stop only once their successors are READY, and a deploy whose "
      "workers fail to boot is rolled back (the old workers keep serving)."),

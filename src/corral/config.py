@@ -769,7 +769,7 @@ SETTINGS: tuple[Setting, ...] = (
             "Kill (with a traceback) and replace a worker whose event loop is silent this long; 0: off.",
             cli=("-t", "--timeout"), env="WEB_TIMEOUT", metavar=_SECONDS),
     Setting("graceful_timeout", "Worker Processes", 30.0, seconds(),
-            "On shutdown, time allowed for in-flight requests to finish before they are cut.",
+            "On shutdown or replacement, time for in-flight requests and app work after them (background tasks).",
             cli=("--graceful-timeout", "--timeout-graceful-shutdown"), metavar=_SECONDS,
             uvicorn="timeout_graceful_shutdown"),
     Setting("keepalive", "Worker Processes", 5.0, seconds(),

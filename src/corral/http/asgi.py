@@ -34,21 +34,32 @@ _SERVER = b"server"
 _DATE = b"date"
 _SPECIAL = frozenset({_CONTENT_LENGTH, _TRANSFER_ENCODING, _CONNECTION, _SERVER, _DATE})
 
-_STATUS_LINES: dict[int, bytes] = {int(s): b"HTTP/1.1 %d %s\r\n" % (s, s.phrase.encode("ascii")) for s in HTTPStatus}
+# Final statuses only: a 1xx from http.response.start falls through to _status_line's refusal.
+_STATUS_LINES: dict[int, bytes] = {
+    int(s): b"HTTP/1.1 %d %s\r\n" % (s, s.phrase.encode("ascii")) for s in HTTPStatus if s >= 200
+}
 
 # Framing of the response body.
 _LENGTH = 0  # Content-Length (given by the app or computed from a single body message)
 _CHUNKED = 1
 _UNTIL_CLOSE = 2  # HTTP/1.0 streaming without a length: the close ends the body
-_NO_BODY = 3  # HEAD, 1xx, 204, 304
+_NO_BODY = 3  # HEAD, 204, 304
 
 
 def _status_line(status: Any) -> bytes:
     line = _STATUS_LINES.get(status)
-    if line is not None:
+    # The type check: 200.0 and True hash like ints and would find a line, then break the counters later.
+    if line is not None and type(status) is int:
         return line
     if type(status) is not int or not 100 <= status <= 599:
         raise RuntimeError(f"ASGI response status must be an int in 100..599 (RFC 9110 15), got {status!r}")
+    if status < 200:
+        # An interim status as the final answer would leave the client waiting for another response (and
+        # 101 would tell it the protocol changed): the stream would no longer be HTTP/1.1 we can frame.
+        raise RuntimeError(
+            f"ASGI app sent the interim status {status} as its response; a response needs a status in 200..599"
+            + (" (101 is only for an accepted WebSocket upgrade)" if status == 101 else "")
+        )
     return b"HTTP/1.1 %d \r\n" % status
 
 
@@ -92,6 +103,7 @@ class RequestCycle:
         "start_ns",
         "started",
         "status",
+        "task",
         "waiter",
     )
 
@@ -123,6 +135,7 @@ class RequestCycle:
         self.framing = _LENGTH
         self.response_bytes = 0
         self.request_id_line = b""  # "x-request-id: ...\r\n" when request ids are on (set by the connection)
+        self.task: asyncio.Task[Any] | None = None  # the app's Task, set only if it suspended (a drain waits for it)
         # Timed from the end of the head, one clock read for both users: the request metrics and the access log.
         state = conn.state
         self.start_ns = perf_counter_ns() if state.counters.timed or state.access_log is not None else 0
@@ -234,7 +247,7 @@ class RequestCycle:
         self.response_started = True
         self.status = status
         self.response_headers = headers
-        if status < 200 or status == 204 or status == 304 or self.is_head:
+        if status == 204 or status == 304 or self.is_head:
             framing = _NO_BODY
         self.framing = framing
         self.content_length = content_length
@@ -291,11 +304,12 @@ class RequestCycle:
                     lines.append(b"content-length: %d\r\n" % content_length)
             else:
                 lines.append(b"content-length: %d\r\n" % content_length)
-        elif framing == _NO_BODY:
+        elif framing == _NO_BODY and self.status != 204 and self.status != 304:
+            # A HEAD response carries the headers a GET would have had, including the length. A 204 must not
+            # carry one (RFC 9110 8.6) and a 304's would describe another response: the app's is dropped.
             if content_length is not None:
                 lines.append(b"content-length: %d\r\n" % content_length)
-            elif self.is_head and not more_body and self.status >= 200 and self.status not in (204, 304):
-                # A HEAD response carries the headers a GET would have had, including the length.
+            elif not more_body:
                 lines.append(b"content-length: %d\r\n" % len(body))
         if framing == _CHUNKED:
             if self.scope["http_version"] == "1.1":
@@ -341,6 +355,19 @@ class RequestCycle:
                 self.keep_alive = False
             self._complete()
 
+    def complete_if_sent(self) -> None:
+        """The connection is going: a response whose declared length is all on the wire is complete, even if
+        the app's closing `more_body: False` message has not come yet (a client that closes after the last
+        byte of a download got all of it)."""
+        if (
+            self.response_started
+            and not self.response_complete
+            and self.head is None
+            and self.framing == _LENGTH
+            and self.response_bytes == self.content_length
+        ):
+            self._complete()
+
     def _complete(self) -> None:
         self.response_complete = True
         if self.waiter is not None:
@@ -352,6 +379,8 @@ class RequestCycle:
     def app_finished(self, exc: BaseException | None) -> None:
         """The app coroutine returned or raised; answer for it if it left the client waiting."""
         conn = self.conn
+        if self.task is not None:
+            conn.state.app_call_finished(self)
         if exc is not None:
             if self.disconnected or isinstance(exc, ClientDisconnected):
                 conn.state.logger.debug("ASGI app raised after the client disconnected: %r", exc)

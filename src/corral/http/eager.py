@@ -30,17 +30,19 @@ def run_eagerly(
     coro: Coroutine[Any, Any, Any],
     on_done: DoneCallback,
     ctx: contextvars.Context,
-) -> None:
+) -> asyncio.Task[Any] | None:
     """Start `coro` now in `ctx` (a fresh Context of its own); `on_done(exc)` is called once it finishes.
 
     The caller passes the context rather than this copying the current one, because the current one
     may belong to another request: the next pipelined request is started from the previous one's send.
+    Returns the Task carrying on a coroutine that suspended (to wait for or cancel), None if it finished.
     """
     task = asyncio.Task(coro, loop=loop, context=ctx, eager_start=True)  # type: ignore[call-arg]
     if task.done():
         _report(task, on_done)
-    else:
-        task.add_done_callback(lambda t: _report(t, on_done))
+        return None
+    task.add_done_callback(lambda t: _report(t, on_done))
+    return task
 
 
 def _report(task: asyncio.Task[Any], on_done: DoneCallback) -> None:
@@ -65,7 +67,7 @@ def _run_first_step(
     coro: Coroutine[Any, Any, Any],
     on_done: DoneCallback,
     ctx: contextvars.Context,
-) -> None:
+) -> asyncio.Task[Any] | None:
     """run_eagerly for Python < 3.12 (bound to that name at the end of the module)."""
     global _running
     outer = _running
@@ -78,7 +80,7 @@ def _run_first_step(
         if type(step) is _EagerStep:
             step.finished = True
         on_done(None)
-        return
+        return None
     except BaseException as exc:
         step = _running
         _running = outer
@@ -87,13 +89,13 @@ def _run_first_step(
         on_done(exc)
         if not isinstance(exc, Exception):
             raise
-        return
+        return None
     step = _running
     _running = outer
     if type(step) is not _EagerStep:
         step = _EagerStep(loop, coro, ctx, on_done)
     step.yielded = yielded
-    step.materialize()
+    return step.materialize()
 
 
 class _EagerStep:

@@ -52,10 +52,11 @@ __all__ = ["H1Protocol", "ServerState"]
 _ASGI_VERSION = {"version": "3.0", "spec_version": "2.4"}
 _METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
 
-# While draining, an idle keep-alive connection is kept this long for its next request, which is then
-# answered with Connection: close. Closing at once would race a request already on the wire: the client
-# would see a reset instead of an answer. A busy client sends its next request well within this.
-DRAIN_IDLE_GRACE = 1.0
+# While draining, a connection accepted but not yet started (a TLS handshake under way) is kept this long.
+# asyncio says nothing of a handshake that fails, so waiting longer would hold the drain for a health check
+# that connected and left; a real client finishes its handshake well within this. Idle keep-alive
+# connections get no such grace: they keep their keep-alive timeout (see H1Protocol.check_timeouts).
+DRAIN_HANDSHAKE_GRACE = 1.0
 
 _HOST = b"host"
 _EXPECT = b"expect"
@@ -65,6 +66,17 @@ _UPGRADE = b"upgrade"
 _FORBIDDEN_TRAILERS = frozenset({_HOST, _TRANSFER_ENCODING, _CONTENT_LENGTH})
 # Bytes a request-target may not contain though llhttp lets them through (RFC 9112 3.2, RFC 3986).
 _TARGET_FORBIDDEN = re.compile(rb'[#"\x80-\xff]')
+
+
+class Connections(set["H1Protocol | WebSocketSession"]):
+    """The live connections; a draining worker sets `on_empty` to learn at once when the last one goes."""
+
+    on_empty: Callable[[], None] | None = None
+
+    def discard(self, conn: H1Protocol | WebSocketSession) -> None:
+        super().discard(conn)
+        if not self and self.on_empty is not None:
+            self.on_empty()
 
 
 class ServerState:
@@ -127,7 +139,11 @@ class ServerState:
         self.max_requests = max_requests  # 0: never (the count starts at 1)
         self.on_max_requests = on_max_requests if max_requests else None  # 0: never, so never asked
         # WebSocket sessions stay in `connections` (the worker_connections cap and the drain count them).
-        self.connections: set[H1Protocol | WebSocketSession] = set()
+        self.connections: Connections = Connections()
+        # Requests whose app suspended and has not returned yet, whether or not their response is complete
+        # (a background task runs after it): a drain waits for them. Eager ones finish before they could be added.
+        self.app_calls: set[RequestCycle] = set()
+        self.on_app_calls_done: Callable[[], None] | None = None  # set by a draining worker
         self.websockets: set[WebSocketSession] = set()
         self.ws_settings = ws_settings if ws_settings is not None else WebSocketSettings()
         self.websocket_close_code = CLOSE_GOING_AWAY  # what a draining worker closes WebSockets with
@@ -176,6 +192,11 @@ class ServerState:
         on_max_requests, self.on_max_requests = self.on_max_requests, None
         if on_max_requests is not None:
             on_max_requests()
+
+    def app_call_finished(self, cycle: RequestCycle) -> None:
+        self.app_calls.discard(cycle)
+        if not self.app_calls and self.on_app_calls_done is not None:
+            self.on_app_calls_done()
 
     def default_headers_without(self, name: bytes) -> bytes:
         """The default headers minus one the app sets itself (rare: an app that sends its own Server)."""
@@ -292,8 +313,11 @@ class H1Protocol(WriteFlowControl):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
+        answering = self.cycle
+        if answering is not None:
+            answering.complete_if_sent()  # counted and logged as answered, before the app hears of the close
         self.state.connections.discard(self)
-        for cycle in (self.cycle, self.parsing):
+        for cycle in (answering, self.parsing):
             if cycle is not None:
                 cycle.client_gone()
         for item in self.queue:
@@ -559,7 +583,10 @@ class H1Protocol(WriteFlowControl):
             self.reading_paused = True
             self.transport.pause_reading()
         coro = self.app(item.scope, item.receive, item.send)
-        run_eagerly(self.loop, coro, item.app_finished, self.state.base_context.copy())
+        task = run_eagerly(self.loop, coro, item.app_finished, self.state.base_context.copy())
+        if task is not None:  # it suspended: track it until it returns, so that a drain can wait for it
+            item.task = task
+            self.state.app_calls.add(item)
 
     def _start_other(self, item: WebSocketUpgrade | bytes) -> None:
         if isinstance(item, bytes):  # a refusal queued behind earlier pipelined responses
@@ -704,7 +731,10 @@ class H1Protocol(WriteFlowControl):
         if self.in_head and self.head_bytes:
             if state.header_timeout and now - self.head_started > state.header_timeout:
                 self._refuse(408, "request header timeout")
-        elif now - self.idle_since > state.keepalive or self._drain_grace_over(now):
+        elif now - self.idle_since > state.keepalive:
+            # The same rule while draining: the peer may be sending on this connection right now (a proxy's
+            # pooled upstream connection), and closing it earlier than the keep-alive timeout would turn that
+            # request into a reset. Its next request is answered with Connection: close instead.
             self._close()
 
     def _check_body_timeout(self, now: float) -> None:
@@ -720,7 +750,7 @@ class H1Protocol(WriteFlowControl):
 
     def _drain_grace_over(self, now: float) -> bool:
         state = self.state
-        return state.draining and now - max(self.idle_since, state.drain_started) >= DRAIN_IDLE_GRACE
+        return state.draining and now - max(self.accepted_at, state.drain_started) >= DRAIN_HANDSHAKE_GRACE
 
 
 def _check_transfer_encoding(values: list[bytes], version: str) -> None:

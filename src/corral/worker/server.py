@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 import socket
@@ -24,6 +25,7 @@ from corral.master.scoreboard import Slot, WorkerCounters, WorkerState
 from corral.master.sizing import rss_bytes
 from corral.master.sockets import describe
 from corral.tls import serving_options
+from corral.worker.drain import cancel_app_calls, wait_until_drained
 from corral.worker.lifespan import Lifespan, LifespanFailure
 
 __all__ = ["EXIT_LIFESPAN", "EXIT_OK", "Worker", "new_event_loop"]
@@ -34,6 +36,13 @@ EXIT_LIFESPAN = 4
 # How often the coarse clock, the Date header, idle/slow connection checks, log flushing and the
 # heartbeat run.
 TICK_SECONDS = 1.0
+
+# On INT/QUIT the master kills its workers 3 s after asking: lifespan shutdown gets this long, so the app can
+# still close its pools and flush what it holds.
+FAST_LIFESPAN_SHUTDOWN = 2.0
+
+# How long cancelled app calls get to unwind (their `finally` blocks, their except CancelledError).
+CANCEL_GRACE = 1.0
 
 
 def new_event_loop(choice: str) -> asyncio.AbstractEventLoop:
@@ -82,6 +91,7 @@ class Worker:
         self.counters = WorkerCounters.for_worker(cfg, slot)
         self.servers: list[asyncio.AbstractServer] = []
         self.stop_requested: asyncio.Future[bool] = loop.create_future()
+        self.hurry: asyncio.Future[None] = loop.create_future()  # INT or QUIT during a drain: stop waiting
         self.state: ServerState | None = None
         self.access_log: AccessLog | None = None
         self.tick_handle: asyncio.TimerHandle | None = None
@@ -111,14 +121,19 @@ class Worker:
         await self._start_servers()
         self._start_watchdog()
         if self.slot is not None:
-            self.slot.set_state(WorkerState.READY, time.monotonic())
+            now = time.monotonic()
+            # RSS before READY: the master reads it as it sees READY (workers=auto caps the pool by it).
+            self.slot.publish(self.counters, now, rss_bytes())
+            self.slot.set_state(WorkerState.READY, now)
         self.logger.info("Application startup complete")
         graceful = await self.stop_requested
         if self.slot is not None:
             self.slot.set_state(WorkerState.DRAINING, time.monotonic())
         await self._stop_servers(graceful)
-        if graceful:
+        if graceful and not self.hurry.done():
             await lifespan.shutdown()
+        else:
+            await self._fast_lifespan_shutdown(lifespan)
         if self.watchdog is not None:
             self.watchdog.stop()
         if self.tick_handle is not None:
@@ -130,6 +145,15 @@ class Worker:
             self.access_log.close()
         self.logger.info("Shutdown complete")
         return EXIT_OK
+
+    async def _fast_lifespan_shutdown(self, lifespan: Lifespan) -> None:
+        """INT/QUIT: lifespan shutdown still runs, bounded so that it ends before the master's kill."""
+        try:
+            await asyncio.wait_for(lifespan.shutdown(), FAST_LIFESPAN_SHUTDOWN)
+        except asyncio.TimeoutError:
+            self.logger.warning(
+                "lifespan shutdown did not finish within %gs of a fast shutdown: cancelled", FAST_LIFESPAN_SHUTDOWN
+            )
 
     def _make_state(self, app_state: dict[str, Any]) -> ServerState:
         cfg = self.cfg
@@ -233,9 +257,9 @@ class Worker:
         if not self.stop_requested.done():
             self.logger.info("Worker shutting down%s", " gracefully" if graceful else "")
             self.stop_requested.set_result(graceful)
-        elif not graceful:
+        elif not graceful and not self.hurry.done():
             # A fast stop during the drain: stop waiting for the stragglers.
-            self._abort_connections()
+            self.hurry.set_result(None)
 
     def _max_requests_reached(self) -> None:
         self.logger.info("max_requests (%d) reached: asking the master for a replacement", self.max_requests)
@@ -275,21 +299,23 @@ class Worker:
         # sent its request (a POST a balancer cannot retry).
         for sock in self.listeners:
             sock.close()
+        why = "fast shutdown"
         if graceful:
             state.tick()
             state.drain_started = state.clock
-            deadline = self.loop.time() + self.cfg.graceful_timeout
-            while state.connections and self.loop.time() < deadline:
-                await asyncio.sleep(0.05)
-                state.tick()
-                state.sweep()
-            if state.connections:
-                self.logger.warning(
-                    "graceful_timeout (%ss) expired with %d connection(s) still open: closing them",
-                    self.cfg.graceful_timeout,
-                    len(state.connections),
-                )
+            # Idle keep-alive connections stay until their keep-alive timeout (the tick's sweep), their next
+            # request (answered with Connection: close), or the peer's close.
+            drained = await wait_until_drained(state, self.cfg.graceful_timeout, self.logger, self.hurry)
+            if self.hurry.done():
+                why = "fast shutdown during the drain"
+            else:
+                why = f"graceful_timeout ({self.cfg.graceful_timeout:g}s) expired"
+            if state.connections and not drained:
+                self.logger.warning("%s with %d connection(s) still open: closing them", why, len(state.connections))
         self._abort_connections()
+        tasks = cancel_app_calls(state, self.logger, why)
+        if tasks:
+            await asyncio.wait(tasks, timeout=CANCEL_GRACE)
 
     def _accept_backlog(self, state: ServerState) -> None:
         """Take the connections already queued in the kernel, so the shutdown answers them too."""
@@ -305,9 +331,14 @@ class Worker:
                 with contextlib.suppress(OSError):
                     if sock.family != socket.AF_UNIX:
                         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                accepted = self.loop.connect_accepted_socket(protocol_factory, conn, **self.tls_options)
+                # Made now, not when the transport is set up a loop turn later: it counts as a connection from
+                # here on, so the drain cannot find the worker idle and exit before answering it.
+                protocol = protocol_factory()
+                # The connection the drain counts is the HTTP protocol, behind its PROXY protocol gate if any.
+                h1 = protocol if isinstance(protocol, H1Protocol) else protocol.inner  # type: ignore[attr-defined]
+                accepted = self.loop.connect_accepted_socket(lambda p=protocol: p, conn, **self.tls_options)
                 task = self.loop.create_task(accepted)
-                task.add_done_callback(_log_accept_failure)
+                task.add_done_callback(functools.partial(_accept_done, state, h1))
 
     def _abort_connections(self) -> None:
         if self.state is None:
@@ -317,6 +348,8 @@ class Worker:
                 conn.transport.abort()
 
 
-def _log_accept_failure(task: asyncio.Task[Any]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        logging.getLogger("corral.error").debug("could not serve a queued connection: %r", task.exception())
+def _accept_done(state: ServerState, protocol: H1Protocol, task: asyncio.Task[Any]) -> None:
+    if task.cancelled() or task.exception() is not None:
+        state.connections.discard(protocol)  # it never started: nothing to wait for
+        if not task.cancelled():
+            logging.getLogger("corral.error").debug("could not serve a queued connection: %r", task.exception())
