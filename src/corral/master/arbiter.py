@@ -19,6 +19,7 @@ import socket
 import ssl
 import sys
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -57,6 +58,9 @@ DRAIN_MARGIN = 5.0
 # Consecutive samples above max_worker_memory before a worker is replaced (RSS is noisy).
 MEMORY_STRIKES = 3
 MAX_BACKOFF = 10.0
+# Workers dying after READY: this many within CRASH_WINDOW seconds is logged as a crash loop (once per window).
+CRASH_WINDOW = 10.0
+CRASH_LOOP_AT = 5
 SCOREBOARD_SLOTS_MIN = 64
 
 
@@ -256,6 +260,8 @@ class Arbiter:
         self.ever_ready = False
         self.failures_in_a_row = 0
         self.next_spawn_at = 0.0
+        self.crash_times: deque[float] = deque()  # when workers died after READY, within CRASH_WINDOW
+        self.crash_warned_at = -CRASH_WINDOW
         self.signals: list[int] = []
         self.wake_r, self.wake_w = os.pipe()
         self.exit_code: int | None = None
@@ -634,6 +640,10 @@ class Arbiter:
             self._worker_exited(worker, os.waitstatus_to_exitcode(status))
 
     def _worker_exited(self, worker: WorkerHandle, code: int) -> None:
+        if not worker.ready and _reached_ready(worker):
+            # It booted and died between two of our looks at its slot: a crash, not a boot failure.
+            worker.ready = True
+            self.ever_ready = True
         self.monitor.worker_exited(worker, code)  # counts why it ended, before the slot is released
         worker.slot.release()
         self.server.WORKERS.pop(worker.pid, None)
@@ -649,7 +659,27 @@ class Arbiter:
             self._boot_failed(worker, boot_failure)
             return
         self.log.error("Worker pid %d died unexpectedly (%s); starting a replacement", worker.pid, cause)
-        self._back_off()
+        self._crashed()
+
+    def _crashed(self) -> None:
+        """A worker that booted and served died: replace it at once. Back-off is for workers that cannot boot;
+        delaying this one would let a request that kills its worker empty the pool. Each successor must boot
+        again before it can die this way, so the restart rate is bounded by the app's boot time."""
+        self.failures_in_a_row = 0
+        self.next_spawn_at = 0.0
+        now = time.monotonic()
+        self.crash_times.append(now)
+        while self.crash_times and now - self.crash_times[0] > CRASH_WINDOW:
+            self.crash_times.popleft()
+        if len(self.crash_times) >= CRASH_LOOP_AT and now >= self.crash_warned_at + CRASH_WINDOW:
+            self.crash_warned_at = now
+            self.log.warning(
+                "Crash loop: %d workers died after booting in the last %g s (pool of %d); each is replaced at once. "
+                'Look for the request or task that kills them (corral_worker_restarts_total{reason="crash"})',
+                len(self.crash_times),
+                CRASH_WINDOW,
+                self.target,
+            )
 
     def _boot_failed(self, worker: WorkerHandle, why: str) -> None:
         if not self.ever_ready:
@@ -872,6 +902,12 @@ def _describe_exit(code: int) -> str:
         except ValueError:
             return f"killed by signal {-code}"
     return f"exit status {code}"
+
+
+def _reached_ready(worker: WorkerHandle) -> bool:
+    """Whether the worker's slot says it became READY (ready_at is only ever written on READY)."""
+    snapshot = worker.slot.read()
+    return snapshot.pid == worker.pid and snapshot.ready_at > 0.0
 
 
 def _reason_suffix(worker: WorkerHandle) -> str:
