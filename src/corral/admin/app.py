@@ -35,8 +35,11 @@ class AdminApp:
         read_board: Callable[[], BoardSnapshot],
         listener_names: list[str],
         clock: Callable[[], float] = time.monotonic,
+        *,
+        master_start_ticks: int | None = None,
     ) -> None:
         self.read_board = read_board
+        self.master_start_ticks = master_start_ticks  # the master's identity for `corral reload` and `scale`
         self.listener_names = listener_names
         self.clock = clock
         self.registry = metrics_registry(BoardCollector(read_board, listener_names, clock))
@@ -79,4 +82,5 @@ class AdminApp:
 
     def status(self) -> Response:
         document = status_document(self.read_board(), self.listener_names, self.clock())
+        document["master"]["start_ticks"] = self.master_start_ticks
         return 200, _JSON, json.dumps(document, indent=1).encode() + b"\n"

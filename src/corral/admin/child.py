@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
+from corral.admin.identity import start_ticks
 from corral.master.privileges import Identity, drop_privileges
 from corral.master.scoreboard import Scoreboard
 from corral.master.sockets import BindError, create_listeners, describe
@@ -58,6 +59,7 @@ class AdminLaunch:
     listener_names: list[str]
     identity: Identity | None
     master_pid: int
+    master_start_ticks: int | None = None  # published in /status: how `corral reload` knows the master
 
 
 class AdminProcess:
@@ -124,7 +126,10 @@ class AdminProcess:
 
     def spawn(self) -> None:
         assert self.sock is not None
-        launch = AdminLaunch(self.cfg, self.sock, self.scoreboard, self.listener_names, self.identity, os.getpid())
+        master = os.getpid()
+        launch = AdminLaunch(
+            self.cfg, self.sock, self.scoreboard, self.listener_names, self.identity, master, start_ticks(master)
+        )
         # As for workers: signals stay blocked across fork, so none lands in the child's copy of the master's
         # handlers before it has reset them.
         signal.pthread_sigmask(signal.SIG_BLOCK, _MASTER_SIGNALS)
@@ -261,7 +266,9 @@ class _AdminServer:
 
         launch = self.launch
         self.loop.add_signal_handler(signal.SIGTERM, self._stop)
-        app = AdminApp(launch.scoreboard.read_board, launch.listener_names)
+        app = AdminApp(
+            launch.scoreboard.read_board, launch.listener_names, master_start_ticks=launch.master_start_ticks
+        )
         state = ServerState(
             loop=self.loop,
             app=app,
