@@ -26,7 +26,7 @@ from typing import Any
 
 from corral.admin.monitor import Monitor
 from corral.hooks import HookFailed, ServerView, WorkerView, call_hook, run_on_starting
-from corral.master import sizing, upgrade
+from corral.master import log_output, sizing, upgrade
 from corral.master.pidfile import Pidfile, PidfileError
 from corral.master.privileges import Identity, resolve_identity
 from corral.master.reloader import Reloader, check_reload_setup, start_reloader
@@ -99,6 +99,7 @@ def run(cfg: Any, reload_config: Callable[[], Any] | None = None) -> int:
     except LogConfigError as exc:
         print(f"corral: error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    log_output.guard_master_log()  # a log reader that stalls must never stall supervision
     server = ServerView(cfg, logger, os.getpid(), lambda: 0)
     start_cwd = os.getcwd()  # where a USR2 re-exec starts again, whatever chdir says
     upgrade_from = upgrade.upgrade_parent()
@@ -328,6 +329,7 @@ class Arbiter:
 
     def _wait(self, timeout: float) -> None:
         self.monitor.turn(self.target, serving=self.stopping is None)  # the heartbeat /livez checks
+        log_output.flush_pending()  # log lines that waited for a slow reader
         timeout = self._tell_systemd(timeout)
         try:
             readable, _, _ = select.select([self.wake_r], [], [], timeout)
