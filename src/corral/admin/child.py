@@ -33,10 +33,14 @@ from corral.master.scoreboard import Scoreboard
 from corral.master.sockets import BindError, create_listeners, describe
 from corral.proctitle import set_title
 
-__all__ = ["AdminLaunch", "AdminProcess", "serve_admin"]
+__all__ = ["AdminLaunch", "AdminProcess", "serve_admin", "shed_one"]
 
 ADMIN_BACKLOG = 128
-ADMIN_CONNECTIONS = 64  # scrapers and probes; more is someone misbehaving
+ADMIN_CONNECTIONS = 64  # scrapers and probes; more is someone misbehaving (the longest idle ones are shed)
+# Probes and scrapes send their request at once and rarely reuse a connection for long: whoever holds one
+# open without a request, or sends its head slowly, is cut soon, so they cannot keep the probes out.
+ADMIN_KEEPALIVE = 2.0
+ADMIN_HEADER_TIMEOUT = 3.0
 STOP_GRACE = 2.0
 MAX_BACKOFF = 30.0
 STABLE_AFTER = 10.0  # an admin process that lived this long resets the back-off
@@ -274,13 +278,15 @@ class _AdminServer:
             app=app,
             logger=self.log,
             server_header="corral",
-            keepalive=5.0,
-            header_timeout=5.0,
+            keepalive=ADMIN_KEEPALIVE,
+            header_timeout=ADMIN_HEADER_TIMEOUT,
             worker_connections=ADMIN_CONNECTIONS,
             counters=WorkerCounters(),  # the admin's own requests are not the app's: never published
         )
 
         def protocol() -> H1Protocol:
+            if len(state.connections) >= ADMIN_CONNECTIONS:
+                shed_one(state.connections)  # a fresh probe gets in: the cap never refuses it while some wait idle
             return H1Protocol(state)
 
         if launch.sock.family == socket.AF_UNIX:
@@ -308,3 +314,29 @@ class _AdminServer:
     def _stop(self) -> None:
         if not self.stopped.done():
             self.stopped.set_result(None)
+
+
+def shed_one(connections: set[Any]) -> bool:
+    """Close the connection that is doing least to make room for a new one: the longest idle keep-alive
+    connection (or one that never sent a byte), else the oldest whose request head is still arriving. A
+    connection with a request being answered is never shed. Whether one was closed."""
+    idle, slow = [], []
+    for conn in connections:
+        if getattr(conn, "in_head", None) is None:  # a WebSocket session: never one of ours for long
+            continue
+        if conn.transport is None or conn.closing or conn.cycle is not None or conn.queue:
+            continue
+        if conn.in_head and conn.head_bytes:
+            slow.append(conn)
+        else:
+            idle.append(conn)
+    if idle:
+        victim = min(idle, key=lambda conn: conn.idle_since)
+    elif slow:
+        victim = min(slow, key=lambda conn: conn.head_started)
+    else:
+        return False
+    victim.closing = True
+    connections.discard(victim)  # now: connection_lost comes a loop turn later, after the newcomer's check
+    victim.transport.close()
+    return True
