@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 from collections.abc import Iterator
 
 import pytest
@@ -84,3 +85,35 @@ def test_the_shared_stderr_stays_blocking_for_the_workers(pipe: tuple[int, int])
         for handler in list(logger.handlers):
             logger.removeHandler(handler)
             handler.close()
+
+
+def test_a_stream_socket_that_is_not_read_never_blocks_the_master_either() -> None:
+    # journald's stdout/stderr stream is a unix stream socket, not a pipe.
+    ours, theirs = socket.socketpair()
+    logger = logging.getLogger("corral.test.journal")
+    logger.addHandler(logging.StreamHandler(os.fdopen(os.dup(theirs.fileno()), "w")))
+    logger.propagate = False
+    try:
+        assert guard_master_log(("corral.test.journal",)) == 1
+        (guard,) = logger.handlers
+        assert isinstance(guard, NonBlockingHandler) and guard.sock is not None
+        assert theirs.getblocking()  # the shared description is left as it was
+        for _ in range(2000):
+            logger.warning("y" * 1000)  # far beyond what the socket buffers hold
+        assert guard.dropped > 0
+        ours.setblocking(False)
+        received = bytearray()
+        for _ in range(200):
+            with contextlib.suppress(BlockingIOError):
+                while chunk := ours.recv(1 << 16):
+                    received += chunk
+            guard.flush_pending()
+            if b"were dropped" in received:
+                break
+        assert b"lines of the master's log were dropped" in received
+    finally:
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
+            handler.close()
+        ours.close()
+        theirs.close()

@@ -5,7 +5,8 @@ A master blocked in write(2) on its error log would stop enforcing `timeout`, re
 stalled log reader would take the whole server down. So every log handler of the master that writes to a pipe
 or a terminal is wrapped: in the master it writes through a file description of its own, opened again from
 /proc/self/fd/N with O_NONBLOCK (setting O_NONBLOCK on the inherited descriptor would change it for the workers
-and the app too, which share that file description); in the processes it forks (workers, the admin process)
+and the app too, which share that file description), or, to a socket (journald's stream), with MSG_DONTWAIT
+on each send; in the processes it forks (workers, the admin process)
 the wrapper hands records to the original handler, whose writes may block as they always did: a worker stuck
 on its log stops its heartbeat, and the master, which is not stuck, replaces it.
 """
@@ -16,6 +17,7 @@ import contextlib
 import errno
 import logging
 import os
+import socket
 import stat
 import weakref
 from typing import Any
@@ -30,12 +32,13 @@ _guards: weakref.WeakSet[NonBlockingHandler] = weakref.WeakSet()
 class NonBlockingHandler(logging.Handler):
     """Wraps a StreamHandler of the master: same level, filters and formatter, non-blocking writes."""
 
-    def __init__(self, inner: logging.StreamHandler[Any], fd: int) -> None:
+    def __init__(self, inner: logging.StreamHandler[Any], fd: int, sock: socket.socket | None = None) -> None:
         super().__init__(inner.level)
         self.inner = inner
         self.filters = inner.filters
         self.formatter = inner.formatter
         self.fd = fd
+        self.sock = sock  # set when the output is a socket: fd is then its descriptor
         self.owner = os.getpid()
         self.pending = bytearray()
         self.dropped = 0  # lines dropped since the last notice
@@ -72,7 +75,7 @@ class NonBlockingHandler(logging.Handler):
             return
         while self.pending:
             try:
-                written = os.write(self.fd, self.pending)
+                written = self._write_now(self.pending)
             except BlockingIOError:
                 return
             except InterruptedError:
@@ -100,24 +103,32 @@ class NonBlockingHandler(logging.Handler):
         except Exception:
             return f"corral: {count} log lines dropped (the log output was full)\n".encode()
 
+    def _write_now(self, data: bytearray) -> int:
+        if self.sock is not None:
+            return self.sock.send(data, socket.MSG_DONTWAIT)
+        return os.write(self.fd, data)
+
     def close(self) -> None:
         if os.getpid() == self.owner and self.fd >= 0:
-            with contextlib.suppress(OSError):
-                os.set_blocking(self.fd, True)  # a last, blocking try: the master is going
-                if self.pending:
-                    os.write(self.fd, self.pending)
-            with contextlib.suppress(OSError):
-                os.close(self.fd)
+            self.flush_pending()  # a last try, still without waiting: the master is going
+            self._close_output()
         self.fd = -1
         self.inner.close()
         super().close()
 
     def _forget_in_child(self) -> None:
         if os.getpid() != self.owner and self.fd >= 0:
-            with contextlib.suppress(OSError):
-                os.close(self.fd)
+            self._close_output()
             self.fd = -1
             self.pending.clear()
+
+    def _close_output(self) -> None:
+        with contextlib.suppress(OSError):
+            if self.sock is not None:
+                self.sock.close()
+            else:
+                os.close(self.fd)
+        self.sock = None
 
 
 def guard_master_log(loggers: tuple[str, ...] = ("corral.error", "gunicorn.error", "")) -> int:
@@ -127,10 +138,10 @@ def guard_master_log(loggers: tuple[str, ...] = ("corral.error", "gunicorn.error
     for name in loggers:
         logger = logging.getLogger(name or None)
         for index, handler in enumerate(list(logger.handlers)):
-            fd = _private_nonblocking_fd(handler)
-            if fd is None:
+            output = _private_output(handler)
+            if output is None:
                 continue
-            guard = NonBlockingHandler(handler, fd)  # type: ignore[arg-type]
+            guard = NonBlockingHandler(handler, *output)  # type: ignore[arg-type]
             logger.handlers[index] = guard
             _guards.add(guard)
             wrapped += 1
@@ -149,8 +160,9 @@ def dropped_lines() -> int:
     return sum(guard.dropped_total for guard in list(_guards))
 
 
-def _private_nonblocking_fd(handler: logging.Handler) -> int | None:
-    """A non-blocking file description of the handler's stream of its own, if that stream may block."""
+def _private_output(handler: logging.Handler) -> tuple[int, socket.socket | None] | None:
+    """A way for the master to write the handler's output without ever waiting, if that output may block: a
+    non-blocking file description of its own (a pipe, a terminal), or a socket to send to with MSG_DONTWAIT."""
     if isinstance(handler, (logging.FileHandler, NonBlockingHandler)) or not isinstance(handler, logging.StreamHandler):
         return None  # regular files do not block; other handlers (sockets, syslog) are the operator's choice
     stream = handler.stream
@@ -161,13 +173,20 @@ def _private_nonblocking_fd(handler: logging.Handler) -> int | None:
         mode = os.fstat(fd).st_mode
     except (AttributeError, ValueError, OSError):
         return None
+    if stat.S_ISSOCK(mode):
+        with contextlib.suppress(OSError):
+            sock = socket.socket(fileno=os.dup(fd))
+            if sock.type == socket.SOCK_STREAM:
+                return sock.fileno(), sock
+            sock.close()
+        return None
     if not (stat.S_ISFIFO(mode) or os.isatty(fd)):
         return None
     try:
         private = os.open(f"/proc/self/fd/{fd}", os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
         return None  # no /proc: the shared description stays as it is, blocking
-    return private
+    return private, None
 
 
 def _after_fork_in_child() -> None:
