@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import threading
+from pathlib import Path
 
 from tests.integration.conftest import (
     RequestLoad,
@@ -66,3 +67,20 @@ def test_a_request_that_kills_its_worker_is_replaced_at_once_and_healthy_request
     assert len(DIED.findall(log)) >= CRASH_CLIENTS
     assert "failures in a row" not in log, "workers that booted and then died must not be backed off"
     assert "Crash loop: " in log
+
+
+KILLED_AT_IMPORT = """
+import os
+import signal
+
+os.kill(os.getpid(), signal.SIGKILL)  # a C extension that crashes while the app is imported
+"""
+
+
+def test_a_worker_that_dies_before_it_is_ready_is_still_restarted_with_back_off(
+    serve: ServerFactory, tmp_path: Path
+) -> None:
+    (tmp_path / "dies_at_import.py").write_text(KILLED_AT_IMPORT)
+    server = serve("dies_at_import:app", "-w", "2", app_dir=tmp_path)
+    assert server.wait_for_stderr("worker failures in a row: next start in"), server.stderr_text()
+    assert "Crash loop" not in server.stderr_text()

@@ -661,7 +661,10 @@ class Arbiter:
             self._boot_failed(worker, boot_failure)
             return
         self.log.error("Worker pid %d died unexpectedly (%s); starting a replacement", worker.pid, cause)
-        self._crashed()
+        if worker.ready:
+            self._crashed()
+        else:
+            self._back_off()  # it never booted (a crash in the app's import, say): no fork bomb
 
     def _crashed(self) -> None:
         """A worker that booted and served died: replace it at once. Back-off is for workers that cannot boot;
