@@ -183,7 +183,7 @@ def _private_output(handler: logging.Handler) -> tuple[int, socket.socket | None
     if not (stat.S_ISFIFO(mode) or os.isatty(fd)):
         return None
     try:
-        private = os.open(f"/proc/self/fd/{fd}", os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        private = os.open(f"/proc/self/fd/{fd}", os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
     except OSError:
         return None  # no /proc: the shared description stays as it is, blocking
     return private, None
