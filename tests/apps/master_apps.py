@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ __all__ = [
     "RELOADABLE_APP_SOURCE",
     "app",
     "block_the_loop",
+    "crash_the_worker",
     "grow",
     "hanging_lifespan_app",
     "hello",
@@ -93,7 +95,18 @@ async def grow(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await _answer(send, "grown")
 
 
-_ROUTES = {"/stuck": stuck_in_time_sleep, "/block": block_the_loop, "/sleep": sleep_politely, "/grow": grow}
+async def crash_the_worker(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """The worker serving this request dies on the spot, as from a segfault in a C extension."""
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+_ROUTES = {
+    "/crash": crash_the_worker,
+    "/stuck": stuck_in_time_sleep,
+    "/block": block_the_loop,
+    "/sleep": sleep_politely,
+    "/grow": grow,
+}
 
 
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from corral.admin import client
+from corral.admin.identity import start_ticks
 from corral.cli import _command_options, _UsageError, main
 from corral.config import load_config
 
@@ -111,7 +112,7 @@ class FakeMaster:
         self.signals: list[int] = []
 
     def fetch(self, address: str) -> dict[str, Any]:
-        return {"master": {"pid": os.getpid(), "target": self.target}}
+        return {"master": {"pid": os.getpid(), "start_ticks": start_ticks(os.getpid()), "target": self.target}}
 
     def send(self, pid: int, signum: int) -> None:
         self.signals.append(signum)
@@ -142,3 +143,32 @@ def test_scale_needs_at_least_one_worker_and_the_admin_endpoint(tmp_path: Path) 
         client.scale(config("--admin-bind", "127.0.0.1:9000", cwd=tmp_path), 0)
     with pytest.raises(client.NotConfigured):
         client.scale(config(cwd=tmp_path), 2)
+
+
+def test_a_pidfile_written_before_its_process_started_is_stale(tmp_path: Path) -> None:
+    pidfile = tmp_path / "corral.pid"
+    pidfile.write_text(f"{os.getpid()}\n")
+    os.utime(pidfile, (1_000_000_000, 1_000_000_000))  # written in 2001: long before this process started
+    with pytest.raises(client.CommandError, match=r"stale: process \d+ started after it was written"):
+        client.master_pid(config("-p", str(pidfile), cwd=tmp_path))
+
+
+@pytest.mark.parametrize("reported", [-1, 0, 1, True, "1234", None])
+def test_scale_refuses_a_master_pid_that_is_no_process_of_ours(tmp_path: Path, reported: object) -> None:
+    sent: list[tuple[int, int]] = []
+    document = {"master": {"pid": reported, "start_ticks": 1, "target": 2}}
+    cfg = config("--admin-bind", "127.0.0.1:9000", cwd=tmp_path)
+    with pytest.raises(client.CommandError):
+        client.scale(cfg, 3, fetch=lambda address: document, send=lambda pid, signum: sent.append((pid, signum)))
+    assert sent == []
+
+
+def test_scale_refuses_a_pid_whose_start_time_is_not_the_published_one(tmp_path: Path) -> None:
+    sent: list[tuple[int, int]] = []
+    ticks = start_ticks(os.getpid())
+    assert ticks is not None
+    document = {"master": {"pid": os.getpid(), "start_ticks": ticks + 1, "target": 2}}
+    cfg = config("--admin-bind", "127.0.0.1:9000", cwd=tmp_path)
+    with pytest.raises(client.CommandError, match="not that master"):
+        client.scale(cfg, 3, fetch=lambda address: document, send=lambda pid, signum: sent.append((pid, signum)))
+    assert sent == []

@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from corral.admin.prometheus import CONTENT_TYPE, BoardCollector, metrics_registry, render_metrics
@@ -36,10 +38,15 @@ class AdminApp:
         listener_names: list[str],
         clock: Callable[[], float] = time.monotonic,
         extra_collectors: Sequence[Any] = (),
+        *,
+        master_start_ticks: int | None = None,
     ) -> None:
         self.read_board = read_board
+        self.master_start_ticks = master_start_ticks  # the master's identity for `corral reload` and `scale`
         self.listener_names = listener_names
         self.clock = clock
+        self._renderer: ThreadPoolExecutor | None = None  # created on the first scrape
+        self._rendering: asyncio.Future[Response] | None = None  # the render in progress, if any
         # corral's own metrics first, then what else /metrics shows (the app's, summed over the workers).
         self.registry = metrics_registry(BoardCollector(read_board, listener_names, clock), *extra_collectors)
         self.routes: dict[str, Callable[[], Response]] = {
@@ -62,11 +69,29 @@ class AdminApp:
         elif scope["method"] not in ("GET", "HEAD"):
             status, content_type, body = 405, _TEXT, b"method not allowed\n"
             extra.append((b"allow", b"GET, HEAD"))
+        elif scope["path"] == "/metrics":
+            status, content_type, body = await self._metrics_off_the_loop()
         else:
             status, content_type, body = route()
         headers = [(b"content-type", content_type), (b"cache-control", b"no-store"), *extra]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+
+    async def _metrics_off_the_loop(self) -> Response:
+        """/metrics rendered in a thread, one render at a time, shared by the scrapes that arrive meanwhile: a
+        slow render (many workers, many series) must never delay /livez and /readyz, which the loop answers
+        directly."""
+        if self._rendering is None:
+            if self._renderer is None:
+                self._renderer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="corral-metrics")
+            rendering = asyncio.get_running_loop().run_in_executor(self._renderer, self.metrics)
+            rendering.add_done_callback(self._rendered)
+            self._rendering = rendering
+        return await asyncio.shield(self._rendering)
+
+    def _rendered(self, rendering: asyncio.Future[Response]) -> None:
+        if self._rendering is rendering:
+            self._rendering = None
 
     def livez(self) -> Response:
         problem = liveness_problem(self.read_board(), self.clock())
@@ -81,4 +106,5 @@ class AdminApp:
 
     def status(self) -> Response:
         document = status_document(self.read_board(), self.listener_names, self.clock())
+        document["master"]["start_ticks"] = self.master_start_ticks
         return 200, _JSON, json.dumps(document, indent=1).encode() + b"\n"

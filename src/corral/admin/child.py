@@ -28,15 +28,20 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from corral.admin.app_metrics import AppMetricsDir
+from corral.admin.identity import start_ticks
 from corral.master.privileges import Identity, drop_privileges
 from corral.master.scoreboard import Scoreboard
 from corral.master.sockets import BindError, create_listeners, describe
 from corral.proctitle import set_title
 
-__all__ = ["AdminLaunch", "AdminProcess", "serve_admin"]
+__all__ = ["AdminLaunch", "AdminProcess", "serve_admin", "shed_one"]
 
 ADMIN_BACKLOG = 128
-ADMIN_CONNECTIONS = 64  # scrapers and probes; more is someone misbehaving
+ADMIN_CONNECTIONS = 64  # scrapers and probes; more is someone misbehaving (the longest idle ones are shed)
+# Probes and scrapes send their request at once and rarely reuse a connection for long: whoever holds one
+# open without a request, or sends its head slowly, is cut soon, so they cannot keep the probes out.
+ADMIN_KEEPALIVE = 2.0
+ADMIN_HEADER_TIMEOUT = 3.0
 STOP_GRACE = 2.0
 MAX_BACKOFF = 30.0
 STABLE_AFTER = 10.0  # an admin process that lived this long resets the back-off
@@ -60,6 +65,7 @@ class AdminLaunch:
     identity: Identity | None
     master_pid: int
     app_metrics: AppMetricsDir | None = None  # the app's prometheus_client multiprocess directory, when summed
+    master_start_ticks: int | None = None  # published in /status: how `corral reload` knows the master
 
 
 class AdminProcess:
@@ -128,9 +134,10 @@ class AdminProcess:
 
     def spawn(self) -> None:
         assert self.sock is not None
+        master = os.getpid()
         launch = AdminLaunch(
-            self.cfg, self.sock, self.scoreboard, self.listener_names, self.identity, os.getpid(),
-            self.app_metrics,
+            self.cfg, self.sock, self.scoreboard, self.listener_names, self.identity, master,
+            self.app_metrics, start_ticks(master),
         )  # fmt: skip
         # As for workers: signals stay blocked across fork, so none lands in the child's copy of the master's
         # handlers before it has reset them.
@@ -278,19 +285,24 @@ class _AdminServer:
             # Only a directory corral made is compacted: a user's is left as the user keeps it.
             metrics_dir = launch.app_metrics
             extra.append(AppMetricsCollector(metrics_dir.path, self.log, compact=metrics_dir.owned))
-        app = AdminApp(launch.scoreboard.read_board, launch.listener_names, extra_collectors=extra)
+        app = AdminApp(
+            launch.scoreboard.read_board, launch.listener_names, extra_collectors=extra,
+            master_start_ticks=launch.master_start_ticks,
+        )  # fmt: skip
         state = ServerState(
             loop=self.loop,
             app=app,
             logger=self.log,
             server_header="corral",
-            keepalive=5.0,
-            header_timeout=5.0,
+            keepalive=ADMIN_KEEPALIVE,
+            header_timeout=ADMIN_HEADER_TIMEOUT,
             worker_connections=ADMIN_CONNECTIONS,
             counters=WorkerCounters(),  # the admin's own requests are not the app's: never published
         )
 
         def protocol() -> H1Protocol:
+            if len(state.connections) >= ADMIN_CONNECTIONS:
+                shed_one(state.connections)  # a fresh probe gets in: the cap never refuses it while some wait idle
             return H1Protocol(state)
 
         if launch.sock.family == socket.AF_UNIX:
@@ -318,3 +330,29 @@ class _AdminServer:
     def _stop(self) -> None:
         if not self.stopped.done():
             self.stopped.set_result(None)
+
+
+def shed_one(connections: set[Any]) -> bool:
+    """Close the connection that is doing least to make room for a new one: the longest idle keep-alive
+    connection (or one that never sent a byte), else the oldest whose request head is still arriving. A
+    connection with a request being answered is never shed. Whether one was closed."""
+    idle, slow = [], []
+    for conn in connections:
+        if getattr(conn, "in_head", None) is None:  # a WebSocket session: never one of ours for long
+            continue
+        if conn.transport is None or conn.closing or conn.cycle is not None or conn.queue:
+            continue
+        if conn.in_head and conn.head_bytes:
+            slow.append(conn)
+        else:
+            idle.append(conn)
+    if idle:
+        victim = min(idle, key=lambda conn: conn.idle_since)
+    elif slow:
+        victim = min(slow, key=lambda conn: conn.head_started)
+    else:
+        return False
+    victim.closing = True
+    connections.discard(victim)  # now: connection_lost comes a loop turn later, after the newcomer's check
+    victim.transport.close()
+    return True

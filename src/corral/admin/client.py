@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from corral.admin.identity import master_problem, pidfile_problem
 from corral.admin.status import format_status
 from corral.master.sockets import BindError, parse_bind
 
@@ -109,12 +110,28 @@ def master_pid(cfg: Any) -> int:
         if not text.isdigit() or int(text) <= 1:
             raise CommandError(f"pidfile {cfg.pidfile}: {text!r} is not a process id")
         pid = int(text)
+        _refuse(pidfile_problem(pid, cfg.pidfile))
     elif cfg.admin_bind:
-        pid = int(fetch_status(cfg.admin_bind)["master"]["pid"])
+        pid = _verified_master(fetch_status(cfg.admin_bind), cfg.admin_bind)
     else:
         raise NotConfigured("cannot find the master: give the server's pidfile (-p FILE) or admin_bind (--admin-bind)")
     _check_signallable(pid, cfg.pidfile)
     return pid
+
+
+def _verified_master(document: dict[str, Any], address: str) -> int:
+    """The master's pid from a /status document, once verified to be the master that answered."""
+    master = document.get("master") if isinstance(document, dict) else None
+    pid = master.get("pid") if isinstance(master, dict) else None
+    if not isinstance(pid, int) or isinstance(pid, bool):
+        raise CommandError(f"the admin endpoint at {address} reports no master pid: not signalling anything")
+    _refuse(master_problem(pid, master.get("start_ticks"), address))
+    return pid
+
+
+def _refuse(problem: str | None) -> None:
+    if problem is not None:
+        raise CommandError(problem)
 
 
 def _check_signallable(pid: int, pidfile: str | None) -> None:
@@ -147,8 +164,8 @@ def scale(
     if workers < 1:
         raise CommandError(f"scale: the pool needs at least 1 worker, got {workers}")
     address = _admin_address(cfg, "corral scale")
-    master = fetch(address)["master"]
-    pid, start = int(master["pid"]), int(master["target"])
+    document = fetch(address)
+    pid, start = _verified_master(document, address), int(document["master"]["target"])
     _check_signallable(pid, None)
     deadline = time.monotonic() + timeout
     target = start

@@ -19,6 +19,7 @@ import socket
 import ssl
 import sys
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -26,7 +27,7 @@ from typing import Any
 from corral.admin.app_metrics import AppMetricsDir, prepare_app_metrics
 from corral.admin.monitor import Monitor
 from corral.hooks import HookFailed, ServerView, WorkerView, call_hook, run_on_starting
-from corral.master import sizing, upgrade
+from corral.master import log_output, sizing, upgrade
 from corral.master.pidfile import Pidfile, PidfileError
 from corral.master.privileges import Identity, resolve_identity
 from corral.master.reloader import Reloader, check_reload_setup, start_reloader
@@ -58,6 +59,9 @@ DRAIN_MARGIN = 5.0
 # Consecutive samples above max_worker_memory before a worker is replaced (RSS is noisy).
 MEMORY_STRIKES = 3
 MAX_BACKOFF = 10.0
+# Workers dying after READY: this many within CRASH_WINDOW seconds is logged as a crash loop (once per window).
+CRASH_WINDOW = 10.0
+CRASH_LOOP_AT = 5
 SCOREBOARD_SLOTS_MIN = 64
 
 
@@ -99,6 +103,7 @@ def run(cfg: Any, reload_config: Callable[[], Any] | None = None, *, app: Any = 
     except LogConfigError as exc:
         print(f"corral: error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    log_output.guard_master_log()  # a log reader that stalls must never stall supervision
     server = ServerView(cfg, logger, os.getpid(), lambda: 0)
     start_cwd = os.getcwd()  # where a USR2 re-exec starts again, whatever chdir says
     upgrade_from = upgrade.upgrade_parent()
@@ -283,6 +288,8 @@ class Arbiter:
         self.ever_ready = False
         self.failures_in_a_row = 0
         self.next_spawn_at = 0.0
+        self.crash_times: deque[float] = deque()  # when workers died after READY, within CRASH_WINDOW
+        self.crash_warned_at = -CRASH_WINDOW
         self.signals: list[int] = []
         self.wake_r, self.wake_w = os.pipe()
         self.exit_code: int | None = None
@@ -349,6 +356,7 @@ class Arbiter:
 
     def _wait(self, timeout: float) -> None:
         self.monitor.turn(self.target, serving=self.stopping is None)  # the heartbeat /livez checks
+        log_output.flush_pending()  # log lines that waited for a slow reader
         timeout = self._tell_systemd(timeout)
         try:
             readable, _, _ = select.select([self.wake_r], [], [], timeout)
@@ -661,6 +669,10 @@ class Arbiter:
             self._worker_exited(worker, os.waitstatus_to_exitcode(status))
 
     def _worker_exited(self, worker: WorkerHandle, code: int) -> None:
+        if not worker.ready and _reached_ready(worker):
+            # It booted and died between two of our looks at its slot: a crash, not a boot failure.
+            worker.ready = True
+            self.ever_ready = True
         self.monitor.worker_exited(worker, code)  # counts why it ended, before the slot is released
         worker.slot.release()
         self.server.WORKERS.pop(worker.pid, None)
@@ -676,7 +688,30 @@ class Arbiter:
             self._boot_failed(worker, boot_failure)
             return
         self.log.error("Worker pid %d died unexpectedly (%s); starting a replacement", worker.pid, cause)
-        self._back_off()
+        if worker.ready:
+            self._crashed()
+        else:
+            self._back_off()  # it never booted (a crash in the app's import, say): no fork bomb
+
+    def _crashed(self) -> None:
+        """A worker that booted and served died: replace it at once. Back-off is for workers that cannot boot;
+        delaying this one would let a request that kills its worker empty the pool. Each successor must boot
+        again before it can die this way, so the restart rate is bounded by the app's boot time."""
+        self.failures_in_a_row = 0
+        self.next_spawn_at = 0.0
+        now = time.monotonic()
+        self.crash_times.append(now)
+        while self.crash_times and now - self.crash_times[0] > CRASH_WINDOW:
+            self.crash_times.popleft()
+        if len(self.crash_times) >= CRASH_LOOP_AT and now >= self.crash_warned_at + CRASH_WINDOW:
+            self.crash_warned_at = now
+            self.log.warning(
+                "Crash loop: %d workers died after booting in the last %g s (pool of %d); each is replaced at once. "
+                'Look for the request or task that kills them (corral_worker_restarts_total{reason="crash"})',
+                len(self.crash_times),
+                CRASH_WINDOW,
+                self.target,
+            )
 
     def _boot_failed(self, worker: WorkerHandle, why: str) -> None:
         if not self.ever_ready:
@@ -899,6 +934,12 @@ def _describe_exit(code: int) -> str:
         except ValueError:
             return f"killed by signal {-code}"
     return f"exit status {code}"
+
+
+def _reached_ready(worker: WorkerHandle) -> bool:
+    """Whether the worker's slot says it became READY (ready_at is only ever written on READY)."""
+    snapshot = worker.slot.read()
+    return snapshot.pid == worker.pid and snapshot.ready_at > 0.0
 
 
 def _reason_suffix(worker: WorkerHandle) -> str:
