@@ -1,4 +1,8 @@
-"""The one raw ASGI 3 application every benchmarked server runs: plaintext, JSON and a body echo."""
+"""The ASGI 3 application every benchmarked server runs: raw plaintext, JSON and a body echo, and FastAPI.
+
+Paths under /fastapi/ go to bench/fastapi_app.py, imported on the first such request so that the raw tests
+and the idle memory of every server are measured without a framework loaded.
+"""
 
 from __future__ import annotations
 
@@ -28,7 +32,7 @@ NOT_FOUND_START: Message = {
 
 
 async def app(scope: Scope, receive: Receive, send: Send) -> None:
-    """Route /plaintext, /json and /echo; complete the lifespan protocol; 404 anything else."""
+    """Route /plaintext, /json, /echo and /fastapi/*; complete the lifespan protocol; 404 anything else."""
     if scope["type"] == "http":
         await _handle_http(scope, receive, send)
     elif scope["type"] == "lifespan":
@@ -49,9 +53,22 @@ async def _handle_http(scope: Scope, receive: Receive, send: Send) -> None:
         body = await _read_body(receive)
         await send(_start(200, b"application/octet-stream", len(body)))
         await send({"type": "http.response.body", "body": body})
+    elif path.startswith("/fastapi/"):
+        await _framework()(scope, receive, send)
     else:
         await send(NOT_FOUND_START)
         await send({"type": "http.response.body", "body": b"Not Found"})
+
+
+_FRAMEWORK_APP: list[Callable[..., Awaitable[None]]] = []
+
+
+def _framework() -> Callable[..., Awaitable[None]]:
+    if not _FRAMEWORK_APP:
+        from bench.fastapi_app import app as fastapi_app
+
+        _FRAMEWORK_APP.append(fastapi_app)
+    return _FRAMEWORK_APP[0]
 
 
 def _start(status: int, content_type: bytes, length: int) -> Message:

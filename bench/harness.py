@@ -36,7 +36,29 @@ APP = "bench.apps:app"
 ECHO_BODY_SIZE = 64 * 1024
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 MIB = 1024 * 1024
-ALL_TESTS = ("plaintext", "json", "echo")
+
+
+@dataclasses.dataclass(frozen=True)
+class TestSpec:
+    """One test: the request wrk repeats (a wrk Lua script in bench/ when it is not a plain GET)."""
+
+    method: str
+    path: str
+    script: str | None = None
+
+
+TESTS = {
+    "plaintext": TestSpec("GET", "/plaintext"),
+    "json": TestSpec("GET", "/json"),
+    "echo": TestSpec("POST", "/echo", "echo.lua"),
+    # bench/fastapi_app.py: what people run. A JSON hello, a Pydantic model from a 1 KiB JSON body,
+    # and a StreamingResponse of eight parts (chunked).
+    "fastapi_json": TestSpec("GET", "/fastapi/json"),
+    "fastapi_body": TestSpec("POST", "/fastapi/items", "fastapi_items.lua"),
+    "fastapi_stream": TestSpec("GET", "/fastapi/stream"),
+}
+ALL_TESTS = tuple(TESTS)
+ITEM_BODY = (BENCH_DIR / "item.json").read_bytes()
 ACCESS_LOG_TEST = "plaintext+log"
 PACKAGES = (
     "corral", "uvicorn", "httptools", "uvloop", "gunicorn", "gunicorn_h1c",
@@ -289,11 +311,11 @@ def stop_all_started() -> None:
         stop_server(process, grace=3.0)
 
 
-def http_call(port: int, method: str, path: str, body: bytes | None = None,
-              timeout: float = 2.0) -> tuple[int, bytes, list[tuple[str, str]]]:
+def http_call(port: int, method: str, path: str, body: bytes | None = None, timeout: float = 2.0,
+              headers: dict[str, str] | None = None) -> tuple[int, bytes, list[tuple[str, str]]]:
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
-        connection.request(method, path, body=body)
+        connection.request(method, path, body=body, headers=headers or {})
         response = connection.getresponse()
         return response.status, response.read(), response.getheaders()
     finally:
@@ -317,14 +339,20 @@ def check_answers(port: int) -> dict[str, str | None]:
     """Per test: None when the server answers it correctly, else what was wrong."""
     echo_body = os.urandom(ECHO_BODY_SIZE)
     expected = {
-        "plaintext": ("GET", "/plaintext", None, b"Hello, World!"),
-        "json": ("GET", "/json", None, b'{"message": "Hello, World!"}'),
-        "echo": ("POST", "/echo", echo_body, echo_body),
+        "plaintext": (None, b"Hello, World!"),
+        "json": (None, b'{"message": "Hello, World!"}'),
+        "echo": (echo_body, echo_body),
+        "fastapi_json": (None, b'{"message":"Hello, World!"}'),
+        "fastapi_body": (ITEM_BODY, _item_answer()),
+        "fastapi_stream": (None, b"".join(b"%02d %s\n" % (n, b"x" * 60) for n in range(8))),
     }
     problems: dict[str, str | None] = {}
-    for test, (method, path, body, want) in expected.items():
+    for test, (body, want) in expected.items():
+        spec = TESTS[test]
         try:
-            status, got, headers = http_call(port, method, path, body, timeout=5.0)
+            # The first /fastapi/ request imports the framework: it gets longer than the others.
+            status, got, headers = http_call(port, spec.method, spec.path, body, timeout=15.0,
+                                             headers=_CONTENT_TYPES.get(test))
         except (OSError, http.client.HTTPException) as error:
             problems[test] = f"wrong answer ({type(error).__name__})"
             continue
@@ -332,6 +360,19 @@ def check_answers(port: int) -> dict[str, str | None]:
         if (status, got) != (200, want):
             problems[test] = f"wrong answer ({status}, {len(got)} B)"
     return problems
+
+
+# What the test's wrk script sends as Content-Type, where it sends one.
+_CONTENT_TYPES = {"echo": {"Content-Type": "application/octet-stream"},
+                  "fastapi_body": {"Content-Type": "application/json"}}
+
+
+def _item_answer() -> bytes:
+    """What /fastapi/items answers for bench/item.json, as FastAPI serialises it (compact JSON)."""
+    item = json.loads(ITEM_BODY)
+    total = round((item["price"] + (item["tax"] or 0.0)) * item["quantity"], 2)
+    answer = {"name": item["name"], "total": total, "tags": len(item["tags"])}
+    return json.dumps(answer, separators=(",", ":")).encode()
 
 
 def _framing_problem(headers: list[tuple[str, str]]) -> str | None:
@@ -392,8 +433,9 @@ def parse_wrk(output: str) -> WrkResult:
 def wrk_command(args: argparse.Namespace, url: str, test: str, seconds: int) -> list[str]:
     argv = ["wrk", "-t", str(args.threads), "-c", str(args.connections), "-d", f"{seconds}s",
             "--timeout", "5s", "--latency"]
-    if test == "echo":
-        argv += ["-s", str(BENCH_DIR / "echo.lua")]
+    script = TESTS[test.split("+")[0]].script
+    if script is not None:
+        argv += ["-s", str(BENCH_DIR / script)]
     return pinned(args.client_cpu, [*argv, url])
 
 
@@ -468,8 +510,7 @@ def wait_for_quiet(args: argparse.Namespace) -> None:
 
 
 def measure(server: RunningServer, test: str, args: argparse.Namespace) -> Row:
-    path = "/echo" if test == "echo" else f"/{test.split('+')[0]}"
-    url = server.url(path)
+    url = server.url(TESTS[test.split("+")[0]].path)
     if args.warmup > 0:
         run_wrk(wrk_command(args, url, test, args.warmup), args.warmup)
     wait_for_quiet(args)
@@ -618,14 +659,14 @@ class Target:
     check: Callable[[dict[tuple[str, str], Row]], tuple[str, bool] | None]
 
 
-def _ratio_target(test: str, minimum: float) -> Target:
+def _ratio_target(test: str, minimum: float, peer: str = "uvicorn") -> Target:
     def check(by_key: dict[tuple[str, str], Row]) -> tuple[str, bool] | None:
-        mine, theirs = by_key.get(("corral", test)), by_key.get(("uvicorn", test))
+        mine, theirs = by_key.get(("corral", test)), by_key.get((peer, test))
         if not (mine and theirs and mine.rps and theirs.rps):
             return None
         ratio = mine.rps / theirs.rps
         return f"{ratio:.2f}x", ratio >= minimum
-    return Target(f"{test} req/s >= {minimum}x uvicorn", check)
+    return Target(f"{test} req/s >= {minimum}x {peer}", check)
 
 
 def _p99_target(by_key: dict[tuple[str, str], Row]) -> tuple[str, bool] | None:
@@ -656,6 +697,10 @@ def _cpu_target(by_key: dict[tuple[str, str], Row]) -> tuple[str, bool] | None:
 TARGETS = (
     _ratio_target("plaintext", 1.6), _ratio_target("json", 1.6), _ratio_target("echo", 1.2),
     _ratio_target(ACCESS_LOG_TEST, 1.6),
+    _ratio_target("fastapi_json", 1.15), _ratio_target("fastapi_json", 1.05, "granian"),
+    # "Ahead of both": strictly more than 1x is read as at least 1.01x, above the noise of one round.
+    *(_ratio_target(test, 1.01, peer) for test in ("fastapi_body", "fastapi_stream")
+      for peer in ("uvicorn", "granian")),
     Target("p99 no worse than uvicorn's", _p99_target),
     Target("idle worker RSS <= uvicorn's", _rss_target),
     Target("plaintext server CPU <= 14.7 us/request", _cpu_target),
@@ -761,6 +806,8 @@ METHOD_NOTES = """## How to read it
 
 - Every server runs the same raw ASGI app, `bench/apps.py`, with one worker process, pinned to one core;
   wrk runs on the other core. `echo` POSTs a 64 KiB body (`bench/echo.lua`) and gets it back.
+  The `fastapi_*` rows run the FastAPI service in `bench/fastapi_app.py` (under /fastapi/ of the same app):
+  a JSON hello, a Pydantic model from a POSTed 1 KiB JSON body, a StreamingResponse of eight parts.
 - `CPU us/req` is the server's CPU time (utime + stime of all its processes, from /proc, master included)
   during the measured run divided by the requests wrk completed. Unlike req/s it does not depend on whether
   wrk or the server was the bottleneck, so it is the figure to compare first.

@@ -52,7 +52,7 @@ def record(args: argparse.Namespace, server: harness.RunningServer, raw_path: Pa
         py_spy.append("--native")
     if not (args.blocking or args.native):  # py-spy reads C stacks only from a paused process
         py_spy.append("--nonblocking")
-    path = "/echo" if args.test == "echo" else f"/{args.test}"
+    path = harness.TESTS[args.test].path
     with open(args.out / "profile.py-spy.log", "wb") as log:
         sampler = subprocess.Popen(harness.pinned(args.client_cpu, py_spy), stdout=log, stderr=log)
         try:
