@@ -26,9 +26,15 @@ from typing import Any
 
 __all__ = ["main"]
 
+_ITEM_BODY = (Path(__file__).resolve().parent / "item.json").read_bytes()
+_HEAD = b"HTTP/1.1\r\nHost: bench\r\nUser-Agent: wrk\r\nAccept: */*\r\n"
 _TESTS = {
-    "plaintext": b"GET /plaintext HTTP/1.1\r\nHost: bench\r\nUser-Agent: wrk\r\nAccept: */*\r\n\r\n",
-    "json": b"GET /json HTTP/1.1\r\nHost: bench\r\nUser-Agent: wrk\r\nAccept: */*\r\n\r\n",
+    "plaintext": b"GET /plaintext " + _HEAD + b"\r\n",
+    "json": b"GET /json " + _HEAD + b"\r\n",
+    "fastapi_json": b"GET /fastapi/json " + _HEAD + b"\r\n",
+    "fastapi_body": b"POST /fastapi/items " + _HEAD
+    + b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(_ITEM_BODY), _ITEM_BODY),
+    "fastapi_stream": b"GET /fastapi/stream " + _HEAD + b"\r\n",
 }
 _SMALL, _LARGE = 2_000, 12_000
 
@@ -65,8 +71,7 @@ class _Transport(asyncio.Transport):
 
 
 async def _drive(test: str, requests: int) -> None:
-    from apps import app  # bench/apps.py, the app every benchmarked server runs
-
+    from bench.apps import app  # the app every benchmarked server runs
     from corral.http import eager
     from corral.http.h1 import H1Protocol, ServerState
 
@@ -78,6 +83,10 @@ async def _drive(test: str, requests: int) -> None:
     request = _TESTS[test]
     for _ in range(requests):
         protocol.data_received(request)
+        for _ in range(100):  # the app suspended: let its Task run to the end of the response
+            if protocol.cycle is None:
+                break
+            await asyncio.sleep(0)
     if transport.closing:
         raise SystemExit("the connection was closed: the request path failed")
 
@@ -102,17 +111,20 @@ def _count(test: str, requests: int, src: Path | None) -> int:
 
 def main(argv: list[str]) -> int:
     if argv[:1] == ["--child"]:
-        sys.path.insert(0, str(Path(__file__).parent))
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
         asyncio.run(_drive(argv[1], int(argv[2])))
         return 0
     parser = argparse.ArgumentParser(prog="bench/instructions.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tests", default="plaintext,json", help="comma-separated: plaintext, json")
+    parser.add_argument("--tests", default=",".join(_TESTS), help="comma-separated, of: %(default)s")
+    parser.add_argument("--requests", type=int, nargs=2, default=(_SMALL, _LARGE), metavar=("SMALL", "LARGE"),
+                        help=f"requests in the two runs subtracted ({_SMALL} {_LARGE})")
     parser.add_argument("--src", type=Path, help="the src/ folder of another corral checkout to count instead")
     args = parser.parse_args(argv)
     for test in args.tests.split(","):
-        small, large = _count(test, _SMALL, args.src), _count(test, _LARGE, args.src)
-        per_request = (large - small) / (_LARGE - _SMALL)
+        few, many = args.requests
+        small, large = _count(test, few, args.src), _count(test, many, args.src)
+        per_request = (large - small) / (many - few)
         print(f"{test}: {per_request:,.0f} instructions per request")
     return 0
 

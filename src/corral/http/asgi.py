@@ -44,6 +44,7 @@ _LENGTH = 0  # Content-Length (given by the app or computed from a single body m
 _CHUNKED = 1
 _UNTIL_CLOSE = 2  # HTTP/1.0 streaming without a length: the close ends the body
 _NO_BODY = 3  # HEAD, 204, 304
+_BODILESS_STATUSES = frozenset({204, 304})
 
 
 def _status_line(status: Any) -> bytes:
@@ -85,7 +86,6 @@ class RequestCycle:
         "chunks",
         "conn",
         "content_length",
-        "continue_sent",
         "disconnected",
         "expect_continue",
         "finished_receiving",
@@ -110,19 +110,19 @@ class RequestCycle:
     def __init__(
         self, conn: H1Protocol, scope: dict[str, Any], keep_alive: bool, expect_continue: bool, is_head: bool
     ) -> None:
+        state = conn.state
         self.conn = conn
         self.scope = scope
         self.keep_alive = keep_alive
-        self.expect_continue = expect_continue
+        self.expect_continue = expect_continue  # cleared once the 100 Continue is sent
         self.is_head = is_head
-        self.continue_sent = False
         # request side
         self.chunks: list[bytes] = []
         self.more_body = True
         self.finished_receiving = False
         self.body_received = 0
         self.buffered_bytes = 0  # received and not yet given to the app: kept, not recounted per chunk
-        self.body_limit = conn.state.limit_request_body
+        self.body_limit = state.limit_request_body
         self.disconnected = False
         self.waiter: asyncio.Future[None] | None = None
         # response side
@@ -137,8 +137,7 @@ class RequestCycle:
         self.request_id_line = b""  # "x-request-id: ...\r\n" when request ids are on (set by the connection)
         self.task: asyncio.Task[Any] | None = None  # the app's Task, set only if it suspended (a drain waits for it)
         # Timed from the end of the head, one clock read for both users: the request metrics and the access log.
-        state = conn.state
-        self.start_ns = perf_counter_ns() if state.counters.timed or state.access_log is not None else 0
+        self.start_ns = perf_counter_ns() if state.timed else 0
         self.started = state.clock
 
     # --- fed by the connection ------------------------------------------------------------------
@@ -176,9 +175,9 @@ class RequestCycle:
                 return {"type": "http.request", "body": b"", "more_body": False}
             if self.disconnected or self.response_complete:
                 return {"type": "http.disconnect"}
-            if self.more_body and self.expect_continue and not self.continue_sent and not self.response_started:
+            if self.more_body and self.expect_continue and not self.response_started:
                 # Only now that the app asks for the body is the client told to send it (RFC 9110 10.1.1).
-                self.continue_sent = True
+                self.expect_continue = False
                 self.conn.transport.write(_CONTINUE)
             self.waiter = self.conn.loop.create_future()
             await self.waiter
@@ -201,16 +200,17 @@ class RequestCycle:
             raise ClientDisconnected("client disconnected")
         kind = message["type"]
         if kind == "http.response.body":
-            if self.head is None:
-                if not self.response_started:
-                    raise RuntimeError("ASGI app sent 'http.response.body' before 'http.response.start'")
-                if self.response_complete:
-                    raise RuntimeError("ASGI app sent 'http.response.body' after the response was complete")
-                self._write_body(message.get("body", b""), message.get("more_body", False))
-            else:
+            if self.head is not None:
                 self._write_first_body(message.get("body", b""), message.get("more_body", False))
-            if self.conn.writing_paused and not self.response_complete:
-                await self.conn.drain()
+            elif not self.response_started:
+                raise RuntimeError("ASGI app sent 'http.response.body' before 'http.response.start'")
+            elif self.response_complete:
+                raise RuntimeError("ASGI app sent 'http.response.body' after the response was complete")
+            else:
+                self._write_body(message.get("body", b""), message.get("more_body", False))
+            conn = self.conn
+            if conn.writing_paused and not self.response_complete:
+                await conn.drain()
         elif kind == "http.response.start":
             if self.response_started:
                 raise RuntimeError("ASGI app sent 'http.response.start' twice")
@@ -220,7 +220,9 @@ class RequestCycle:
 
     def _start(self, status: int, headers: Any) -> None:
         """Validate the head now; it goes on the wire with the first body (one write, known length)."""
-        lines = [_status_line(status), self.conn.state.default_headers]
+        state = self.conn.state
+        line = _STATUS_LINES.get(status) if type(status) is int else None
+        lines = [line if line is not None else _status_line(status), state.default_headers]
         content_length: int | None = None
         framing = _LENGTH
         try:
@@ -228,7 +230,9 @@ class RequestCycle:
                 lname = _NAME_CACHE.get(name) or _header_name(name)
                 if lname in _SPECIAL:
                     if lname == _CONTENT_LENGTH:
-                        content_length = _parse_content_length(value)
+                        if not value.isdigit():
+                            raise RuntimeError(f"invalid Content-Length in ASGI response headers: {value!r}")
+                        content_length = int(value)
                         continue  # written by the framing code, once
                     elif lname == _TRANSFER_ENCODING:
                         framing = _CHUNKED  # the server frames chunks itself; the app's header is dropped
@@ -238,7 +242,7 @@ class RequestCycle:
                             self.keep_alive = False
                         continue
                     else:
-                        lines[1] = self.conn.state.default_headers_without(lname)
+                        lines[1] = state.default_headers_without(lname)
                 lines.append(b"%s: %s\r\n" % (name, value))
         except TypeError:
             raise TypeError("ASGI response header names and values must be bytes") from None
@@ -247,7 +251,7 @@ class RequestCycle:
         self.response_started = True
         self.status = status
         self.response_headers = headers
-        if status == 204 or status == 304 or self.is_head:
+        if status in _BODILESS_STATUSES or self.is_head:
             framing = _NO_BODY
         self.framing = framing
         self.content_length = content_length
@@ -262,7 +266,8 @@ class RequestCycle:
         lines.append(self.request_id_line)
 
     def _finish_head(self, lines: list[bytes]) -> bytes:
-        if not self.keep_alive or self.conn.state.draining:
+        state = self.conn.state
+        if not self.keep_alive or state.draining:
             self.keep_alive = False
             lines.append(b"connection: close\r\n")
         elif self.scope["http_version"] == "1.0":
@@ -272,7 +277,10 @@ class RequestCycle:
         # One scan per forbidden byte over the whole head instead of several per value: every piece of
         # `lines` ends in exactly one CRLF of ours (the default headers in one each), so any other CR or
         # LF came from a header value (response splitting).
-        expected = len(lines) - 1 + lines[1].count(b"\n")
+        defaults = lines[1]
+        expected = len(lines) - 1 + (
+            state.default_header_lines if defaults is state.default_headers else defaults.count(b"\n")
+        )
         if head.count(b"\n") != expected or head.count(b"\r") != expected or b"\0" in head:
             raise RuntimeError("invalid character (CR, LF or NUL) in an ASGI response header value")
         return head
@@ -402,8 +410,3 @@ class RequestCycle:
         else:
             conn.abort_response(self)
 
-
-def _parse_content_length(value: bytes) -> int:
-    if not value.isdigit():
-        raise RuntimeError(f"invalid Content-Length in ASGI response headers: {value!r}")
-    return int(value)

@@ -136,6 +136,8 @@ class ServerState:
         self.app_state: dict[str, Any] = app_state if app_state is not None else {}
         # What the worker publishes to the scoreboard; plain int updates on the hot path.
         self.counters = counters if counters is not None else WorkerCounters()
+        # Requests are timed (one clock read at the end of the head) for the request metrics and the access log.
+        self.timed = self.counters.timed or access_log is not None
         self.max_requests = max_requests  # 0: never (the count starts at 1)
         self.on_max_requests = on_max_requests if max_requests else None  # 0: never, so never asked
         # WebSocket sessions stay in `connections` (the worker_connections cap and the drain count them).
@@ -164,6 +166,7 @@ class ServerState:
         self.date_header = date_header
         self.date_line = b""
         self.default_headers = b""
+        self.default_header_lines = 0  # the CRLFs in default_headers: what a response head's check expects
         # 0: off. A request that arrives while the worker has more connections than this is answered 503.
         self.limit_concurrency = limit_concurrency
         # Upgrade is watched so a WebSocket handshake is recognised with no work for plain requests; with
@@ -184,7 +187,9 @@ class ServerState:
         self.clock = self.loop.time()
         if self.date_header:
             self.date_line = b"date: %s\r\n" % formatdate(usegmt=True).encode("ascii")
-        self.default_headers = b"".join((self.server_line, self.date_line, *self.extra_lines))
+        default_headers = b"".join((self.server_line, self.date_line, *self.extra_lines))
+        self.default_header_lines = default_headers.count(b"\n")
+        self.default_headers = default_headers
 
     def max_requests_reached(self) -> None:
         """Ask for a successor, once: >= rather than == at the call sites, since refused requests count too
@@ -225,6 +230,7 @@ class H1Protocol(WriteFlowControl):
         self.tls: dict[str, Any] | None = None  # the ASGI "tls" extension, for TLS connections only
         self.trusted = False
         self.watched = state.watched
+        self.field_limit = state.limit_request_field_size - 4  # a field line counts ": " and CRLF too
         # the request being parsed
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
@@ -394,7 +400,7 @@ class H1Protocol(WriteFlowControl):
     def on_header(self, name: bytes, value: bytes) -> None:
         # The field size counts the whole line with ": " and CRLF, as Gunicorn does. The count limit is
         # checked once the head is complete: data_received already bounds the head's bytes.
-        if len(name) + len(value) + 4 > self.state.limit_request_field_size:
+        if len(name) + len(value) > self.field_limit:
             raise HeaderFieldsTooLarge("header field too large")
         if not self.in_head:
             self._trailer(name.lower())
@@ -434,7 +440,8 @@ class H1Protocol(WriteFlowControl):
 
     def on_headers_complete(self) -> None:
         self.in_head = False
-        if len(self.headers) > self.state.limit_request_fields:
+        state = self.state
+        if len(self.headers) > state.limit_request_fields:
             raise HeaderFieldsTooLarge("too many header fields")
         parser = self.parser
         version = parser.get_http_version()
@@ -445,19 +452,20 @@ class H1Protocol(WriteFlowControl):
             raise BadRequest(f"unsupported HTTP version {version}")
         if self.transfer_encoding is not None:
             _check_transfer_encoding(self.transfer_encoding, version)
-        limit = self.state.limit_request_body
-        if limit and self.content_length is not None and int(self.content_length) > limit:
-            raise PayloadTooLarge("request body too large")
+        if self.content_length is not None:  # watched only when there is a body limit
+            limit = state.limit_request_body
+            if limit and int(self.content_length) > limit:
+                raise PayloadTooLarge("request body too large")
         method_bytes = parser.get_method()
         method = _METHODS.get(method_bytes) or method_bytes.decode("ascii")
         if method == "CONNECT":
             # A tunnel is not something an ASGI app can provide; a 2xx would tell the client it was open.
             raise NotImplementedCoding("CONNECT is not supported")
-        limit = self.state.limit_concurrency
-        if limit and len(self.state.connections) > limit:
+        limit = state.limit_concurrency
+        if limit and len(state.connections) > limit:
             raise ServiceUnavailable("limit_concurrency reached")
         scope = self._build_scope(method, version)
-        request_ids = self.state.request_ids
+        request_ids = state.request_ids
         request_id_line = self._request_id(scope, request_ids) if request_ids is not None else b""
         if self.upgrade is not None and self._websocket_handshake(scope, method, version):
             return
@@ -466,7 +474,7 @@ class H1Protocol(WriteFlowControl):
             cycle.request_id_line = request_id_line
         self._reset_head()
         self.parsing = cycle
-        self.body_seen_at = self.state.clock
+        self.body_seen_at = state.clock
         self.queue.append(cycle)
 
     def _request_id(self, scope: dict[str, Any], request_ids: RequestIds) -> bytes:
@@ -493,7 +501,7 @@ class H1Protocol(WriteFlowControl):
             return False
         state = self.state
         handshake = check_handshake(method, version, self.headers, deflate=state.ws_settings.per_message_deflate)
-        start_ns = perf_counter_ns() if state.counters.timed or state.access_log is not None else 0
+        start_ns = perf_counter_ns() if state.timed else 0
         pending = WebSocketUpgrade(websocket_scope(scope, handshake), handshake, start_ns)
         self._reset_head()
         self.websocket_upgrade = pending
