@@ -13,10 +13,15 @@ from corral.http.errors import ClientDisconnected, error_response
 if TYPE_CHECKING:
     from corral.http.h1 import H1Protocol
 
-__all__ = ["RequestCycle"]
+__all__ = ["BODY_HIGH_WATER", "HOLD_LIMIT", "RequestCycle"]
 
 # The body buffer of one request may hold this much before the connection stops reading (back-pressure).
 BODY_HIGH_WATER = 64 * 1024
+
+# While the app runs its eager first step (http/eager.py) nothing else runs on the loop, so the parts of a
+# streamed response it sends meanwhile are held and written together, in one system call instead of one per
+# part, when its last part comes or the app waits (or this many bytes are held: then at once).
+HOLD_LIMIT = 64 * 1024
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
@@ -91,6 +96,8 @@ class RequestCycle:
         "finished_receiving",
         "framing",
         "head",
+        "held",
+        "held_bytes",
         "is_head",
         "keep_alive",
         "more_body",
@@ -134,6 +141,7 @@ class RequestCycle:
         self.content_length: int | None = None
         self.framing = _LENGTH
         self.response_bytes = 0
+        self.held: list[bytes] | None = None  # parts of a streamed response not yet written (see HOLD_LIMIT)
         self.request_id_line = b""  # "x-request-id: ...\r\n" when request ids are on (set by the connection)
         self.task: asyncio.Task[Any] | None = None  # the app's Task, set only if it suspended (a drain waits for it)
         # Timed from the end of the head, one clock read for both users: the request metrics and the access log.
@@ -207,7 +215,7 @@ class RequestCycle:
             elif self.response_complete:
                 raise RuntimeError("ASGI app sent 'http.response.body' after the response was complete")
             else:
-                self._write_body(message.get("body", b""), message.get("more_body", False))
+                self._write(b"", message.get("body", b""), message.get("more_body", False))
             conn = self.conn
             if conn.writing_paused and not self.response_complete:
                 await conn.drain()
@@ -333,9 +341,6 @@ class RequestCycle:
         self.head = None
         self._write(head, body, more_body)
 
-    def _write_body(self, body: bytes, more_body: bool) -> None:
-        self._write(b"", body, more_body)
-
     def _write(self, head: bytes, body: bytes, more_body: bool) -> None:
         framing = self.framing
         transport = self.conn.transport
@@ -356,12 +361,38 @@ class RequestCycle:
         else:
             self.response_bytes += len(body)
             data = head + body
-        if data:
-            transport.write(data)
+        if more_body and self.task is None:
+            if data:
+                self._hold(data)
+        else:
+            held = self.held
+            if held is not None:
+                self.held = None
+                held.append(data)
+                data = b"".join(held)
+            if data:
+                transport.write(data)
         if not more_body:
             if framing == _LENGTH and self.response_bytes != self.content_length:
                 self.keep_alive = False
             self._complete()
+
+    def _hold(self, data: bytes) -> None:
+        held = self.held
+        if held is None:
+            self.held = held = []
+            self.held_bytes = 0
+        held.append(data)
+        self.held_bytes += len(data)
+        if self.held_bytes >= HOLD_LIMIT:
+            self.release_held()
+
+    def release_held(self) -> None:
+        """Write the parts held back during the app's eager step: it waits now, or its response is cut off."""
+        held = self.held
+        if held is not None:
+            self.held = None
+            self.conn.transport.write(b"".join(held))
 
     def complete_if_sent(self) -> None:
         """The connection is going: a response whose declared length is all on the wire is complete, even if

@@ -595,6 +595,7 @@ class H1Protocol(WriteFlowControl):
         if task is not None:  # it suspended: track it until it returns, so that a drain can wait for it
             item.task = task
             self.state.app_calls.add(item)
+            item.release_held()  # what it streamed before waiting goes out now
 
     def _start_other(self, item: WebSocketUpgrade | bytes) -> None:
         if isinstance(item, bytes):  # a refusal queued behind earlier pipelined responses
@@ -702,6 +703,7 @@ class H1Protocol(WriteFlowControl):
         """The app stopped mid-response: close so the client sees the response is incomplete."""
         if cycle is self.cycle:
             self.cycle = None
+            cycle.release_held()  # the parts it did send go out before the close
             self._close()
 
     def _close(self) -> None:
