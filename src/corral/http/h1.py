@@ -56,6 +56,16 @@ _METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PAT
 # would see a reset instead of an answer. A busy client sends its next request well within this.
 DRAIN_IDLE_GRACE = 1.0
 
+# Pipelining: parsing stops once this many requests wait behind the one being answered; the rest of what was
+# read is held unparsed and reading pauses, so a client that sends without reading its answers is held back by
+# its own socket buffers rather than by our memory. Reads over _PARSE_SLICE are parsed a slice at a time (small
+# slices between requests, bigger ones through a body) so that parsing can stop in the middle of one.
+PIPELINE_AHEAD = 8
+_PARSE_SLICE = 8 * 1024
+_HEAD_SLICE = 2 * 1024
+_BODY_SLICE = 64 * 1024
+_NEVER = 1 << 62
+
 _HOST = b"host"
 _EXPECT = b"expect"
 _TRANSFER_ENCODING = b"transfer-encoding"
@@ -117,6 +127,9 @@ class ServerState:
             + 4096
         )
         self.worker_connections = worker_connections
+        # Idle keep-alive connections to shed at the cap, the longest idle last; rebuilt by one scan when used up.
+        self.shed_candidates: list[H1Protocol] = []
+        self.shed_scan_at = -1.0  # the clock of the last scan that found none: no rescan before the next tick
         self.app_state: dict[str, Any] = app_state if app_state is not None else {}
         # What the worker publishes to the scoreboard; plain int updates on the hot path.
         self.counters = counters if counters is not None else WorkerCounters()
@@ -167,9 +180,30 @@ class ServerState:
         lines = [self.server_line, self.date_line]
         return b"".join(line for line in lines if line and not line.startswith(name + b":"))
 
+    def make_room(self) -> bool:
+        """At the worker_connections cap: close the longest-idle keep-alive connection. False when all are busy.
+
+        No scan per accept: one scan sorts every idle connection by how long it has been idle, and the
+        following accepts take from that list (checking each is still idle) until it runs out.
+        """
+        candidates = self.shed_candidates
+        if not candidates and self.shed_scan_at != self.clock:
+            idle = [conn for conn in self.connections if isinstance(conn, H1Protocol) and conn.is_idle()]
+            idle.sort(key=_shed_order, reverse=True)
+            candidates.extend(idle)
+            if not idle:
+                self.shed_scan_at = self.clock
+        while candidates:
+            conn = candidates.pop()
+            if conn.is_idle():
+                conn.shed()
+                return True
+        return False
+
     def sweep(self) -> None:
         """Close idle keep-alive connections and heads that arrive too slowly (one pass, no timers)."""
         now = self.clock
+        self.shed_candidates.clear()  # rebuilt with fresh idle times when next needed
         for conn in list(self.connections):
             conn.check_timeouts(now)
 
@@ -212,6 +246,10 @@ class H1Protocol(WriteFlowControl):
         self.idle_since = state.clock
         self.closing = False
         self.reading_paused = False
+        self.unparsed = b""  # read but held back unparsed (see PIPELINE_AHEAD); reading is paused meanwhile
+        self.after_slice = b""  # while a read is parsed in slices: the bytes behind the current slice
+        self.slice_above = _PARSE_SLICE  # reads longer than this are parsed in slices
+        self.failed = False  # a request was refused: the parser stopped, nothing more is parsed
         self.writing_paused = False
         self.drain_waiters: list[asyncio.Future[None]] = []
         # Counted from the moment the connection is accepted, not from connection_made a loop turn later:
@@ -223,10 +261,11 @@ class H1Protocol(WriteFlowControl):
     # --- connection events ----------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
         state = self.state
-        if len(state.connections) > state.worker_connections:
-            # Over the cap: answer at once rather than let the client hang in a queue we will not serve.
+        # Checked before the transport is set, so this connection does not count as idle and shed itself.
+        if len(state.connections) > state.worker_connections and not state.make_room():
+            # Over the cap with every connection busy: answer at once rather than let the client hang in a
+            # queue we will not serve.
             state.logger.warning("worker_connections (%d) reached: refusing a connection", state.worker_connections)
             transport.write(error_response(503, "too many connections", state.default_headers))  # type: ignore[attr-defined]
             state.counters.count_refusal(503)
@@ -234,6 +273,7 @@ class H1Protocol(WriteFlowControl):
             self.closing = True
             state.connections.discard(self)
             return
+        self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
         sock = transport.get_extra_info("sockname")
         if isinstance(peer, tuple) and len(peer) >= 2:
@@ -268,6 +308,9 @@ class H1Protocol(WriteFlowControl):
         return self.closing
 
     def data_received(self, data: bytes) -> None:
+        if len(data) > self.slice_above or self.unparsed:
+            self._receive_in_slices(data)
+            return
         self.state.counters.bytes_in += len(data)
         if self.in_head:
             if not self.head_bytes:
@@ -294,6 +337,68 @@ class H1Protocol(WriteFlowControl):
         if self.cycle is None and self.queue and not self.closing:
             self._start_next()
 
+    def _receive_in_slices(self, data: bytes) -> None:
+        """A big read (a pipelining burst, a large body), or one behind bytes held back: parse it a slice at a
+        time, and stop when enough is parsed ahead (_parse_blocked); the rest waits in `unparsed`."""
+        if self.unparsed:
+            data, self.unparsed = self.unparsed + data, b""
+        while data and not self.closing and not self.failed:
+            if self._parse_blocked():
+                self.unparsed = data  # at most one read and a slice: reading is paused until it is parsed
+                self._pause_reading()
+                return
+            size = _HEAD_SLICE if self.parsing is None else _BODY_SLICE
+            self.after_slice = data[size:]
+            self.slice_above = _NEVER  # the slice takes data_received's direct path
+            try:
+                self.data_received(data[:size])
+            finally:
+                self.slice_above = _PARSE_SLICE
+            data, self.after_slice = self.after_slice, b""  # a WebSocket upgrade may have taken the rest
+
+    def _parse_blocked(self) -> bool:
+        """Enough parsed ahead: PIPELINE_AHEAD requests waiting, a body the app has not read, or (between
+        requests) a client that is not reading its responses."""
+        parsing = self.parsing
+        if parsing is None:
+            return len(self.queue) >= PIPELINE_AHEAD or self.writing_paused
+        return parsing.buffered_bytes > BODY_HIGH_WATER or len(self.queue) > PIPELINE_AHEAD
+
+    def _parse_unparsed(self) -> None:
+        """Parse what was held back (called soon after reading could resume); then read again if nothing is
+        left to answer."""
+        if self.closing or not self.unparsed:
+            return
+        self._receive_in_slices(b"")
+        if self.unparsed or self.closing or self.queue or not self.reading_paused:
+            return  # held back again, or requests to answer first: reading resumes once they are
+        cycle = self.cycle
+        if cycle is None or (cycle is self.parsing and cycle.buffered_bytes <= BODY_HIGH_WATER):
+            self.reading_paused = False
+            self.transport.resume_reading()
+
+    def _pause_reading(self) -> None:
+        if not self.reading_paused:
+            self.reading_paused = True
+            self.transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        if self.unparsed:
+            # Not from here: this may run inside the app's send(), and the held requests start apps of their own.
+            self.loop.call_soon(self._parse_unparsed)
+            return
+        self.reading_paused = False
+        self.transport.resume_reading()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self.closing:
+            return
+        if self.unparsed:
+            self.loop.call_soon(self._parse_unparsed)
+        elif self.cycle is None and (self.queue or self.reading_paused):
+            self.loop.call_soon(self._start_queued)  # requests were left waiting for the client to read
+
     def _continue_after_upgrade(self, data: bytes, upgrade: httptools.HttpParserUpgrade) -> None:
         """llhttp stops at the end of an Upgrade request. A WebSocket handshake keeps the bytes after it
         for the WebSocket, and reading stops until the connection is handed over.
@@ -305,10 +410,9 @@ class H1Protocol(WriteFlowControl):
         pending = self.websocket_upgrade
         if pending is not None:
             self.websocket_upgrade = None
-            pending.rest = data[offset:]
-            if not self.reading_paused:
-                self.reading_paused = True
-                self.transport.pause_reading()
+            pending.rest = data[offset:] + self.after_slice
+            self.after_slice = b""
+            self._pause_reading()
             return
         self.parser = httptools.HttpRequestParser(self)
         rest = data[offset:]
@@ -508,6 +612,11 @@ class H1Protocol(WriteFlowControl):
     # --- running requests -----------------------------------------------------------------------
 
     def _start_next(self) -> None:
+        if self.writing_paused:
+            # The client is not reading its responses: answer no more, and read no more, until it does
+            # (resume_writing starts the next one). Its own socket buffers then hold what it sends.
+            self._pause_reading()
+            return
         item = self.queue.popleft()
         if type(item) is not RequestCycle:
             self._start_other(item)
@@ -537,8 +646,7 @@ class H1Protocol(WriteFlowControl):
 
     def body_consumed(self, cycle: RequestCycle) -> None:
         if self.reading_paused and cycle is self.cycle and len(self.queue) == 0 and not self.closing:
-            self.reading_paused = False
-            self.transport.resume_reading()
+            self._resume_reading()
 
     def response_complete(self, cycle: RequestCycle) -> None:
         state = self.state
@@ -579,15 +687,13 @@ class H1Protocol(WriteFlowControl):
         if self.queue:
             self.loop.call_soon(self._start_queued)
         elif self.reading_paused:
-            self.reading_paused = False
-            self.transport.resume_reading()
+            self._resume_reading()
 
     def _start_queued(self) -> None:
         if self.cycle is None and self.queue and not self.closing:
             self._start_next()
         elif self.reading_paused and not self.queue and not self.closing:
-            self.reading_paused = False
-            self.transport.resume_reading()
+            self._resume_reading()
 
     # --- refusing and closing -------------------------------------------------------------------
 
@@ -596,9 +702,9 @@ class H1Protocol(WriteFlowControl):
         response = error_response(status, reason, self.state.default_headers + headers)
         self.state.counters.count_refusal(status)
         self.in_head = False
-        if not self.reading_paused:
-            self.reading_paused = True
-            self.transport.pause_reading()
+        self.failed = True
+        self.unparsed = b""
+        self._pause_reading()
         parsing, self.parsing = self.parsing, None
         if parsing is not None:
             parsing.client_gone()  # its app, if running, will get no more of this request
@@ -627,6 +733,24 @@ class H1Protocol(WriteFlowControl):
         if cycle is self.cycle:
             self.cycle = None
             self._close()
+
+    def is_idle(self) -> bool:
+        """A keep-alive connection waiting for its next request: nothing in flight, no head arriving."""
+        return (
+            self.cycle is None
+            and not self.queue
+            and not self.head_bytes
+            and not self.unparsed
+            and not self.closing
+            and self.transport is not None
+        )
+
+    def shed(self) -> None:
+        """Closed to make room at the worker_connections cap (a client that sends now sees a close, as it
+        would at the keep-alive timeout, and retries on a new connection)."""
+        self.state.logger.debug("worker_connections (%d) reached: closing the longest-idle connection",
+                                self.state.worker_connections)  # fmt: skip
+        self._close()
 
     def _close(self) -> None:
         if not self.closing:
@@ -680,6 +804,13 @@ class H1Protocol(WriteFlowControl):
     def _drain_grace_over(self, now: float) -> bool:
         state = self.state
         return state.draining and now - max(self.idle_since, state.drain_started) >= DRAIN_IDLE_GRACE
+
+
+def _shed_order(conn: H1Protocol) -> tuple[bool, float]:
+    """Sorted descending, the list ends with the connection to shed first: one that has been answered before
+    (its client knows a reused connection may close, and retries) and idle longest. One that never sent a
+    request goes last: its first request may be on the wire, and a new connection's failure is not retried."""
+    return conn.idle_since == conn.accepted_at, conn.idle_since
 
 
 def _check_transfer_encoding(values: list[bytes], version: str) -> None:
