@@ -308,14 +308,15 @@ class H1Protocol(WriteFlowControl):
         return self.closing
 
     def data_received(self, data: bytes) -> None:
-        if len(data) > self.slice_above or self.unparsed:
+        size = len(data)
+        if size > self.slice_above or self.unparsed:
             self._receive_in_slices(data)
             return
-        self.state.counters.bytes_in += len(data)
+        self.state.counters.bytes_in += size
         if self.in_head:
             if not self.head_bytes:
                 self.head_started = self.state.clock
-            self.head_bytes += len(data)
+            self.head_bytes += size
             if self.head_bytes > self.state.limit_head_bytes:
                 self._refuse(431, "request header section too large")
                 return
@@ -390,14 +391,27 @@ class H1Protocol(WriteFlowControl):
         self.reading_paused = False
         self.transport.resume_reading()
 
+    def pause_writing(self) -> None:
+        """The client is not reading its responses as fast as they come: read no more requests until it does.
+        Its own socket buffers then hold what it sends, and no request is started for an answer nobody reads
+        (_start_queued waits too). Done here, not per request, so the common path pays nothing for it."""
+        super().pause_writing()
+        self._pause_reading()
+
     def resume_writing(self) -> None:
         super().resume_writing()
         if self.closing:
             return
         if self.unparsed:
             self.loop.call_soon(self._parse_unparsed)
-        elif self.cycle is None and (self.queue or self.reading_paused):
-            self.loop.call_soon(self._start_queued)  # requests were left waiting for the client to read
+        elif self.queue:
+            if self.cycle is None:
+                self.loop.call_soon(self._start_queued)  # pipelined requests waited for the client to read
+        elif self.reading_paused and not self.failed:
+            parsing = self.parsing
+            if parsing is None or parsing.buffered_bytes <= BODY_HIGH_WATER:
+                self.reading_paused = False
+                self.transport.resume_reading()
 
     def _continue_after_upgrade(self, data: bytes, upgrade: httptools.HttpParserUpgrade) -> None:
         """llhttp stops at the end of an Upgrade request. A WebSocket handshake keeps the bytes after it
@@ -612,11 +626,6 @@ class H1Protocol(WriteFlowControl):
     # --- running requests -----------------------------------------------------------------------
 
     def _start_next(self) -> None:
-        if self.writing_paused:
-            # The client is not reading its responses: answer no more, and read no more, until it does
-            # (resume_writing starts the next one). Its own socket buffers then hold what it sends.
-            self._pause_reading()
-            return
         item = self.queue.popleft()
         if type(item) is not RequestCycle:
             self._start_other(item)
@@ -691,6 +700,8 @@ class H1Protocol(WriteFlowControl):
 
     def _start_queued(self) -> None:
         if self.cycle is None and self.queue and not self.closing:
+            if self.writing_paused:
+                return  # resume_writing calls again once the client reads
             self._start_next()
         elif self.reading_paused and not self.queue and not self.closing:
             self._resume_reading()
