@@ -178,6 +178,31 @@ def test_at_the_connection_cap_the_longest_idle_keepalive_is_closed_to_serve_a_n
     run(main())
 
 
+def test_at_the_connection_cap_a_connection_that_never_sent_a_request_is_shed_after_answered_ones() -> None:
+    async def main() -> None:
+        state = new_state(Counting(), worker_connections=2)
+        state.clock = 100.0
+        _, silent_transport = connect(state)  # idle longest, but its first request may be on the wire
+        state.clock = 101.0
+        _, answered_transport = idle_connection(state)
+        state.clock = 110.0
+        _, transport = idle_connection(state)
+        assert transport.written.startswith(b"HTTP/1.1 200 OK")
+        assert answered_transport.closed and not silent_transport.closed
+        held = Counting(hold=True)
+        state.app = held
+        state.clock = 111.0
+        busy, _ = idle_connection(state)  # the answered one is shed again; this one stays busy
+        protocol = H1Protocol(state)
+        transport = FakeTransport()
+        protocol.app = Counting()
+        protocol.connection_made(transport)  # no answered idle connection left: the silent one goes
+        assert silent_transport.closed and not transport.closed and busy.cycle is not None
+        held.release.set()
+
+    run(main())
+
+
 def test_at_the_connection_cap_a_new_client_gets_503_only_when_every_connection_is_busy() -> None:
     async def main() -> None:
         app = Counting(hold=True)

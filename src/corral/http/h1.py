@@ -127,9 +127,10 @@ class ServerState:
             + 4096
         )
         self.worker_connections = worker_connections
-        # Idle keep-alive connections to shed at the cap, the longest idle last; rebuilt by one scan when used up.
+        # Idle keep-alive connections to shed at the cap, the first to go last (see make_room).
         self.shed_candidates: list[H1Protocol] = []
-        self.shed_scan_at = -1.0  # the clock of the last scan that found none: no rescan before the next tick
+        self.shed_scan_at = -1.0  # the coarse clock at the last scan that found few idle connections
+        self.recheck_at = -1.0  # the coarse clock at the last rescan for answered idle connections
         self.app_state: dict[str, Any] = app_state if app_state is not None else {}
         # What the worker publishes to the scoreboard; plain int updates on the hot path.
         self.counters = counters if counters is not None else WorkerCounters()
@@ -183,22 +184,39 @@ class ServerState:
     def make_room(self) -> bool:
         """At the worker_connections cap: close the longest-idle keep-alive connection. False when all are busy.
 
-        No scan per accept: one scan sorts every idle connection by how long it has been idle, and the
-        following accepts take from that list (checking each is still idle) until it runs out.
+        No scan per accept: one scan sorts the idle connections, and the following accepts take from that list
+        (checking that each is still idle) until it runs out. A scan that finds few idle connections is not
+        repeated before the next tick of the coarse clock, so a flood of accepts while nearly every connection
+        is busy costs no scan each.
         """
+        conn = self._pop_idle()
+        if conn is not None and not conn.head_started and self.recheck_at != self.clock:
+            # Only connections that never sent a request are left from an older scan: look once more (once a
+            # tick) for an answered one gone idle since, before closing one whose first request may be on the wire.
+            self.recheck_at = self.clock
+            self._scan_idle()
+            conn = self._pop_idle()
+        if conn is None:
+            return False
+        conn.shed()
+        return True
+
+    def _pop_idle(self) -> H1Protocol | None:
         candidates = self.shed_candidates
         if not candidates and self.shed_scan_at != self.clock:
-            idle = [conn for conn in self.connections if isinstance(conn, H1Protocol) and conn.is_idle()]
-            idle.sort(key=_shed_order, reverse=True)
-            candidates.extend(idle)
-            if not idle:
-                self.shed_scan_at = self.clock
+            self._scan_idle()
         while candidates:
             conn = candidates.pop()
             if conn.is_idle():
-                conn.shed()
-                return True
-        return False
+                return conn
+        return None
+
+    def _scan_idle(self) -> None:
+        idle = [conn for conn in self.connections if isinstance(conn, H1Protocol) and conn.is_idle()]
+        if len(idle) <= len(self.connections) // 16:
+            self.shed_scan_at = self.clock
+        idle.sort(key=_shed_order, reverse=True)
+        self.shed_candidates[:] = idle
 
     def sweep(self) -> None:
         """Close idle keep-alive connections and heads that arrive too slowly (one pass, no timers)."""
@@ -396,7 +414,8 @@ class H1Protocol(WriteFlowControl):
         Its own socket buffers then hold what it sends, and no request is started for an answer nobody reads
         (_start_queued waits too). Done here, not per request, so the common path pays nothing for it."""
         super().pause_writing()
-        self._pause_reading()
+        if not self.closing:
+            self._pause_reading()
 
     def resume_writing(self) -> None:
         super().resume_writing()
@@ -818,10 +837,11 @@ class H1Protocol(WriteFlowControl):
 
 
 def _shed_order(conn: H1Protocol) -> tuple[bool, float]:
-    """Sorted descending, the list ends with the connection to shed first: one that has been answered before
-    (its client knows a reused connection may close, and retries) and idle longest. One that never sent a
-    request goes last: its first request may be on the wire, and a new connection's failure is not retried."""
-    return conn.idle_since == conn.accepted_at, conn.idle_since
+    """Sorted descending, the list ends with the connection to shed first: one that has sent a request before
+    (its client knows a reused connection may close, and retries), idle longest. One that never sent a request
+    goes last: its first request may be on the wire, and a new connection's failure is not retried.
+    (head_started is 0.0 until the first bytes of a first request: a signal the hot path already keeps.)"""
+    return not conn.head_started, conn.idle_since
 
 
 def _check_transfer_encoding(values: list[bytes], version: str) -> None:
