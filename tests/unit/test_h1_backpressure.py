@@ -226,3 +226,20 @@ def test_a_connection_whose_request_head_is_arriving_is_not_shed() -> None:
         assert transport.written.startswith(b"HTTP/1.1 503 ") and not sending_transport.closed
 
     run(main())
+
+
+def test_a_connection_holding_unparsed_requests_for_a_slow_reader_is_not_closed_as_idle() -> None:
+    async def main() -> None:
+        app = Counting()
+        state = new_state(app, keepalive=5.0)
+        protocol, transport = connect(state)
+        protocol.data_received(GET % 0)
+        protocol.pause_writing()  # the client reads its responses slowly
+        protocol.data_received(b"".join(GET % i for i in range(1, 1001)))
+        protocol.check_timeouts(state.clock + 60.0)
+        assert not transport.closed
+        protocol.resume_writing()
+        await settle_until(lambda: len(app.paths) == 1001)
+        assert app.paths == [f"/{i}" for i in range(1001)]
+
+    run(main())

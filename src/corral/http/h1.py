@@ -811,7 +811,7 @@ class H1Protocol(WriteFlowControl):
             return
         if self.closing:
             return
-        if self.cycle is not None or self.queue:
+        if self.cycle is not None or self.queue or self.unparsed:  # unparsed: requests wait for a slow reader
             self._check_body_timeout(now)
             return
         if self.in_head and self.head_bytes:
