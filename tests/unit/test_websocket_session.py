@@ -808,3 +808,17 @@ def test_a_message_of_many_small_fragments_is_reassembled_whole() -> None:
         assert app.received[2] == {"type": "websocket.receive", "text": "héllo wörld"}
 
     run(main())
+
+
+def test_a_fragmented_message_over_max_size_closes_1009_before_it_is_whole() -> None:
+    async def main() -> None:
+        app = Recorder()
+        h = Harness(app, ws={"max_size": 1000})
+        await h.upgrade()
+        h.send(Opcode.BINARY, b"x" * 600, fin=False)
+        h.send(Opcode.CONT, b"y" * 600, fin=False)
+        await h.settle()
+        assert [close_code(f) for f in h.frames()] == [1009]
+        assert h.session.fragments is None
+
+    run(main())
