@@ -266,7 +266,9 @@ class H1Protocol(WriteFlowControl):
         self.reading_paused = False
         self.unparsed = b""  # read but held back unparsed (see PIPELINE_AHEAD); reading is paused meanwhile
         self.after_slice = b""  # while a read is parsed in slices: the bytes behind the current slice
-        self.slice_above = _PARSE_SLICE  # reads longer than this are parsed in slices
+        # Reads longer than this are parsed in slices; 0 while bytes are held in `unparsed`, so that one check
+        # on the common path sends both cases to _receive_in_slices.
+        self.slice_above = _PARSE_SLICE
         self.failed = False  # a request was refused: the parser stopped, nothing more is parsed
         self.writing_paused = False
         self.drain_waiters: list[asyncio.Future[None]] = []
@@ -327,7 +329,7 @@ class H1Protocol(WriteFlowControl):
 
     def data_received(self, data: bytes) -> None:
         size = len(data)
-        if size > self.slice_above or self.unparsed:
+        if size > self.slice_above:
             self._receive_in_slices(data)
             return
         self.state.counters.bytes_in += size
@@ -361,9 +363,11 @@ class H1Protocol(WriteFlowControl):
         time, and stop when enough is parsed ahead (_parse_blocked); the rest waits in `unparsed`."""
         if self.unparsed:
             data, self.unparsed = self.unparsed + data, b""
+        self.slice_above = _PARSE_SLICE
         while data and not self.closing and not self.failed:
             if self._parse_blocked():
                 self.unparsed = data  # at most one read and a slice: reading is paused until it is parsed
+                self.slice_above = 0
                 self._pause_reading()
                 return
             size = _HEAD_SLICE if self.parsing is None else _BODY_SLICE
@@ -734,6 +738,7 @@ class H1Protocol(WriteFlowControl):
         self.in_head = False
         self.failed = True
         self.unparsed = b""
+        self.slice_above = _PARSE_SLICE
         self._pause_reading()
         parsing, self.parsing = self.parsing, None
         if parsing is not None:

@@ -195,6 +195,7 @@ class WebSocketSession(WriteFlowControl):
         self.resume_at = self.settings.max_queue // 4
         self.resume_at_bytes = self.settings.max_queue_bytes // 4
         self.parse_slice = 1 << 62  # _INFLATE_SLICE once permessage-deflate is on
+        self.slice_above = self.parse_slice  # reads longer than this go to _receive_in_slices; 0 while holding
         # outgoing
         self.writing_paused = writing_paused
         self.drain_waiters: list[asyncio.Future[None]] = []
@@ -225,8 +226,9 @@ class WebSocketSession(WriteFlowControl):
     # --- transport events -----------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
-        self.counters.bytes_in += len(data)
-        if len(data) > self.parse_slice or self.unparsed:
+        size = len(data)
+        self.counters.bytes_in += size
+        if size > self.slice_above:
             self._receive_in_slices(data)
         else:
             self._receive(data)
@@ -248,11 +250,12 @@ class WebSocketSession(WriteFlowControl):
         """Parse a compressed read a slice at a time, and keep what is left once the queue is full."""
         if self.unparsed:
             data, self.unparsed = self.unparsed + data, b""
-        size = self.parse_slice
+        size = self.slice_above = self.parse_slice
         offset = 0
         while offset < len(data):
             if self._queue_full():
                 self.unparsed = data[offset:]  # at most one read: reading is paused from here on
+                self.slice_above = 0
                 self._pause_reading()
                 return
             self._receive(data[offset : offset + size])
@@ -507,7 +510,7 @@ class WebSocketSession(WriteFlowControl):
         protocol = _ServerProtocol(Side.SERVER, max_size=settings.max_size or None, logger=_PROTOCOL_LOG)
         if handshake.extension is not None:
             protocol.extensions = [handshake.extension]
-            self.parse_slice = _INFLATE_SLICE
+            self.parse_slice = self.slice_above = _INFLATE_SLICE
         self.protocol = protocol
         self.handshake = None
         self.phase = _OPEN
