@@ -255,6 +255,14 @@ def byte_size(raw: Any) -> int:
     return integer(minimum=0)(raw)
 
 
+def _positive_byte_size(raw: Any) -> int:
+    """A size in bytes, as byte_size, that may not be 0: a bound that cannot be turned off."""
+    value = byte_size(raw)
+    if value < 1:
+        raise ValueError("must be at least 1 byte")
+    return value
+
+
 def _gunicorn_clamped(maximum: int) -> Validator:
     """Gunicorn's semantics for limit_request_line/fields: 0, or more than the maximum, means the maximum."""
 
@@ -1052,6 +1060,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("ws_max_queue", "WebSocket", 32, integer(minimum=1),
             "Incoming WebSocket messages buffered before reading pauses.",
             cli=("--ws-max-queue",), metavar=_INT, uvicorn="ws_max_queue"),
+    Setting("ws_max_queue_bytes", "WebSocket", 4 * 1024 * 1024, _positive_byte_size,
+            "Bytes of incoming WebSocket messages (decompressed) buffered before reading pauses.",
+            cli=("--ws-max-queue-bytes",), metavar="BYTES"),
     Setting("ws_ping_interval", "WebSocket", 20.0, seconds(),
             "Seconds between keep-alive pings; 0: off.",
             cli=("--ws-ping-interval",), metavar=_SECONDS, uvicorn="ws_ping_interval"),

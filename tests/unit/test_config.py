@@ -759,3 +759,8 @@ def test_user_that_does_not_exist_is_a_configuration_error():
 
 def test_group_that_does_not_exist_is_a_configuration_error():
     assert load_error(["-g", "no-such-group-here", "main:app"]).startswith("group: no such group")
+
+
+def test_ws_max_queue_bytes_takes_a_size_and_cannot_be_turned_off():
+    assert load(["--ws-max-queue-bytes", "2M"]).ws_max_queue_bytes == 2 * 1024 * 1024
+    assert load_error(["--ws-max-queue-bytes", "0"]).startswith("ws_max_queue_bytes: must be at least 1 byte")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -713,5 +714,111 @@ def test_handshake_is_counted_and_access_logged() -> None:
         await h.upgrade()
         assert h.state.counters.requests == 1 and h.state.counters.responses[0] == 1
         assert logged and logged[0][1] == 101 and logged[0][0]["type"] == "websocket"
+
+    run(main())
+
+
+class Unread:
+    """An app that accepts, then reads nothing until `release` is set; then reads `count` messages."""
+
+    def __init__(self, count: int) -> None:
+        self.release = asyncio.Event()
+        self.count = count
+        self.got: list[dict[str, Any]] = []
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+        await self.release.wait()
+        for _ in range(self.count):
+            self.got.append(await receive())
+
+
+def test_reading_pauses_when_queued_message_bytes_reach_max_queue_bytes_and_resumes_when_read() -> None:
+    async def main() -> None:
+        app = Unread(2)
+        h = Harness(app, ws={"max_queue_bytes": 1000})
+        await h.upgrade()
+        h.send(Opcode.BINARY, b"a" * 600)
+        assert h.transport.reading  # 600 bytes wait: under the bound
+        h.send(Opcode.BINARY, b"b" * 600)
+        assert not h.transport.reading  # two messages, far below max_queue, but over the byte bound
+        app.release.set()
+        await h.settle()
+        assert [m["bytes"][:1] for m in app.got] == [b"a", b"b"] and h.transport.reading
+
+    run(main())
+
+
+def test_a_compressed_read_is_inflated_only_up_to_max_queue_bytes_and_the_rest_waits_unparsed() -> None:
+    async def main() -> None:
+        app = Unread(10)
+        h = Harness(app, ws={"per_message_deflate": True, "max_queue_bytes": 1024 * 1024})
+        await h.upgrade(HANDSHAKE + b"Sec-WebSocket-Extensions: permessage-deflate\r\n\r\n")
+        h.client.extensions = [PerMessageDeflate(False, False, 15, 15)]
+        for index in range(10):  # 10 MiB of messages in ~10 KiB on the wire, all in one read
+            h.client.send_binary(bytes([index]) * (1024 * 1024))
+        h.feed(b"".join(h.client.data_to_send()))
+        session = h.session
+        # Parsing stopped a slice after the bound: not every message of the read was inflated.
+        assert 1 <= len(session.messages) < 10 and session.unparsed and not h.transport.reading
+        app.release.set()
+        await h.settle()
+        assert [m["bytes"][:1] for m in app.got] == [bytes([index]) for index in range(10)]
+        assert all(len(m["bytes"]) == 1024 * 1024 for m in app.got)
+        assert not session.unparsed and h.transport.reading
+
+    run(main())
+
+
+def test_a_close_frame_held_unparsed_behind_a_full_queue_still_closes_the_connection() -> None:
+    async def main() -> None:
+        app = Unread(5)
+        h = Harness(app, ws={"per_message_deflate": True, "max_queue_bytes": 1000})
+        await h.upgrade(HANDSHAKE + b"Sec-WebSocket-Extensions: permessage-deflate\r\n\r\n")
+        h.client.extensions = [PerMessageDeflate(False, False, 15, 15)]
+        for _ in range(3):  # incompressible, so that the close frame is read slices behind the first message
+            h.client.send_binary(os.urandom(20_000))
+        h.client.send_close(1000)
+        h.feed(b"".join(h.client.data_to_send()))
+        assert h.session.unparsed and not h.transport.reading
+        app.release.set()
+        await h.settle()
+        assert [len(m.get("bytes", b"")) for m in app.got[:3]] == [20_000] * 3
+        assert app.got[3] == {"type": "websocket.disconnect", "code": 1000, "reason": ""}
+        assert close_code(h.frames()[-1]) == 1000
+
+    run(main())
+
+
+def test_a_message_of_many_small_fragments_is_reassembled_whole() -> None:
+    async def main() -> None:
+        app = Recorder()
+        h = Harness(app)
+        await h.upgrade()
+        h.send(Opcode.BINARY, b"x", fin=False)
+        for _ in range(998):
+            h.send(Opcode.CONT, b"y", fin=False)
+        h.send(Opcode.CONT, b"z")
+        text = "héllo wörld".encode()
+        h.send(Opcode.TEXT, text[:2], fin=False)  # the é is split between two fragments
+        h.send(Opcode.CONT, text[2:])
+        await h.settle()
+        assert app.received[1] == {"type": "websocket.receive", "bytes": b"x" + b"y" * 998 + b"z"}
+        assert app.received[2] == {"type": "websocket.receive", "text": "héllo wörld"}
+
+    run(main())
+
+
+def test_a_fragmented_message_over_max_size_closes_1009_before_it_is_whole() -> None:
+    async def main() -> None:
+        app = Recorder()
+        h = Harness(app, ws={"max_size": 1000})
+        await h.upgrade()
+        h.send(Opcode.BINARY, b"x" * 600, fin=False)
+        h.send(Opcode.CONT, b"y" * 600, fin=False)
+        await h.settle()
+        assert [close_code(f) for f in h.frames()] == [1009]
+        assert h.session.fragments is None
 
     run(main())

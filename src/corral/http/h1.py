@@ -58,6 +58,16 @@ _METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PAT
 # connections get no such grace: they keep their keep-alive timeout (see H1Protocol.check_timeouts).
 DRAIN_HANDSHAKE_GRACE = 1.0
 
+# Pipelining: parsing stops once this many requests wait behind the one being answered; the rest of what was
+# read is held unparsed and reading pauses, so a client that sends without reading its answers is held back by
+# its own socket buffers rather than by our memory. Reads over _PARSE_SLICE are parsed a slice at a time (small
+# slices between requests, bigger ones through a body) so that parsing can stop in the middle of one.
+PIPELINE_AHEAD = 8
+_PARSE_SLICE = 8 * 1024
+_HEAD_SLICE = 2 * 1024
+_BODY_SLICE = 64 * 1024
+_NEVER = 1 << 62
+
 _HOST = b"host"
 _EXPECT = b"expect"
 _TRANSFER_ENCODING = b"transfer-encoding"
@@ -133,6 +143,10 @@ class ServerState:
             + 4096
         )
         self.worker_connections = worker_connections
+        # Idle keep-alive connections to shed at the cap, the first to go last (see make_room).
+        self.shed_candidates: list[H1Protocol] = []
+        self.shed_scan_at = -1.0  # the coarse clock at the last scan that found few idle connections
+        self.recheck_at = -1.0  # the coarse clock at the last rescan for answered idle connections
         self.app_state: dict[str, Any] = app_state if app_state is not None else {}
         # What the worker publishes to the scoreboard; plain int updates on the hot path.
         self.counters = counters if counters is not None else WorkerCounters()
@@ -208,9 +222,47 @@ class ServerState:
         lines = [self.server_line, self.date_line, *self.extra_lines]
         return b"".join(line for line in lines if line and not line.lower().startswith(name + b":"))
 
+    def make_room(self) -> bool:
+        """At the worker_connections cap: close the longest-idle keep-alive connection. False when all are busy.
+
+        No scan per accept: one scan sorts the idle connections, and the following accepts take from that list
+        (checking that each is still idle) until it runs out. A scan that finds few idle connections is not
+        repeated before the next tick of the coarse clock, so a flood of accepts while nearly every connection
+        is busy costs no scan each.
+        """
+        conn = self._pop_idle()
+        if conn is not None and not conn.head_started and self.recheck_at != self.clock:
+            # Only connections that never sent a request are left from an older scan: look once more (once a
+            # tick) for an answered one gone idle since, before closing one whose first request may be on the wire.
+            self.recheck_at = self.clock
+            self._scan_idle()
+            conn = self._pop_idle()
+        if conn is None:
+            return False
+        conn.shed()
+        return True
+
+    def _pop_idle(self) -> H1Protocol | None:
+        candidates = self.shed_candidates
+        if not candidates and self.shed_scan_at != self.clock:
+            self._scan_idle()
+        while candidates:
+            conn = candidates.pop()
+            if conn.is_idle():
+                return conn
+        return None
+
+    def _scan_idle(self) -> None:
+        idle = [conn for conn in self.connections if isinstance(conn, H1Protocol) and conn.is_idle()]
+        if len(idle) <= len(self.connections) // 16:
+            self.shed_scan_at = self.clock
+        idle.sort(key=_shed_order, reverse=True)
+        self.shed_candidates[:] = idle
+
     def sweep(self) -> None:
         """Close idle keep-alive connections and heads that arrive too slowly (one pass, no timers)."""
         now = self.clock
+        self.shed_candidates.clear()  # rebuilt with fresh idle times when next needed
         for conn in list(self.connections):
             conn.check_timeouts(now)
 
@@ -254,6 +306,12 @@ class H1Protocol(WriteFlowControl):
         self.idle_since = state.clock
         self.closing = False
         self.reading_paused = False
+        self.unparsed = b""  # read but held back unparsed (see PIPELINE_AHEAD); reading is paused meanwhile
+        self.after_slice = b""  # while a read is parsed in slices: the bytes behind the current slice
+        # Reads longer than this are parsed in slices; 0 while bytes are held in `unparsed`, so that one check
+        # on the common path sends both cases to _receive_in_slices.
+        self.slice_above = _PARSE_SLICE
+        self.failed = False  # a request was refused: the parser stopped, nothing more is parsed
         self.writing_paused = False
         self.drain_waiters: list[asyncio.Future[None]] = []
         # Counted from the moment the connection is accepted, not from connection_made a loop turn later:
@@ -265,10 +323,11 @@ class H1Protocol(WriteFlowControl):
     # --- connection events ----------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
         state = self.state
-        if len(state.connections) > state.worker_connections:
-            # Over the cap: answer at once rather than let the client hang in a queue we will not serve.
+        # Checked before the transport is set, so this connection does not count as idle and shed itself.
+        if len(state.connections) > state.worker_connections and not state.make_room():
+            # Over the cap with every connection busy: answer at once rather than let the client hang in a
+            # queue we will not serve.
             state.logger.warning("worker_connections (%d) reached: refusing a connection", state.worker_connections)
             transport.write(error_response(503, "too many connections", state.default_headers))  # type: ignore[attr-defined]
             state.counters.count_refusal(503)
@@ -276,6 +335,7 @@ class H1Protocol(WriteFlowControl):
             self.closing = True
             state.connections.discard(self)
             return
+        self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
         sock = transport.get_extra_info("sockname")
         if isinstance(peer, tuple) and len(peer) >= 2:
@@ -336,11 +396,15 @@ class H1Protocol(WriteFlowControl):
         return self.closing
 
     def data_received(self, data: bytes) -> None:
-        self.state.counters.bytes_in += len(data)
+        size = len(data)
+        if size > self.slice_above:
+            self._receive_in_slices(data)
+            return
+        self.state.counters.bytes_in += size
         if self.in_head:
             if not self.head_bytes:
                 self.head_started = self.state.clock
-            self.head_bytes += len(data)
+            self.head_bytes += size
             if self.head_bytes > self.state.limit_head_bytes:
                 self._refuse(431, "request header section too large")
                 return
@@ -362,6 +426,84 @@ class H1Protocol(WriteFlowControl):
         if self.cycle is None and self.queue and not self.closing:
             self._start_next()
 
+    def _receive_in_slices(self, data: bytes) -> None:
+        """A big read (a pipelining burst, a large body), or one behind bytes held back: parse it a slice at a
+        time, and stop when enough is parsed ahead (_parse_blocked); the rest waits in `unparsed`."""
+        if self.unparsed:
+            data, self.unparsed = self.unparsed + data, b""
+        self.slice_above = _PARSE_SLICE
+        while data and not self.closing and not self.failed:
+            if self._parse_blocked():
+                self.unparsed = data  # at most one read and a slice: reading is paused until it is parsed
+                self.slice_above = 0
+                self._pause_reading()
+                return
+            size = _HEAD_SLICE if self.parsing is None else _BODY_SLICE
+            self.after_slice = data[size:]
+            self.slice_above = _NEVER  # the slice takes data_received's direct path
+            try:
+                self.data_received(data[:size])
+            finally:
+                self.slice_above = _PARSE_SLICE
+            data, self.after_slice = self.after_slice, b""  # a WebSocket upgrade may have taken the rest
+
+    def _parse_blocked(self) -> bool:
+        """Enough parsed ahead: PIPELINE_AHEAD requests waiting, a body the app has not read, or (between
+        requests) a client that is not reading its responses."""
+        parsing = self.parsing
+        if parsing is None:
+            return len(self.queue) >= PIPELINE_AHEAD or self.writing_paused
+        return parsing.buffered_bytes > BODY_HIGH_WATER or len(self.queue) > PIPELINE_AHEAD
+
+    def _parse_unparsed(self) -> None:
+        """Parse what was held back (called soon after reading could resume); then read again if nothing is
+        left to answer."""
+        if self.closing or not self.unparsed:
+            return
+        self._receive_in_slices(b"")
+        if self.unparsed or self.closing or self.queue or not self.reading_paused:
+            return  # held back again, or requests to answer first: reading resumes once they are
+        cycle = self.cycle
+        if cycle is None or (cycle is self.parsing and cycle.buffered_bytes <= BODY_HIGH_WATER):
+            self.reading_paused = False
+            self.transport.resume_reading()
+
+    def _pause_reading(self) -> None:
+        if not self.reading_paused:
+            self.reading_paused = True
+            self.transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        if self.unparsed:
+            # Not from here: this may run inside the app's send(), and the held requests start apps of their own.
+            self.loop.call_soon(self._parse_unparsed)
+            return
+        self.reading_paused = False
+        self.transport.resume_reading()
+
+    def pause_writing(self) -> None:
+        """The client is not reading its responses as fast as they come: read no more requests until it does.
+        Its own socket buffers then hold what it sends, and no request is started for an answer nobody reads
+        (_start_queued waits too). Done here, not per request, so the common path pays nothing for it."""
+        super().pause_writing()
+        if not self.closing:
+            self._pause_reading()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self.closing:
+            return
+        if self.unparsed:
+            self.loop.call_soon(self._parse_unparsed)
+        elif self.queue:
+            if self.cycle is None:
+                self.loop.call_soon(self._start_queued)  # pipelined requests waited for the client to read
+        elif self.reading_paused and not self.failed:
+            parsing = self.parsing
+            if parsing is None or parsing.buffered_bytes <= BODY_HIGH_WATER:
+                self.reading_paused = False
+                self.transport.resume_reading()
+
     def _continue_after_upgrade(self, data: bytes, upgrade: httptools.HttpParserUpgrade) -> None:
         """llhttp stops at the end of an Upgrade request. A WebSocket handshake keeps the bytes after it
         for the WebSocket, and reading stops until the connection is handed over.
@@ -373,10 +515,9 @@ class H1Protocol(WriteFlowControl):
         pending = self.websocket_upgrade
         if pending is not None:
             self.websocket_upgrade = None
-            pending.rest = data[offset:]
-            if not self.reading_paused:
-                self.reading_paused = True
-                self.transport.pause_reading()
+            pending.rest = data[offset:] + self.after_slice
+            self.after_slice = b""
+            self._pause_reading()
             return
         self.parser = httptools.HttpRequestParser(self)
         rest = data[offset:]
@@ -614,8 +755,7 @@ class H1Protocol(WriteFlowControl):
 
     def body_consumed(self, cycle: RequestCycle) -> None:
         if self.reading_paused and cycle is self.cycle and len(self.queue) == 0 and not self.closing:
-            self.reading_paused = False
-            self.transport.resume_reading()
+            self._resume_reading()
 
     def response_complete(self, cycle: RequestCycle) -> None:
         state = self.state
@@ -656,15 +796,15 @@ class H1Protocol(WriteFlowControl):
         if self.queue:
             self.loop.call_soon(self._start_queued)
         elif self.reading_paused:
-            self.reading_paused = False
-            self.transport.resume_reading()
+            self._resume_reading()
 
     def _start_queued(self) -> None:
         if self.cycle is None and self.queue and not self.closing:
+            if self.writing_paused:
+                return  # resume_writing calls again once the client reads
             self._start_next()
         elif self.reading_paused and not self.queue and not self.closing:
-            self.reading_paused = False
-            self.transport.resume_reading()
+            self._resume_reading()
 
     # --- refusing and closing -------------------------------------------------------------------
 
@@ -673,9 +813,10 @@ class H1Protocol(WriteFlowControl):
         response = error_response(status, reason, self.state.default_headers + headers)
         self.state.counters.count_refusal(status)
         self.in_head = False
-        if not self.reading_paused:
-            self.reading_paused = True
-            self.transport.pause_reading()
+        self.failed = True
+        self.unparsed = b""
+        self.slice_above = _PARSE_SLICE
+        self._pause_reading()
         parsing, self.parsing = self.parsing, None
         if parsing is not None:
             parsing.client_gone()  # its app, if running, will get no more of this request
@@ -706,6 +847,24 @@ class H1Protocol(WriteFlowControl):
             cycle.release_held()  # the parts it did send go out before the close
             self._close()
 
+    def is_idle(self) -> bool:
+        """A keep-alive connection waiting for its next request: nothing in flight, no head arriving."""
+        return (
+            self.cycle is None
+            and not self.queue
+            and not self.head_bytes
+            and not self.unparsed
+            and not self.closing
+            and self.transport is not None
+        )
+
+    def shed(self) -> None:
+        """Closed to make room at the worker_connections cap (a client that sends now sees a close, as it
+        would at the keep-alive timeout, and retries on a new connection)."""
+        self.state.logger.debug("worker_connections (%d) reached: closing the longest-idle connection",
+                                self.state.worker_connections)  # fmt: skip
+        self._close()
+
     def _close(self) -> None:
         if not self.closing:
             self.closing = True
@@ -735,7 +894,7 @@ class H1Protocol(WriteFlowControl):
             return
         if self.closing:
             return
-        if self.cycle is not None or self.queue:
+        if self.cycle is not None or self.queue or self.unparsed:  # unparsed: requests wait for a slow reader
             self._check_body_timeout(now)
             return
         if self.in_head and self.head_bytes:
@@ -761,6 +920,14 @@ class H1Protocol(WriteFlowControl):
     def _drain_grace_over(self, now: float) -> bool:
         state = self.state
         return state.draining and now - max(self.accepted_at, state.drain_started) >= DRAIN_HANDSHAKE_GRACE
+
+
+def _shed_order(conn: H1Protocol) -> tuple[bool, float]:
+    """Sorted descending, the list ends with the connection to shed first: one that has sent a request before
+    (its client knows a reused connection may close, and retries), idle longest. One that never sent a request
+    goes last: its first request may be on the wire, and a new connection's failure is not retried.
+    (head_started is 0.0 until the first bytes of a first request: a signal the hot path already keeps.)"""
+    return not conn.head_started, conn.idle_since
 
 
 def _check_transfer_encoding(values: list[bytes], version: str) -> None:

@@ -62,6 +62,10 @@ _FIN_BINARY = 0x80 | Opcode.BINARY
 _SHORT_HEADERS = {first: [bytes((first, length)) for length in range(126)] for first in (_FIN_TEXT, _FIN_BINARY)}
 _HEADER_16 = struct.Struct("!BBH")
 _HEADER_64 = struct.Struct("!BBQ")
+# With permessage-deflate, a read is handed to the protocol this many bytes at a time and parsing stops once
+# the queue bound is reached: the protocol inflates every frame a chunk completes, and deflate expands up to
+# ~1000 times, so one 256 KiB read could otherwise become hundreds of MiB in one call.
+_INFLATE_SLICE = 4096
 # Payloads at least this long are written beside their header (writev) instead of copied behind it.
 _COPY_LIMIT = 16 * 1024  # a control frame's payload is at most 125 bytes, two of them the code
 
@@ -104,6 +108,7 @@ class WebSocketSettings:
 
     max_size: int = 16 * 1024 * 1024
     max_queue: int = 32
+    max_queue_bytes: int = 4 * 1024 * 1024
     ping_interval: float = 20.0
     ping_timeout: float = 20.0
     per_message_deflate: bool = True
@@ -113,6 +118,7 @@ class WebSocketSettings:
         return cls(
             max_size=cfg.ws_max_size,
             max_queue=cfg.ws_max_queue,
+            max_queue_bytes=cfg.ws_max_queue_bytes,
             ping_interval=cfg.ws_ping_interval,
             ping_timeout=cfg.ws_ping_timeout,
             per_message_deflate=cfg.ws_per_message_deflate,
@@ -176,13 +182,20 @@ class WebSocketSession(WriteFlowControl):
         # incoming
         self.connect_delivered = False
         self.messages: deque[dict[str, Any]] = deque()
+        self.queued_bytes = 0  # payload bytes of `messages` (decompressed; characters for text)
+        self.unparsed = b""  # read but not parsed yet: held while the queue is full, reading paused
         self.delivered = 0  # messages handed to the app so far
         self.waiter: asyncio.Future[dict[str, Any]] | None = None
         self.disconnect: dict[str, Any] | None = None
-        self.fragments: list[Any] | None = None
+        # A fragmented message being reassembled: its raw payload, bounded by max_size (the protocol closes
+        # with 1009 beyond it). One buffer, not a list of fragments: a million one-byte fragments cost a MiB.
+        self.fragments: bytearray | None = None
         self.decoder: codecs.IncrementalDecoder | None = None
         self.reading_paused = True  # the HTTP/1.1 side stopped reading at the upgrade
         self.resume_at = self.settings.max_queue // 4
+        self.resume_at_bytes = self.settings.max_queue_bytes // 4
+        self.parse_slice = 1 << 62  # _INFLATE_SLICE once permessage-deflate is on
+        self.slice_above = self.parse_slice  # reads longer than this go to _receive_in_slices; 0 while holding
         # outgoing
         self.writing_paused = writing_paused
         self.drain_waiters: list[asyncio.Future[None]] = []
@@ -213,8 +226,12 @@ class WebSocketSession(WriteFlowControl):
     # --- transport events -----------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
-        self.counters.bytes_in += len(data)
-        self._receive(data)
+        size = len(data)
+        self.counters.bytes_in += size
+        if size > self.slice_above:
+            self._receive_in_slices(data)
+        else:
+            self._receive(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.gone = True
@@ -228,6 +245,31 @@ class WebSocketSession(WriteFlowControl):
         return self.gone
 
     # --- frames in ------------------------------------------------------------------------------
+
+    def _receive_in_slices(self, data: bytes) -> None:
+        """Parse a compressed read a slice at a time, and keep what is left once the queue is full."""
+        if self.unparsed:
+            data, self.unparsed = self.unparsed + data, b""
+        size = self.slice_above = self.parse_slice
+        offset = 0
+        while offset < len(data):
+            if self._queue_full():
+                self.unparsed = data[offset:]  # at most one read: reading is paused from here on
+                self.slice_above = 0
+                self._pause_reading()
+                return
+            self._receive(data[offset : offset + size])
+            offset += size
+
+    def _queue_full(self) -> bool:
+        return self.phase == _OPEN and (
+            len(self.messages) >= self.settings.max_queue or self.queued_bytes >= self.settings.max_queue_bytes
+        )
+
+    def _pause_reading(self) -> None:
+        if not self.reading_paused:
+            self.reading_paused = True
+            self.transport.pause_reading()
 
     def _receive(self, data: bytes) -> None:
         protocol = self.protocol
@@ -267,26 +309,26 @@ class WebSocketSession(WriteFlowControl):
 
     def _fragment(self, frame: Frame) -> None:
         """One frame of a fragmented message (the protocol has checked their order)."""
-        if self.fragments is None:
-            self.fragments = []
+        fragments = self.fragments
+        if fragments is None:
+            fragments = self.fragments = bytearray()
             self.decoder = _utf8_decoder() if frame.opcode is _TEXT else None
         decoder = self.decoder
-        if decoder is None:
-            self.fragments.append(frame.data)
-        else:
-            # Decoded as the fragments arrive, so invalid UTF-8 fails the connection at once (RFC 6455 8.1)
-            # rather than after a long message has been buffered.
+        if decoder is not None:
+            # Validated as the fragments arrive, so invalid UTF-8 fails the connection at once (RFC 6455 8.1)
+            # rather than after a long message has been buffered; the text is decoded once, whole, at the end.
             try:
-                self.fragments.append(decoder.decode(frame.data, frame.fin))
+                decoder.decode(frame.data, frame.fin)
             except UnicodeDecodeError:
                 self._fail(CLOSE_INVALID_DATA, "invalid UTF-8 in a text message")
                 return
+        fragments += frame.data
         if frame.fin:
-            fragments, self.fragments, self.decoder = self.fragments, None, None
+            self.fragments = self.decoder = None
             if decoder is None:
-                self._deliver({"type": "websocket.receive", "bytes": b"".join(fragments)})
+                self._deliver({"type": "websocket.receive", "bytes": bytes(fragments)})
             else:
-                self._deliver({"type": "websocket.receive", "text": "".join(fragments)})
+                self._deliver({"type": "websocket.receive", "text": fragments.decode()})
 
     def _deliver(self, message: dict[str, Any]) -> None:
         self.delivered += 1
@@ -298,10 +340,10 @@ class WebSocketSession(WriteFlowControl):
                 return
         messages = self.messages
         messages.append(message)
-        if len(messages) >= self.settings.max_queue and not self.reading_paused:
+        self.queued_bytes += _payload_size(message)
+        if self._queue_full():
             # The app is not keeping up: stop reading, so the client's TCP window closes (back-pressure).
-            self.reading_paused = True
-            self.transport.pause_reading()
+            self._pause_reading()
 
     def _fail_after_answers(self, writes: list[bytes]) -> None:
         """The client broke the protocol in the same read as messages the app has not answered yet.
@@ -337,7 +379,13 @@ class WebSocketSession(WriteFlowControl):
         messages = self.messages
         if messages:
             message = messages.popleft()
-            if self.reading_paused and len(messages) <= self.resume_at and self.phase == _OPEN:
+            self.queued_bytes -= _payload_size(message)
+            if (
+                self.reading_paused
+                and len(messages) <= self.resume_at
+                and self.queued_bytes <= self.resume_at_bytes
+                and self.phase == _OPEN
+            ):
                 self._resume_reading()
             return message
         if not self.connect_delivered:
@@ -462,18 +510,18 @@ class WebSocketSession(WriteFlowControl):
         protocol = _ServerProtocol(Side.SERVER, max_size=settings.max_size or None, logger=_PROTOCOL_LOG)
         if handshake.extension is not None:
             protocol.extensions = [handshake.extension]
+            self.parse_slice = self.slice_above = _INFLATE_SLICE
         self.protocol = protocol
         self.handshake = None
         self.phase = _OPEN
         self.transport.write(head)
         self._handshake_answered(101, headers, 0)
         self.next_ping_at = self.state.clock + settings.ping_interval
+        # Bytes the client sent behind its handshake are parsed first, as if just read.
+        self.unparsed, self.rest = self.rest, b""
         if self.close_on_accept:
             self._server_close(self.close_on_accept)
         self._resume_reading()
-        rest, self.rest = self.rest, b""
-        if rest:
-            self._receive(rest)
 
     def _app_close(self, message: dict[str, Any]) -> None:
         code = message.get("code")
@@ -554,6 +602,12 @@ class WebSocketSession(WriteFlowControl):
 
     def _resume_reading(self) -> None:
         if self.reading_paused and not self.gone:
+            if self.unparsed:
+                # What was read before the pause comes first; it may fill the queue again (reading stays paused).
+                held, self.unparsed = self.unparsed, b""
+                self._receive_in_slices(held)
+                if self.unparsed or self.gone or not self.reading_paused:
+                    return  # still full, or resumed already (a close frame in what was held)
             self.reading_paused = False
             self.transport.resume_reading()
 
@@ -629,6 +683,12 @@ class WebSocketSession(WriteFlowControl):
     def in_flight(self) -> None:
         """A WebSocket is not a request in flight (the loop-lag watchdog lists only those)."""
         return None
+
+
+def _payload_size(message: dict[str, Any]) -> int:
+    """What a queued message counts against ws_max_queue_bytes: its bytes, or its characters for text."""
+    text = message.get("text")
+    return len(text) if text is not None else len(message["bytes"])
 
 
 def _check_close(code: Any, reason: Any) -> None:
