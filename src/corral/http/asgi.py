@@ -198,7 +198,9 @@ class RequestCycle:
         more = self.more_body
         if not more:
             self.finished_receiving = True
-        self.conn.body_consumed(self)
+        conn = self.conn
+        if conn.reading_paused:  # reading stopped for this body (or for pipelining): perhaps resume it
+            conn.body_consumed(self)
         return {"type": "http.request", "body": body, "more_body": more}
 
     # --- ASGI send ------------------------------------------------------------------------------
