@@ -1,0 +1,338 @@
+"""WSGI apps on the async worker: the request cycle that runs a WSGI callable in a bounded thread pool.
+
+`WSGIApp` is an ASGI 3 callable around a WSGI one, so a WSGI request goes through the same connection, parser,
+limits, request counting, access log, metrics, hooks and drain as an ASGI one. The event loop reads the body in
+full (`wsgi.input` never blocks a thread on the client), a pool thread runs the app, and the response is handed
+back to the loop through a pipe bounded in bytes: the thread waits while the client is slow, so a slow reader
+holds no more memory than the bound and an app thread only as long as the pipe is full.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import math
+import os
+import signal
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from corral.http.errors import ClientDisconnected
+from corral.http.wsgi_environ import BodyWriter, ErrorStream, WSGIInput, build_environ
+
+__all__ = ["PIPE_HIGH_WATER", "SPOOL_BYTES", "WSGIApp", "serving_interface", "wsgi_threads"]
+
+# A request body up to this size stays in memory; a larger one goes to a temporary file in tmp_upload_dir.
+SPOOL_BYTES = 1024 * 1024
+# Response bytes an app thread may have handed over and the loop not yet written before the thread waits.
+PIPE_HIGH_WATER = 256 * 1024
+# How often the loop checks the age of running WSGI calls against `timeout`.
+DEADLINE_CHECK_SECONDS = 1.0
+
+_log = logging.getLogger("corral.error")
+_ERRORS = ErrorStream(_log)
+_INTERNAL_ERROR = b"Internal Server Error"
+_ERROR_HEADERS = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", b"21")]
+
+# What the app thread hands the loop.
+_START = 0  # (status, headers)
+_BODY = 1  # bytes
+_END = 2  # bytes: the last body bytes
+_ERROR = 3  # (exception, headers_were_sent)
+
+
+class WSGIResponseAborted(ClientDisconnected):
+    """The response was cut off after its head was sent (the app's iterable raised midway): the connection is
+    closed, so the client sees an incomplete response. Already logged, so the cycle only closes."""
+
+
+class _Abandoned(Exception):
+    """Raised in the app thread when the loop will take no more of the response (client gone, cancelled)."""
+
+
+class _Pipe:
+    """Response messages from one app thread to the loop, bounded in bytes (the thread blocks past the bound)."""
+
+    __slots__ = ("abandoned", "cond", "items", "loop", "size", "waiter")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.cond = threading.Condition(threading.Lock())
+        self.items: deque[tuple[int, Any]] = deque()
+        self.size = 0
+        self.waiter: asyncio.Future[None] | None = None
+        self.abandoned = False
+
+    # --- the app thread
+
+    def put(self, kind: int, value: Any, size: int = 0) -> None:
+        with self.cond:
+            if self.abandoned:
+                raise _Abandoned
+            self.items.append((kind, value))
+            self.size += size
+            waiter, self.waiter = self.waiter, None
+            if waiter is not None:
+                self.loop.call_soon_threadsafe(_wake, waiter)
+            while self.size > PIPE_HIGH_WATER and not self.abandoned:
+                self.cond.wait()
+
+    # --- the loop
+
+    async def take(self) -> list[tuple[int, Any]]:
+        while True:
+            with self.cond:
+                if self.items:
+                    items = list(self.items)
+                    self.items.clear()
+                    return items
+                self.waiter = waiter = self.loop.create_future()
+            await waiter
+
+    def written(self, size: int) -> None:
+        """`size` bytes taken from the pipe are on the transport: the thread may hand over that much more.
+        Counted only now, not when taken, so bytes held by the loop while it waits on a slow client count."""
+        with self.cond:
+            self.size -= size
+            self.cond.notify()
+
+    def abandon(self) -> None:
+        with self.cond:
+            self.abandoned = True
+            self.cond.notify()
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+class _Call:
+    """One WSGI call, run in a pool thread: start_response, write() and the response iterable."""
+
+    __slots__ = ("environ", "headers", "headers_sent", "method", "path", "pipe", "started", "status")
+
+    def __init__(self, environ: dict[str, Any], pipe: _Pipe) -> None:
+        self.environ = environ
+        self.pipe = pipe
+        self.status: int | None = None
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.headers_sent = False
+        self.started = math.inf  # waiting for a pool thread: the timeout counts from when one runs it
+        self.method = environ["REQUEST_METHOD"]
+        self.path = environ["PATH_INFO"]
+
+    def run(self, app: Callable[..., Iterable[bytes]]) -> None:
+        self.started = time.monotonic()
+        try:
+            result = app(self.environ, self.start_response)
+            try:
+                if type(result) is list and len(result) <= 1:  # the usual answer: one body, one hand-over
+                    self._end(result[0] if result else b"")
+                else:
+                    for chunk in result:
+                        if chunk:
+                            self.write(chunk)
+                    self._end(b"")
+            finally:
+                close = getattr(result, "close", None)
+                if close is not None:
+                    close()
+        except _Abandoned:
+            pass
+        except BaseException as exc:  # reported on the loop, which answers 500 or closes the connection
+            try:
+                self.pipe.put(_ERROR, (exc, self.headers_sent))
+            except _Abandoned:
+                _log.debug("WSGI app raised after the client went away: %r", exc)
+        finally:
+            self.environ["wsgi.input"].close()
+
+    def start_response(
+        self, status: str, headers: list[tuple[str, str]], exc_info: Any = None
+    ) -> Callable[[bytes], None]:
+        if exc_info is not None:
+            try:
+                if self.headers_sent:
+                    raise exc_info[1].with_traceback(exc_info[2])  # PEP 3333: too late to change the response
+            finally:
+                exc_info = None
+        elif self.status is not None:
+            raise AssertionError("start_response called a second time without exc_info")
+        if type(status) is not str or len(status) < 4 or not status[:3].isdigit() or status[3] != " ":
+            raise ValueError(f"WSGI status must be a str like '200 OK', got {status!r}")
+        self.status = int(status[:3])
+        self.headers = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers]
+        return self.write
+
+    def write(self, data: bytes) -> None:
+        """PEP 3333's write(): also how the iterable's chunks go out. Blocks while the pipe is full."""
+        if type(data) is not bytes:
+            raise TypeError(f"WSGI response body must be bytes, got {type(data).__name__}")
+        pipe = self.pipe
+        if not self.headers_sent:
+            self._send_headers()
+        pipe.put(_BODY, data, len(data))
+
+    def _send_headers(self) -> None:
+        if self.status is None:
+            raise AssertionError("WSGI app sent a body before calling start_response")
+        self.headers_sent = True
+        self.pipe.put(_START, (self.status, self.headers))
+
+    def _end(self, last: bytes) -> None:
+        if type(last) is not bytes:
+            raise TypeError(f"WSGI response body must be bytes, got {type(last).__name__}")
+        if not self.headers_sent:
+            self._send_headers()
+        self.pipe.put(_END, last, len(last))
+
+
+class WSGIApp:
+    """A WSGI callable as an ASGI 3 app. `configure()` in the worker sets the pool size and the timeout."""
+
+    def __init__(self, wsgi_app: Callable[..., Iterable[bytes]]) -> None:
+        self.wsgi_app = wsgi_app
+        self.threads = 1
+        self.timeout = 0.0
+        self.tmp_dir: str | None = None
+        self.spool = SPOOL_BYTES
+        self._pool: ThreadPoolExecutor | None = None  # made in the worker, never before a fork
+        self._running: set[_Call] = set()
+        self._deadline_check: asyncio.TimerHandle | None = None
+
+    def configure(self, *, threads: int, timeout: float = 0.0, tmp_dir: str | None = None) -> WSGIApp:
+        self.threads = max(1, threads)
+        self.timeout = timeout
+        self.tmp_dir = tmp_dir
+        return self
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "lifespan":
+            await _lifespan(receive, send)
+        # A WebSocket handshake is left unanswered: the server refuses it with 403.
+
+    async def _http(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        body, chunked = await _read_body(scope, receive, self.spool, self.tmp_dir)
+        if body is None:
+            return  # the client went away before the body was in
+        environ = build_environ(scope, body, errors=_ERRORS, multithread=self.threads > 1, chunked=chunked)
+        scope["wsgi.environ"] = environ  # for post_request hooks and the access log's {name}e atoms
+        loop = asyncio.get_running_loop()
+        pipe = _Pipe(loop)
+        call = _Call(environ, pipe)
+        pool = self._pool or self._start_pool()
+        self._running.add(call)
+        if self.timeout and self._deadline_check is None:
+            self._deadline_check = loop.call_later(DEADLINE_CHECK_SECONDS, self._check_deadlines, loop)
+        pool.submit(call.run, self.wsgi_app)
+        try:
+            await _relay(pipe, send)
+        finally:
+            pipe.abandon()  # wakes a thread still waiting to hand over more (client gone, cancelled)
+            self._running.discard(call)
+
+    def _start_pool(self) -> ThreadPoolExecutor:
+        self._pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="corral-wsgi")
+        return self._pool
+
+    def _check_deadlines(self, loop: asyncio.AbstractEventLoop) -> None:
+        """A thread stuck in the app does not stop the loop's heartbeat, so the loop checks the calls' ages and
+        takes the master's timeout path itself: SIGABRT prints every thread's stack, then the worker is replaced."""
+        self._deadline_check = None
+        now = time.monotonic()
+        for call in self._running:
+            if now - call.started > self.timeout:
+                _log.critical(
+                    "WSGI request %s %s has run for over %gs (timeout): aborting the worker, every thread's "
+                    "traceback follows",
+                    call.method,
+                    call.path,
+                    self.timeout,
+                )
+                os.kill(os.getpid(), signal.SIGABRT)
+                return
+        if self._running:
+            self._deadline_check = loop.call_later(DEADLINE_CHECK_SECONDS, self._check_deadlines, loop)
+
+    def in_flight_calls(self) -> int:
+        return len(self._running)
+
+
+async def _read_body(
+    scope: dict[str, Any], receive: Any, spool: int, tmp_dir: str | None
+) -> tuple[WSGIInput | None, bool]:
+    """The whole request body, read on the loop before any thread is used; (None, ...) if the client left."""
+    chunked = any(name == b"transfer-encoding" for name, _ in scope["headers"])
+    message = await receive()
+    if message["type"] != "http.request":
+        return None, chunked
+    body = message.get("body", b"")
+    if not message.get("more_body", False) and len(body) <= spool:
+        return WSGIInput(io.BytesIO(body)), chunked
+    writer = BodyWriter(spool, tmp_dir)
+    while True:
+        writer.write(message.get("body", b""))
+        if not message.get("more_body", False):
+            return writer.finish(), chunked
+        message = await receive()
+        if message["type"] != "http.request":
+            writer.file.close()
+            return None, chunked
+
+
+async def _relay(pipe: _Pipe, send: Any) -> None:
+    """Write what the app thread hands over, in order, with the connection's back-pressure."""
+    while True:
+        for kind, value in await pipe.take():
+            if kind == _BODY:
+                await send({"type": "http.response.body", "body": value, "more_body": True})
+                pipe.written(len(value))
+            elif kind == _START:
+                await send({"type": "http.response.start", "status": value[0], "headers": value[1]})
+            elif kind == _END:
+                await send({"type": "http.response.body", "body": value, "more_body": False})
+                return
+            else:
+                exc, headers_sent = value
+                if headers_sent:
+                    _log.error("WSGI response iterable raised midway: closing the connection", exc_info=exc)
+                    raise WSGIResponseAborted("response cut off") from None
+                _log.error("Exception in WSGI application", exc_info=exc)
+                await send({"type": "http.response.start", "status": 500, "headers": _ERROR_HEADERS})
+                await send({"type": "http.response.body", "body": _INTERNAL_ERROR})
+                return
+
+
+async def _lifespan(receive: Any, send: Any) -> None:
+    # WSGI has no lifespan; answering it (rather than raising) keeps `--lifespan on` working and the log quiet.
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+def wsgi_threads(cfg: Any) -> int:
+    """How many requests run a WSGI app at once in one worker: Gunicorn's meaning of -k and --threads."""
+    return 1 if cfg.worker_class == "sync" else max(1, cfg.threads)
+
+
+def serving_interface(app: Any, cfg: Any, logger: logging.Logger) -> Any:
+    """In the worker, after loading: give a WSGI app its pool size and timeout; note a thread worker class
+    given to an ASGI app (Gunicorn would break the app; here the class only sizes a WSGI pool)."""
+    if isinstance(app, WSGIApp):
+        return app.configure(threads=wsgi_threads(cfg), timeout=cfg.timeout, tmp_dir=cfg.tmp_upload_dir)
+    if cfg.worker_class in ("sync", "gthread"):
+        logger.info("The app is ASGI: serving it as ASGI (worker class %s only applies to WSGI apps)", cfg.worker_class)
+    return app
