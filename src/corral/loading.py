@@ -367,7 +367,10 @@ def _instance_call(cls: type) -> Any:
 
 
 def _is_wsgi_framework(obj: Any) -> bool:
-    """Django's WSGIHandler, or a Flask-style app (a `wsgi_app` method): WSGI whatever their signature says."""
+    """Django's WSGIHandler, a Flask-style app (a `wsgi_app` method), or an app wrapped by wsgiref.validate
+    (whose `*args` signature would otherwise read as ASGI 2): WSGI whatever their signature says."""
+    if getattr(obj, "__module__", None) == "wsgiref.validate":
+        return True
     for klass in type(obj).__mro__:
         if klass.__name__ == "WSGIHandler" and klass.__module__.split(".")[0] == "django":
             return True
