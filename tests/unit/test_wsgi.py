@@ -404,3 +404,20 @@ def test_a_second_start_response_without_exc_info_is_an_error() -> None:
         assert (await h.answered()).startswith(b"HTTP/1.1 500 ")
 
     run(main())
+
+
+@pytest.mark.parametrize(
+    ("argv", "threads"),
+    [([], 1), (["--threads", "4"], 4), (["-k", "gthread", "--threads", "4"], 4), (["-k", "sync", "--threads", "4"], 1)],
+)
+def test_worker_class_and_threads_size_the_wsgi_pool_as_in_gunicorn(argv: list[str], threads: int) -> None:
+    from corral.config import load_config
+    from corral.http.wsgi import wsgi_threads
+
+    assert wsgi_threads(load_config([*argv, "app:app"], environ={})) == threads
+
+
+def test_an_app_wrapped_by_wsgiref_validate_is_detected_as_wsgi() -> None:
+    from corral.loading import app_as_asgi3
+
+    assert isinstance(app_as_asgi3(validator(environ_app)), WSGIApp)

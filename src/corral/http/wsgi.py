@@ -44,6 +44,7 @@ _START = 0  # (status, headers)
 _BODY = 1  # bytes
 _END = 2  # bytes: the last body bytes
 _ERROR = 3  # (exception, headers_were_sent)
+_WHOLE = 4  # (status, headers, body): a response the app gave all at once, handed over in one step
 
 
 class WSGIResponseAborted(ClientDisconnected):
@@ -188,9 +189,13 @@ class _Call:
     def _end(self, last: bytes) -> None:
         if type(last) is not bytes:
             raise TypeError(f"WSGI response body must be bytes, got {type(last).__name__}")
-        if not self.headers_sent:
-            self._send_headers()
-        self.pipe.put(_END, last, len(last))
+        if self.headers_sent:
+            self.pipe.put(_END, last, len(last))
+            return
+        if self.status is None:
+            raise AssertionError("WSGI app returned without calling start_response")
+        self.headers_sent = True
+        self.pipe.put(_WHOLE, (self.status, self.headers, last), len(last))
 
 
 class WSGIApp:
@@ -298,6 +303,10 @@ async def _relay(pipe: _Pipe, send: Any) -> None:
                 pipe.written(len(value))
             elif kind == _START:
                 await send({"type": "http.response.start", "status": value[0], "headers": value[1]})
+            elif kind == _WHOLE:
+                await send({"type": "http.response.start", "status": value[0], "headers": value[1]})
+                await send({"type": "http.response.body", "body": value[2], "more_body": False})
+                return
             elif kind == _END:
                 await send({"type": "http.response.body", "body": value, "more_body": False})
                 return
