@@ -421,3 +421,40 @@ def test_an_app_wrapped_by_wsgiref_validate_is_detected_as_wsgi() -> None:
     from corral.loading import app_as_asgi3
 
     assert isinstance(app_as_asgi3(validator(environ_app)), WSGIApp)
+
+
+def test_time_waiting_for_a_slow_client_does_not_count_as_time_in_the_app() -> None:
+    from corral.http.wsgi import _Call, _Pipe, _Waker
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        call = _Call({"REQUEST_METHOD": "GET", "PATH_INFO": "/"}, _Pipe(loop, _Waker(loop)))
+        call.started = 100.0
+        assert call.time_in_app(130.0) == 30.0
+        call.pipe.blocked_total = 20.0  # waited 20 s for the client earlier
+        call.pipe.blocked_since = 125.0  # and has been waiting again since 125
+        assert call.time_in_app(130.0) == 5.0
+
+    run(main())
+
+
+def test_a_close_that_raises_is_logged_and_the_response_stands(caplog: pytest.LogCaptureFixture) -> None:
+    class BadClose:
+        def __iter__(self) -> Any:
+            return iter([b"body"])
+
+        def close(self) -> None:
+            raise OSError("close failed")
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return BadClose()
+
+    async def main() -> None:
+        h = Harness(app, validate=False)
+        h.feed(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert (await h.answered()).endswith(b"4\r\nbody\r\n0\r\n\r\n")
+        await h.until(lambda: "close() raised" in caplog.text)
+
+    with caplog.at_level(logging.ERROR, "corral.error"):
+        run(main())

@@ -56,18 +56,52 @@ class _Abandoned(Exception):
     """Raised in the app thread when the loop will take no more of the response (client gone, cancelled)."""
 
 
-class _Pipe:
-    """Response messages from one app thread to the loop, bounded in bytes (the thread blocks past the bound)."""
+class _Waker:
+    """Wakes the loop's waiting response relays from app threads. One call_soon_threadsafe (a write to the
+    loop's self-pipe) serves every hand-over that comes before the loop runs it: under load, many per wake."""
 
-    __slots__ = ("abandoned", "cond", "items", "loop", "size", "waiter")
+    __slots__ = ("lock", "loop", "ready", "scheduled")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
+        self.lock = threading.Lock()
+        self.ready: list[asyncio.Future[None]] = []
+        self.scheduled = False
+
+    def wake(self, waiter: asyncio.Future[None]) -> None:
+        """From an app thread."""
+        with self.lock:
+            self.ready.append(waiter)
+            if self.scheduled:
+                return
+            self.scheduled = True
+        self.loop.call_soon_threadsafe(self._run)
+
+    def _run(self) -> None:
+        with self.lock:
+            ready, self.ready = self.ready, []
+            self.scheduled = False
+        for waiter in ready:
+            if not waiter.done():
+                waiter.set_result(None)
+
+
+class _Pipe:
+    """Response messages from one app thread to the loop, bounded in bytes (the thread blocks past the bound)."""
+
+    __slots__ = ("abandoned", "blocked_since", "blocked_total", "cond", "items", "loop", "size", "waiter", "waker")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, waker: _Waker) -> None:
+        self.loop = loop
+        self.waker = waker
         self.cond = threading.Condition(threading.Lock())
         self.items: deque[tuple[int, Any]] = deque()
         self.size = 0
         self.waiter: asyncio.Future[None] | None = None
         self.abandoned = False
+        # Time the thread spent waiting for a slow client: not time in the app, so not counted by `timeout`.
+        self.blocked_since = 0.0
+        self.blocked_total = 0.0
 
     # --- the app thread
 
@@ -79,9 +113,13 @@ class _Pipe:
             self.size += size
             waiter, self.waiter = self.waiter, None
             if waiter is not None:
-                self.loop.call_soon_threadsafe(_wake, waiter)
-            while self.size > PIPE_HIGH_WATER and not self.abandoned:
-                self.cond.wait()
+                self.waker.wake(waiter)
+            if self.size > PIPE_HIGH_WATER and not self.abandoned:
+                self.blocked_since = time.monotonic()
+                while self.size > PIPE_HIGH_WATER and not self.abandoned:
+                    self.cond.wait()
+                self.blocked_total += time.monotonic() - self.blocked_since
+                self.blocked_since = 0.0
 
     # --- the loop
 
@@ -108,11 +146,6 @@ class _Pipe:
             self.cond.notify()
 
 
-def _wake(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
-
-
 class _Call:
     """One WSGI call, run in a pool thread: start_response, write() and the response iterable."""
 
@@ -128,6 +161,13 @@ class _Call:
         self.method = environ["REQUEST_METHOD"]
         self.path = environ["PATH_INFO"]
 
+    def time_in_app(self, now: float) -> float:
+        """Seconds this call has run in a thread, less the time it waited for the client (read on the loop)."""
+        pipe = self.pipe
+        blocked_since = pipe.blocked_since
+        blocked = pipe.blocked_total + (now - blocked_since if blocked_since else 0.0)
+        return now - self.started - blocked
+
     def run(self, app: Callable[..., Iterable[bytes]]) -> None:
         self.started = time.monotonic()
         try:
@@ -141,9 +181,7 @@ class _Call:
                             self.write(chunk)
                     self._end(b"")
             finally:
-                close = getattr(result, "close", None)
-                if close is not None:
-                    close()
+                _close(result)
         except _Abandoned:
             pass
         except BaseException as exc:  # reported on the loop, which answers 500 or closes the connection
@@ -198,6 +236,16 @@ class _Call:
         self.pipe.put(_WHOLE, (self.status, self.headers, last), len(last))
 
 
+def _close(result: Any) -> None:
+    close = getattr(result, "close", None)
+    if close is None:
+        return
+    try:
+        close()
+    except Exception:  # the response may be out already: the log is the only place to say it
+        _log.exception("The WSGI response iterable's close() raised")
+
+
 class WSGIApp:
     """A WSGI callable as an ASGI 3 app. `configure()` in the worker sets the pool size and the timeout."""
 
@@ -208,6 +256,7 @@ class WSGIApp:
         self.tmp_dir: str | None = None
         self.spool = SPOOL_BYTES
         self._pool: ThreadPoolExecutor | None = None  # made in the worker, never before a fork
+        self._waker: _Waker | None = None
         self._running: set[_Call] = set()
         self._deadline_check: asyncio.TimerHandle | None = None
 
@@ -232,9 +281,9 @@ class WSGIApp:
         environ = build_environ(scope, body, errors=_ERRORS, multithread=self.threads > 1, chunked=chunked)
         scope["wsgi.environ"] = environ  # for post_request hooks and the access log's {name}e atoms
         loop = asyncio.get_running_loop()
-        pipe = _Pipe(loop)
+        pool = self._pool or self._start_pool(loop)
+        pipe = _Pipe(loop, self._waker)  # type: ignore[arg-type]  # made with the pool
         call = _Call(environ, pipe)
-        pool = self._pool or self._start_pool()
         self._running.add(call)
         if self.timeout and self._deadline_check is None:
             self._deadline_check = loop.call_later(DEADLINE_CHECK_SECONDS, self._check_deadlines, loop)
@@ -245,7 +294,8 @@ class WSGIApp:
             pipe.abandon()  # wakes a thread still waiting to hand over more (client gone, cancelled)
             self._running.discard(call)
 
-    def _start_pool(self) -> ThreadPoolExecutor:
+    def _start_pool(self, loop: asyncio.AbstractEventLoop) -> ThreadPoolExecutor:
+        self._waker = _Waker(loop)
         self._pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="corral-wsgi")
         return self._pool
 
@@ -255,7 +305,7 @@ class WSGIApp:
         self._deadline_check = None
         now = time.monotonic()
         for call in self._running:
-            if now - call.started > self.timeout:
+            if call.time_in_app(now) > self.timeout:
                 _log.critical(
                     "WSGI request %s %s has run for over %gs (timeout): aborting the worker, every thread's "
                     "traceback follows",
