@@ -428,7 +428,8 @@ def test_time_waiting_for_a_slow_client_does_not_count_as_time_in_the_app() -> N
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        call = _Call({"REQUEST_METHOD": "GET", "PATH_INFO": "/"}, _Pipe(loop, _Waker(loop)))
+        environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/", "wsgi.input": None}
+        call = _Call(environ, _Pipe(loop, _Waker(loop)))
         call.started = 100.0
         assert call.time_in_app(130.0) == 30.0
         call.pipe.blocked_total = 20.0  # waited 20 s for the client earlier

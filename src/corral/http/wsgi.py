@@ -17,9 +17,8 @@ import os
 import signal
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from queue import SimpleQueue
 from typing import Any
 
 from corral.http.errors import ClientDisconnected
@@ -56,6 +55,29 @@ class _Abandoned(Exception):
     """Raised in the app thread when the loop will take no more of the response (client gone, cancelled)."""
 
 
+class _Threads:
+    """The worker's app threads: `size` daemon threads taking calls from one queue. Not a ThreadPoolExecutor:
+    nobody waits on a call's Future (its outcome goes through its pipe), so none is made per request."""
+
+    def __init__(self, size: int, app: Callable[..., Iterable[bytes]]) -> None:
+        self.app = app
+        self.queue: SimpleQueue[_Call] = SimpleQueue()
+        for index in range(size):
+            threading.Thread(target=self._serve, name=f"corral-wsgi-{index}", daemon=True).start()
+
+    def submit(self, call: _Call) -> None:
+        self.queue.put(call)
+
+    def _serve(self) -> None:
+        app, take = self.app, self.queue.get
+        while True:
+            call = take()
+            try:
+                call.run(app)
+            except BaseException:  # run() reports the app's errors itself; this thread must outlive any call
+                _log.exception("WSGI thread: unexpected error")
+
+
 class _Waker:
     """Wakes the loop's waiting response relays from app threads. One call_soon_threadsafe (a write to the
     loop's self-pipe) serves every hand-over that comes before the loop runs it: under load, many per wake."""
@@ -87,17 +109,22 @@ class _Waker:
 
 
 class _Pipe:
-    """Response messages from one app thread to the loop, bounded in bytes (the thread blocks past the bound)."""
+    """Response messages from one app thread to the loop, bounded in bytes (the thread blocks past the bound).
 
-    __slots__ = ("abandoned", "blocked_since", "blocked_total", "cond", "items", "loop", "size", "waiter", "waker")
+    Plain locks rather than a Condition: this is made for every request, and a thread rarely has to wait."""
+
+    __slots__ = (
+        "abandoned", "blocked_since", "blocked_total", "gate", "items", "lock", "loop", "size", "waiter", "waker",
+    )  # fmt: skip
 
     def __init__(self, loop: asyncio.AbstractEventLoop, waker: _Waker) -> None:
         self.loop = loop
         self.waker = waker
-        self.cond = threading.Condition(threading.Lock())
-        self.items: deque[tuple[int, Any]] = deque()
+        self.lock = threading.Lock()
+        self.items: list[tuple[int, Any]] = []
         self.size = 0
         self.waiter: asyncio.Future[None] | None = None
+        self.gate: Any = None  # a held lock the blocked thread waits on; the loop releases it
         self.abandoned = False
         # Time the thread spent waiting for a slow client: not time in the app, so not counted by `timeout`.
         self.blocked_since = 0.0
@@ -106,7 +133,7 @@ class _Pipe:
     # --- the app thread
 
     def put(self, kind: int, value: Any, size: int = 0) -> None:
-        with self.cond:
+        with self.lock:
             if self.abandoned:
                 raise _Abandoned
             self.items.append((kind, value))
@@ -114,21 +141,23 @@ class _Pipe:
             waiter, self.waiter = self.waiter, None
             if waiter is not None:
                 self.waker.wake(waiter)
-            if self.size > PIPE_HIGH_WATER and not self.abandoned:
-                self.blocked_since = time.monotonic()
-                while self.size > PIPE_HIGH_WATER and not self.abandoned:
-                    self.cond.wait()
-                self.blocked_total += time.monotonic() - self.blocked_since
-                self.blocked_since = 0.0
+            if self.size <= PIPE_HIGH_WATER:
+                return
+            gate = self.gate = threading.Lock()
+            gate.acquire()
+        self.blocked_since = time.monotonic()
+        gate.acquire()  # until the loop has written enough, or will write no more
+        self.blocked_total += time.monotonic() - self.blocked_since
+        self.blocked_since = 0.0
 
     # --- the loop
 
     async def take(self) -> list[tuple[int, Any]]:
         while True:
-            with self.cond:
-                if self.items:
-                    items = list(self.items)
-                    self.items.clear()
+            with self.lock:
+                items = self.items
+                if items:
+                    self.items = []
                     return items
                 self.waiter = waiter = self.loop.create_future()
             await waiter
@@ -136,23 +165,28 @@ class _Pipe:
     def written(self, size: int) -> None:
         """`size` bytes taken from the pipe are on the transport: the thread may hand over that much more.
         Counted only now, not when taken, so bytes held by the loop while it waits on a slow client count."""
-        with self.cond:
+        with self.lock:
             self.size -= size
-            self.cond.notify()
+            if self.gate is not None and self.size <= PIPE_HIGH_WATER:
+                self.gate, gate = None, self.gate
+                gate.release()
 
     def abandon(self) -> None:
-        with self.cond:
+        with self.lock:
             self.abandoned = True
-            self.cond.notify()
+            if self.gate is not None:
+                self.gate, gate = None, self.gate
+                gate.release()
 
 
 class _Call:
     """One WSGI call, run in a pool thread: start_response, write() and the response iterable."""
 
-    __slots__ = ("environ", "headers", "headers_sent", "method", "path", "pipe", "started", "status")
+    __slots__ = ("body", "environ", "headers", "headers_sent", "method", "path", "pipe", "started", "status")
 
     def __init__(self, environ: dict[str, Any], pipe: _Pipe) -> None:
         self.environ = environ
+        self.body = environ["wsgi.input"]
         self.pipe = pipe
         self.status: int | None = None
         self.headers: list[tuple[bytes, bytes]] = []
@@ -190,7 +224,7 @@ class _Call:
             except _Abandoned:
                 _log.debug("WSGI app raised after the client went away: %r", exc)
         finally:
-            self.environ["wsgi.input"].close()
+            self.body.close()  # ours, not environ's: middleware (wsgiref.validate) may have wrapped it
 
     def start_response(
         self, status: str, headers: list[tuple[str, str]], exc_info: Any = None
@@ -255,7 +289,7 @@ class WSGIApp:
         self.timeout = 0.0
         self.tmp_dir: str | None = None
         self.spool = SPOOL_BYTES
-        self._pool: ThreadPoolExecutor | None = None  # made in the worker, never before a fork
+        self._pool: _Threads | None = None  # made in the worker, never before a fork
         self._waker: _Waker | None = None
         self._running: set[_Call] = set()
         self._deadline_check: asyncio.TimerHandle | None = None
@@ -287,16 +321,16 @@ class WSGIApp:
         self._running.add(call)
         if self.timeout and self._deadline_check is None:
             self._deadline_check = loop.call_later(DEADLINE_CHECK_SECONDS, self._check_deadlines, loop)
-        pool.submit(call.run, self.wsgi_app)
+        pool.submit(call)
         try:
             await _relay(pipe, send)
         finally:
             pipe.abandon()  # wakes a thread still waiting to hand over more (client gone, cancelled)
             self._running.discard(call)
 
-    def _start_pool(self, loop: asyncio.AbstractEventLoop) -> ThreadPoolExecutor:
+    def _start_pool(self, loop: asyncio.AbstractEventLoop) -> _Threads:
         self._waker = _Waker(loop)
-        self._pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="corral-wsgi")
+        self._pool = _Threads(self.threads, self.wsgi_app)
         return self._pool
 
     def _check_deadlines(self, loop: asyncio.AbstractEventLoop) -> None:
