@@ -20,6 +20,9 @@ from tests.unit.fakes import FakeTransport
 
 eager.install()
 
+# An exception escaping an app thread would be a server bug (and used to be swallowed): fail the test on it.
+pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
+
 
 class Harness:
     def __init__(self, wsgi_app: Callable[..., Any], *, validate: bool = True, threads: int = 2, **settings: Any):
