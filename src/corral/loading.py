@@ -295,7 +295,9 @@ def _as_asgi3(obj: Any, label: str, module: str) -> ASGIApp:
     if isinstance(obj, types.ModuleType):
         raise AppLoadError(f"{label} is a module, not an app; name the app inside it, e.g. '{obj.__name__}:app'")
     if not callable(obj):
-        raise AppLoadError(f"{label} is not an ASGI app: it is not callable (it is of type {type(obj).__name__})")
+        raise AppLoadError(
+            f"{label} is not an ASGI or WSGI app: it is not callable (it is of type {type(obj).__name__})"
+        )
     if inspect.isclass(obj):
         return _class_as_asgi3(obj, label)
     if inspect.isasyncgenfunction(_call_target(obj)):
@@ -333,8 +335,8 @@ def _sync_callable_as_asgi3(obj: Any, label: str, signature: inspect.Signature |
             f"{label} takes no arguments: if it is an app factory, add '()' to the spec or use --factory"
         )
     raise AppLoadError(
-        f"{label} takes ({_parameters(signature)}), which is not an ASGI app: "
-        "ASGI 3 apps are `async def app(scope, receive, send)`"
+        f"{label} takes ({_parameters(signature)}), which is not an ASGI or WSGI app: "
+        "ASGI 3 apps are `async def app(scope, receive, send)`, WSGI apps `def app(environ, start_response)`"
     )
 
 

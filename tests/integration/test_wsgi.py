@@ -311,3 +311,10 @@ def test_the_guides_wsgi_command_lines_run_unchanged(serve: ServerFactory, tmp_p
     )
     server = serve(argv[0], *argv[1:], app_dir=tmp_path)
     assert httpx.get(server.url + "/", timeout=10).text == "seed ok"
+
+
+def test_a_callable_that_is_neither_wsgi_nor_asgi_stops_corral_with_one_line_and_exit_3(serve: ServerFactory) -> None:
+    server = serve("tests.apps.loading_apps:three_positional", wait_ready=False)
+    assert server.wait(20) == 3
+    lines = [line for line in server.stderr_text().splitlines() if "which is not an ASGI or WSGI app" in line]
+    assert len(lines) == 1, server.stderr_text()

@@ -448,7 +448,7 @@ def test_missing_nested_attribute_names_its_owner():
 def test_non_callable_attribute_is_refused():
     message = load_error("loading_apps:settings")
 
-    assert message == "'loading_apps:settings' is not an ASGI app: it is not callable (it is of type dict)"
+    assert message == "'loading_apps:settings' is not an ASGI or WSGI app: it is not callable (it is of type dict)"
 
 
 def test_submodule_named_as_attribute_gets_the_right_spec():
