@@ -137,7 +137,7 @@ def wrk(port: int, path: str, seconds: float, connections: int) -> str:
 def parse_wrk(output: str) -> tuple[int, float, str, int]:
     requests = int(re.search(r"(\d+) requests in", output)[1])  # type: ignore[index]
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output)[1])  # type: ignore[index]
-    p99 = re.search(r"99%\s+(\S+)", output)
+    p99 = re.search(r"^\s+99%\s+(\S+)", output, re.MULTILINE)  # the latency distribution's line
     failed = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", output))
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
     return requests, rps, p99[1] if p99 else "-", failed + (int(non2xx[1]) if non2xx else 0)
