@@ -462,3 +462,31 @@ def test_a_close_that_raises_is_logged_and_the_response_stands(caplog: pytest.Lo
 
     with caplog.at_level(logging.ERROR, "corral.error"):
         run(main())
+
+
+def test_bodies_past_the_workers_memory_budget_go_to_disk_and_the_budget_is_given_back(tmp_path: Any) -> None:
+    from corral.http.wsgi_environ import BodyBudget
+
+    kinds: list[str] = []
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        kinds.append(type(environ["wsgi.input"]._file).__name__)
+        data = environ["wsgi.input"].read()
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"%d" % len(data)]
+
+    async def main() -> None:
+        h = Harness(app, validate=False)
+        h.app.tmp_dir = str(tmp_path)
+        h.app.budget = BodyBudget(3000)  # room for one 2000-byte body in memory, not two
+        h.app.budget.used = 2000  # as if another connection's body were waiting for a thread
+        h.feed(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2000\r\n\r\n" + b"x" * 2000)
+        assert body_of(await h.answered()) == b"2000"
+        h.app.budget.used = 0
+        h.feed(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2000\r\n\r\n" + b"y" * 2000)
+        assert (await h.answered(2)).endswith(b"\r\n\r\n2000")
+        await h.until(lambda: h.app.budget.used == 0)
+
+    run(main())
+    assert kinds[0] != "BytesIO"
+    assert kinds[1] == "BytesIO"

@@ -10,7 +10,6 @@ holds no more memory than the bound and an app thread only as long as the pipe i
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
 import math
 import os
@@ -22,12 +21,14 @@ from queue import SimpleQueue
 from typing import Any
 
 from corral.http.errors import ClientDisconnected
-from corral.http.wsgi_environ import BodyWriter, ErrorStream, WSGIInput, build_environ
+from corral.http.wsgi_environ import BodyBudget, BodyWriter, ErrorStream, WSGIInput, build_environ
 
-__all__ = ["PIPE_HIGH_WATER", "SPOOL_BYTES", "WSGIApp", "serving_interface", "wsgi_threads"]
+__all__ = ["MEMORY_BODIES_BYTES", "PIPE_HIGH_WATER", "SPOOL_BYTES", "WSGIApp", "serving_interface", "wsgi_threads"]
 
 # A request body up to this size stays in memory; a larger one goes to a temporary file in tmp_upload_dir.
 SPOOL_BYTES = 1024 * 1024
+# Request bodies one worker holds in memory at once (waiting for a thread, or being read); past it, to disk.
+MEMORY_BODIES_BYTES = 16 * 1024 * 1024
 # Response bytes an app thread may have handed over and the loop not yet written before the thread waits.
 PIPE_HIGH_WATER = 256 * 1024
 # How often the loop checks the age of running WSGI calls against `timeout`.
@@ -289,6 +290,7 @@ class WSGIApp:
         self.timeout = 0.0
         self.tmp_dir: str | None = None
         self.spool = SPOOL_BYTES
+        self.budget = BodyBudget(MEMORY_BODIES_BYTES)
         self._pool: _Threads | None = None  # made in the worker, never before a fork
         self._waker: _Waker | None = None
         self._running: set[_Call] = set()
@@ -309,7 +311,14 @@ class WSGIApp:
         # A WebSocket handshake is left unanswered: the server refuses it with 403.
 
     async def _http(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        body, chunked = await _read_body(scope, receive, self.spool, self.tmp_dir)
+        writer = BodyWriter(self.spool, self.tmp_dir, self.budget)
+        try:
+            await self._call(scope, receive, send, writer)
+        finally:
+            writer.release()
+
+    async def _call(self, scope: dict[str, Any], receive: Any, send: Any, writer: BodyWriter) -> None:
+        body, chunked = await _read_body(scope, receive, writer)
         if body is None:
             return  # the client went away before the body was in
         environ = build_environ(scope, body, errors=_ERRORS, multithread=self.threads > 1, chunked=chunked)
@@ -356,26 +365,19 @@ class WSGIApp:
         return len(self._running)
 
 
-async def _read_body(
-    scope: dict[str, Any], receive: Any, spool: int, tmp_dir: str | None
-) -> tuple[WSGIInput | None, bool]:
+async def _read_body(scope: dict[str, Any], receive: Any, writer: BodyWriter) -> tuple[WSGIInput | None, bool]:
     """The whole request body, read on the loop before any thread is used; (None, ...) if the client left."""
     chunked = any(name == b"transfer-encoding" for name, _ in scope["headers"])
-    message = await receive()
-    if message["type"] != "http.request":
-        return None, chunked
-    body = message.get("body", b"")
-    if not message.get("more_body", False) and len(body) <= spool:
-        return WSGIInput(io.BytesIO(body)), chunked
-    writer = BodyWriter(spool, tmp_dir)
     while True:
-        writer.write(message.get("body", b""))
-        if not message.get("more_body", False):
-            return writer.finish(), chunked
         message = await receive()
         if message["type"] != "http.request":
             writer.file.close()
             return None, chunked
+        body = message.get("body", b"")
+        if body:
+            writer.write(body)
+        if not message.get("more_body", False):
+            return writer.finish(), chunked
 
 
 async def _relay(pipe: _Pipe, send: Any) -> None:

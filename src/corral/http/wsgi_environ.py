@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from typing import IO, Any
 from urllib.parse import unquote_to_bytes
 
-__all__ = ["BodyWriter", "ErrorStream", "FileWrapper", "WSGIInput", "build_environ"]
+__all__ = ["BodyBudget", "BodyWriter", "ErrorStream", "FileWrapper", "WSGIInput", "build_environ"]
 
 _error_log = logging.getLogger("corral.error")
 
@@ -90,29 +90,53 @@ def _split_host(host: str, scheme: str) -> tuple[str, str]:
     return host, "443" if scheme == "https" else "80"
 
 
+class BodyBudget:
+    """The request-body bytes one worker keeps in memory. Bodies wait in full for a free app thread, so without
+    a worker-wide bound many connections could each hold a spool's worth; past it, bodies go to disk."""
+
+    __slots__ = ("limit", "used")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+
 class BodyWriter:
-    """Collects a request body as it arrives on the event loop: in memory up to `spool` bytes, then in a
-    temporary file in `tmp_dir`, so a large upload costs disk rather than worker memory."""
+    """Collects a request body as it arrives on the event loop: in memory up to `spool` bytes (and while the
+    worker's budget allows), then in a temporary file in `tmp_dir`, so a large upload costs disk, not memory.
+    `release()` gives the memory back to the budget once the request is done."""
 
-    __slots__ = ("file", "length", "spool", "tmp_dir")
+    __slots__ = ("budget", "file", "length", "spool", "tmp_dir")
 
-    def __init__(self, spool: int, tmp_dir: str | None) -> None:
+    def __init__(self, spool: int, tmp_dir: str | None, budget: BodyBudget) -> None:
         self.file: IO[bytes] = io.BytesIO()
         self.length = 0
         self.spool = spool
         self.tmp_dir = tmp_dir
+        self.budget = budget
 
     def write(self, data: bytes) -> None:
+        if isinstance(self.file, io.BytesIO):
+            budget = self.budget
+            if self.length + len(data) > self.spool or budget.used + len(data) > budget.limit:
+                spooled = tempfile.TemporaryFile(dir=self.tmp_dir)  # noqa: SIM115 - closed with the request
+                spooled.write(self.file.getbuffer())
+                self.file = spooled
+                budget.used -= self.length
+            else:
+                budget.used += len(data)
         self.length += len(data)
-        if self.length > self.spool and isinstance(self.file, io.BytesIO):
-            spooled = tempfile.TemporaryFile(dir=self.tmp_dir)  # noqa: SIM115 - closed with the request
-            spooled.write(self.file.getbuffer())
-            self.file = spooled
         self.file.write(data)
 
     def finish(self) -> WSGIInput:
         self.file.seek(0)
         return WSGIInput(self.file)
+
+    def release(self) -> None:
+        if isinstance(self.file, io.BytesIO):
+            self.budget.used -= self.length
+            self.length = 0
+            self.file = io.BytesIO()  # released once: a second call gives back nothing more
 
 
 class WSGIInput:
