@@ -443,6 +443,16 @@ _CORRAL_WORKERS = frozenset(
 )
 
 
+# Gunicorn's thread-based worker classes: the same asyncio worker, with their concurrency for WSGI apps
+# (sync: one request in the app at a time; gthread: `threads`).
+_THREAD_WORKERS = {
+    "sync": "sync",
+    "gunicorn.workers.sync.SyncWorker": "sync",
+    "gthread": "gthread",
+    "gunicorn.workers.gthread.ThreadWorker": "gthread",
+}
+
+
 def worker_class_value(raw: Any) -> str:
     """Every worker class that means "an asyncio ASGI worker" maps to corral's own worker."""
     if inspect.isclass(raw):
@@ -453,9 +463,12 @@ def worker_class_value(raw: Any) -> str:
         raise ValueError(f"expected a worker class name, got {raw!r}")
     if name in _CORRAL_WORKERS:
         return "corral"
+    thread_class = _THREAD_WORKERS.get(name)
+    if thread_class is not None:
+        return thread_class
     raise ValueError(
-        f"corral runs its own asyncio ASGI worker; {name!r} is not supported "
-        "(use uvicorn.workers.UvicornWorker or leave it unset)"
+        f"corral runs its own asyncio worker; {name!r} is not supported "
+        "(use sync, gthread, uvicorn.workers.UvicornWorker or leave it unset)"
     )
 
 
@@ -570,13 +583,7 @@ def log_level_value(raw: Any) -> str:
 
 
 def interface_value(raw: Any) -> str:
-    value = choice("auto", "asgi3", "asgi2", "wsgi")(raw)
-    if value == "wsgi":
-        raise ValueError(
-            "WSGI apps are not served yet; wrap the app (from asgiref.wsgi import WsgiToAsgi) and use "
-            "--interface auto or asgi3"
-        )
-    return value
+    return choice("auto", "asgi3", "asgi2", "wsgi", aliases={"asgi": "asgi3"})(raw)
 
 
 def ws_value(raw: Any) -> str:
@@ -704,7 +711,7 @@ SETTINGS: tuple[Setting, ...] = (
             "ASGI lifespan protocol: auto (use it if the app supports it), on (required), off.",
             cli=("--lifespan",), metavar="MODE", uvicorn="lifespan"),
     Setting("interface", "Application", "auto", interface_value,
-            "How the app is called: auto (detected from the callable), asgi3, asgi2; wsgi is refused for now.",
+            "How the app is called: auto (detected from the callable), asgi3 (or asgi), asgi2, wsgi.",
             cli=("--interface",), metavar="INTERFACE", uvicorn="interface"),
     Setting("loop", "Application", "auto", existing_loop,
             "Event loop: auto (uvloop when installed), uvloop, asyncio.", cli=("--loop",), metavar="LOOP",
@@ -764,15 +771,15 @@ SETTINGS: tuple[Setting, ...] = (
             cli=("-w", "--workers"), env="WEB_CONCURRENCY", metavar=_INT, uvicorn="workers",
             default_doc="'auto'; 1 with --reload"),
     Setting("worker_class", "Worker Processes", "corral", worker_class_value,
-            "corral, or a Uvicorn worker name from a Gunicorn config: all mean corral's own worker.",
+            "corral, a Uvicorn worker name, sync or gthread: all mean corral's worker; sync runs WSGI apps one "
+            "request at a time.",
             cli=("-k", "--worker-class"), metavar="STRING"),
     Setting("worker_connections", "Worker Processes", 1000, integer(minimum=1),
             "Maximum simultaneous connections per worker; over the cap new ones are refused.",
             cli=("--worker-connections",), metavar=_INT),
     Setting("threads", "Worker Processes", 1, integer(minimum=1),
-            "Gunicorn's threads per worker.", cli=("--threads",), metavar=_INT,
-            ignored="corral workers run one asyncio event loop; "
-                        "raise worker_connections or workers instead"),
+            "Threads running a WSGI app per worker (at most this many requests in the app at once; sync: 1).",
+            cli=("--threads",), metavar=_INT),
     Setting("timeout", "Worker Processes", 30.0, seconds(),
             "Kill (with a traceback) and replace a worker whose event loop is silent this long; 0: off.",
             cli=("-t", "--timeout"), env="WEB_TIMEOUT", metavar=_SECONDS),
@@ -838,8 +845,7 @@ SETTINGS: tuple[Setting, ...] = (
             "Gunicorn's use of sendfile() (--no-sendfile turns it off).",
             cli=("--no-sendfile",), kind="negflag", ignored="corral does not use sendfile()"),
     Setting("tmp_upload_dir", "HTTP", None, optional_string,
-            "Gunicorn's directory for buffered request bodies.",
-            ignored="corral streams request bodies to the app and never buffers them on disk"),
+            "Directory for WSGI request bodies too large to keep in memory (default: the system's temp dir)."),
     Setting("header_map", "HTTP", "drop", choice("drop", "refuse", "dangerous"),
             "Gunicorn's mapping of header names into the WSGI environ.",
             cli=("--header-map",), metavar="MODE", ignored=_NO_WSGI),

@@ -19,7 +19,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["ASGIApp", "AppLoadError", "app_as_asgi3", "load_app"]
+from corral.http.wsgi import WSGIApp
+
+__all__ = ["ASGIApp", "AppLoadError", "WSGIApp", "app_as_asgi3", "load_app"]
 
 ASGIApp = Callable[[dict[str, Any], Callable[..., Any], Callable[..., Any]], Awaitable[None]]
 _Scope = dict[str, Any]
@@ -69,8 +71,9 @@ def load_app(spec: str, *, factory: bool = False, app_dir: str | None = ".", int
     `async __call__(receive, send)`, or a class whose `__init__` takes the scope) and ASGI 3 apps that are
     not coroutine functions (a sync `__call__(scope, receive, send)` returning an awaitable, a class with
     `__await__`) are wrapped in a small closure. A sync callable that accepts any number of arguments
-    (`def app(*args)`) is ambiguous and taken as ASGI 2, as other ASGI servers do. WSGI apps are refused
-    with a hint on how to wrap them or what to serve instead.
+    (`def app(*args)`) is ambiguous and taken as ASGI 2, as other ASGI servers do. WSGI apps (a sync callable
+    taking (environ, start_response), Flask-style apps with a `wsgi_app`, Django's WSGIHandler) come back as
+    a `WSGIApp`, an ASGI 3 callable that runs them in a thread pool (http/wsgi.py).
 
     When the app's own code fails (an exception while importing its module or calling its factory) the
     traceback is logged at ERROR on the "corral.error" logger before AppLoadError is raised: the one line
@@ -89,6 +92,10 @@ def load_app(spec: str, *, factory: bool = False, app_dir: str | None = ".", int
 
 def app_as_asgi3(obj: Any, interface: str = "auto", *, label: str = "the app", module: str = "") -> ASGIApp:
     """An app object as an ASGI 3 callable: detected (auto), or as the interface setting says (asgi3, asgi2)."""
+    if interface == "wsgi":
+        if not callable(obj):
+            raise AppLoadError(f"{label} is not a WSGI app: it is not callable (it is of type {type(obj).__name__})")
+        return WSGIApp(obj)
     if interface == "asgi2":
         return _asgi2_to_asgi3(obj)
     if interface == "asgi3" and callable(obj) and not inspect.iscoroutinefunction(_call_target(obj)):
@@ -288,7 +295,9 @@ def _as_asgi3(obj: Any, label: str, module: str) -> ASGIApp:
     if isinstance(obj, types.ModuleType):
         raise AppLoadError(f"{label} is a module, not an app; name the app inside it, e.g. '{obj.__name__}:app'")
     if not callable(obj):
-        raise AppLoadError(f"{label} is not an ASGI app: it is not callable (it is of type {type(obj).__name__})")
+        raise AppLoadError(
+            f"{label} is not an ASGI or WSGI app: it is not callable (it is of type {type(obj).__name__})"
+        )
     if inspect.isclass(obj):
         return _class_as_asgi3(obj, label)
     if inspect.isasyncgenfunction(_call_target(obj)):
@@ -303,9 +312,8 @@ def _as_asgi3(obj: Any, label: str, module: str) -> ASGIApp:
             f"{label} is an async callable taking ({_parameters(signature)}); "
             "ASGI 3 apps are called as app(scope, receive, send)"
         )
-    wsgi_hint = _wsgi_framework_hint(obj, label, module)
-    if wsgi_hint:
-        raise AppLoadError(wsgi_hint)
+    if _is_wsgi_framework(obj):
+        return WSGIApp(obj)
     return _sync_callable_as_asgi3(obj, label, signature)
 
 
@@ -313,7 +321,7 @@ def _sync_callable_as_asgi3(obj: Any, label: str, signature: inspect.Signature |
     if signature is None:
         return _asgi2_to_asgi3(obj)  # nothing to go on: assume ASGI 2, the only sync ASGI form (as uvicorn)
     if _looks_like_wsgi(signature) or (_binds(signature, 2) and not _binds(signature, 1)):
-        raise AppLoadError(_generic_wsgi_message(label))
+        return WSGIApp(obj)
     if _binds(signature, 1):
         # ASGI 2; a sync callable that also accepts more arguments (`*args`) is ambiguous, and ASGI 2 is
         # what other servers assume, so apps move between servers unchanged.
@@ -327,8 +335,8 @@ def _sync_callable_as_asgi3(obj: Any, label: str, signature: inspect.Signature |
             f"{label} takes no arguments: if it is an app factory, add '()' to the spec or use --factory"
         )
     raise AppLoadError(
-        f"{label} takes ({_parameters(signature)}), which is not an ASGI app: "
-        "ASGI 3 apps are `async def app(scope, receive, send)`"
+        f"{label} takes ({_parameters(signature)}), which is not an ASGI or WSGI app: "
+        "ASGI 3 apps are `async def app(scope, receive, send)`, WSGI apps `def app(environ, start_response)`"
     )
 
 
@@ -360,33 +368,15 @@ def _instance_call(cls: type) -> Any:
     return None
 
 
-def _wsgi_framework_hint(obj: Any, label: str, module: str) -> str | None:
+def _is_wsgi_framework(obj: Any) -> bool:
+    """Django's WSGIHandler, a Flask-style app (a `wsgi_app` method), or an app wrapped by wsgiref.validate
+    (whose `*args` signature would otherwise read as ASGI 2): WSGI whatever their signature says."""
+    if getattr(obj, "__module__", None) == "wsgiref.validate":
+        return True
     for klass in type(obj).__mro__:
         if klass.__name__ == "WSGIHandler" and klass.__module__.split(".")[0] == "django":
-            return _django_wsgi_message(label, module)
-    if callable(getattr(obj, "wsgi_app", None)):
-        framework = type(obj).__name__
-        return (
-            f"{label} is a WSGI app ({framework}); corral serves ASGI apps: wrap it "
-            "(from asgiref.wsgi import WsgiToAsgi; app = WsgiToAsgi(wsgi_app)) or use an ASGI framework"
-        )
-    return None
-
-
-def _django_wsgi_message(label: str, module: str) -> str:
-    parent, _, last = module.rpartition(".")
-    asgi_module = f"{parent}.asgi" if last == "wsgi" and parent else "<project>.asgi"
-    return (
-        f"{label} is Django's WSGI handler; corral serves ASGI apps: point it at the project's asgi.py "
-        f"instead ('{asgi_module}:application', built by django.core.asgi.get_asgi_application())"
-    )
-
-
-def _generic_wsgi_message(label: str) -> str:
-    return (
-        f"{label} looks like a WSGI app (it takes environ, start_response); corral serves ASGI apps: "
-        "wrap it (from asgiref.wsgi import WsgiToAsgi; app = WsgiToAsgi(wsgi_app))"
-    )
+            return True
+    return callable(getattr(obj, "wsgi_app", None))
 
 
 def _looks_like_wsgi(signature: inspect.Signature) -> bool:

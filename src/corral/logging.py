@@ -6,10 +6,10 @@ Access log atoms, with Gunicorn's meanings: h remote address, l "-", u user of a
 header, t time "[22/Nov/2026:10:00:00 +0000]" (local time, like Gunicorn), r request line, m method, U raw
 path, q query string ("" when empty, as in Gunicorn), H protocol, s status, B response bytes (0 when none),
 b response bytes or "-", f referer, a user agent, T request time in whole seconds, D in microseconds, M in
-milliseconds, L in seconds with six decimals, p "<pid>", {name}i request header, {name}o response header.
-{name}e is always "-": an ASGI server has no WSGI environ. corral adds request_id: the request's id when
-request ids are on (request_id_header), else "-". Unknown atoms and missing values give "-". A websocket
-scope has no method; its handshake was a GET, so m and r say GET.
+milliseconds, L in seconds with six decimals, p "<pid>", {name}i request header, {name}o response header,
+{name}e a WSGI environ variable (WSGI apps only; "-" for ASGI apps, which have no environ). corral adds
+request_id: the request's id when request ids are on (request_id_header), else "-". Unknown atoms and
+missing values give "-". A websocket scope has no method; its handshake was a GET, so m and r say GET.
 
 Request-derived text (headers, path, query) is decoded as UTF-8 and escaped so one request is one line that
 a log parser can trust: `"` becomes `\\"` (Gunicorn's escape), `\\` becomes `\\\\`, and any byte that is not
@@ -896,6 +896,17 @@ def _format_iso_second(second: int) -> tuple[str, str]:
     return start, f'{sign}{hours:02d}:{minutes:02d}"'
 
 
+def _environ_text(scope: dict, key: str) -> str:
+    """{name}e: the WSGI app's environ variable (the WSGI cycle puts its environ in the scope)."""
+    environ = scope.get("wsgi.environ")
+    value = environ.get(key) if environ is not None else None
+    if value is None:
+        return "-"
+    # Environ strings carry request bytes as latin-1 (PEP 3333): back to bytes, then escaped like a header.
+    text = value if isinstance(value, str) else str(value)
+    return _text(text.encode("latin-1", "backslashreplace"))
+
+
 # ---------------------------------------------------------------------------------------- format compiler
 
 
@@ -906,6 +917,7 @@ class _Atom:
     expression: str
     request_header: bytes | None = None
     response_header: bytes | None = None
+    environ_key: str | None = None
 
 
 _CONSTANT = "-"
@@ -954,6 +966,7 @@ _HELPERS = {
     "_request_id_text": _request_id_text,
     "_request_line": _request_line,
     "_text": _text,
+    "_environ_text": _environ_text,
 }
 
 
@@ -982,6 +995,8 @@ def _compile_render(template: str, atoms: list[_Atom], filename: str) -> Render:
     expressions = []
     for atom in atoms:
         header = atom.request_header if atom.request_header is not None else atom.response_header
+        if header is None:
+            header = atom.environ_key  # type: ignore[assignment]  # bound like a header name, never pasted
         if header is None:
             expressions.append(atom.expression)
             continue
@@ -1064,7 +1079,9 @@ def _resolve_atom(key: str, request_id_header: bytes | None = None) -> _Atom | s
         return _Atom("_text(request_headers.get({header}))", request_header=name)
     if kind == "o":
         return _Atom("_text(response_headers.get({header}))", response_header=name)
-    return _CONSTANT  # {name}e (no WSGI environ in ASGI) and anything else Gunicorn would also print as "-"
+    if kind == "e":
+        return _Atom("_environ_text(scope, {header})", environ_key=header["name"])
+    return _CONSTANT  # anything else Gunicorn would also print as "-"
 
 
 # ------------------------------------------------------------------------------------------ JSON compiler

@@ -47,8 +47,8 @@ UVICORN_DIFFERENCES: dict[str, str] = {
     "http": "corral always parses with httptools: auto and httptools say so, h11 is accepted with a notice.",
     "ws": "auto, websockets and websockets-sansio mean corral's own implementation (built on the websockets "
     "library); none serves upgrade requests as plain HTTP; wsproto is accepted with a notice.",
-    "interface": "wsgi is refused (exit 2) until corral serves WSGI; asgi3 and asgi2 force the calling "
-    "convention as in uvicorn.",
+    "interface": "wsgi serves the app as WSGI in a thread pool (`threads`); asgi3 and asgi2 force the "
+    "calling convention as in uvicorn; auto detects all three from the callable.",
     "env_file": "Read by corral itself (KEY=VALUE, quotes, `export`, comments; no ${VAR} expansion), in the "
     "master at start and on HUP; variables already set keep their value, as with python-dotenv.",
     "log_config": "The same .json, .yaml/.yml (needs PyYAML) and ini files, and a dict in corral.run(). corral's "

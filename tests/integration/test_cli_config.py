@@ -62,7 +62,7 @@ def assert_one_error_line(result: subprocess.CompletedProcess[str], setting: str
         (["main:app", "--backlog", "0"], "backlog: "),
         (["main:app", "-b", "127.0.0.1:99999"], "bind: "),
         (["main:app", "--limit-request-line", "-1"], "limit_request_line: "),
-        (["main:app", "-k", "sync"], "worker_class: "),
+        (["main:app", "-k", "gevent"], "worker_class: "),
         (["main:app", "--paste", "app.ini"], "paste: not supported ("),
         (["main:app", "--no-such-flag"], "--no-such-flag: unknown option"),
         (["main:app", "-D"], "daemon: not supported (corral does not daemonize"),

@@ -82,24 +82,25 @@ def test_own_production_config_takes_effect_and_names_each_ignored_setting(tmp_p
     result = run_corral(["-c", str(path), "--print-config", APP], tmp_path)
     assert result.returncode == 0, result.stderr
     warnings = result.stderr.splitlines()
-    assert len(warnings) == 3, warnings
-    for name in ("threads", "worker_tmp_dir", "capture_output"):
+    assert len(warnings) == 2, warnings
+    for name in ("worker_tmp_dir", "capture_output"):
         assert [w for w in warnings if w.startswith(f"corral: warning: {name}: ignored (")], name
     rows = printed_config(result.stdout)
     assert rows["worker_class"][0] == "'corral'"
     assert rows["raw_env"][0] == "['SHOP_ENV=production', 'SHOP_REGION=eu']"
 
 
-@pytest.mark.parametrize("worker_class", ["sync", "gthread", "gevent", "eventlet", "tornado", "myapp.MyWorker"])
+@pytest.mark.parametrize("worker_class", ["gevent", "eventlet", "tornado", "myapp.MyWorker"])
 def test_a_worker_class_corral_cannot_be_fails_with_one_line_saying_what_it_supports(tmp_path, worker_class):
     result = run_corral(["-k", worker_class, APP], tmp_path)
     line = assert_one_error_line(result, "worker_class: ")
     assert "uvicorn.workers.UvicornWorker" in line
 
 
-def test_a_sync_worker_config_file_fails_with_one_line(tmp_path):
-    result = run_corral(["-c", str(OWN_CONFIGS / "sync_worker.conf.py"), APP], tmp_path)
-    assert "'sync' is not supported" in assert_one_error_line(result, "worker_class: ")
+def test_a_sync_worker_config_file_is_accepted(tmp_path):
+    result = run_corral(["-c", str(OWN_CONFIGS / "sync_worker.conf.py"), "--print-config", APP], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert printed_config(result.stdout)["worker_class"][0] == "'sync'"
 
 
 def test_a_config_file_naming_a_missing_user_fails_before_binding(tmp_path):

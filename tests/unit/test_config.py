@@ -345,7 +345,7 @@ def test_command_line_strings_are_coerced(argv, name, value):
         (["-b", "127.0.0.1:http"], "bind"),
         (["-w", "zero"], "workers"),
         (["-w", "0"], "workers"),
-        (["-k", "sync"], "worker_class"),
+        (["-k", "gevent"], "worker_class"),
     ],
 )
 def test_bad_values_name_the_setting_in_one_line(argv, name):
@@ -354,11 +354,24 @@ def test_bad_values_name_the_setting_in_one_line(argv, name):
     assert "from the command line" in message
 
 
-def test_worker_class_other_than_an_asgi_worker_says_what_is_supported():
-    message = load_error(["-k", "gthread"])
-    assert message.startswith("worker_class: corral runs its own asyncio ASGI worker;")
-    assert "'gthread' is not supported" in message
-    assert "uvicorn.workers.UvicornWorker" in message
+def test_worker_class_corral_cannot_be_says_what_is_supported():
+    message = load_error(["-k", "gevent"])
+    assert message.startswith("worker_class: corral runs its own asyncio worker;")
+    assert "'gevent' is not supported" in message
+    assert "sync, gthread, uvicorn.workers.UvicornWorker" in message
+
+
+@pytest.mark.parametrize(
+    ("value", "meaning"),
+    [("sync", "sync"), ("gthread", "gthread"), ("gunicorn.workers.gthread.ThreadWorker", "gthread")],
+)
+def test_gunicorns_thread_worker_classes_are_accepted(value, meaning):
+    assert load(["-k", value]).worker_class == meaning
+
+
+@pytest.mark.parametrize("value", ["auto", "asgi", "asgi3", "asgi2", "wsgi"])
+def test_every_interface_is_accepted(value):
+    assert load(["--interface", value]).interface == ("asgi3" if value == "asgi" else value)
 
 
 @pytest.mark.parametrize(
@@ -489,9 +502,15 @@ def test_hook_with_the_wrong_signature_is_refused(tmp_path):
 
 
 def test_gunicorn_setting_without_use_in_corral_is_accepted_with_a_warning_naming_it():
+    cfg = load(["--worker-tmp-dir", "/tmp"])
+    assert cfg.worker_tmp_dir == "/tmp"
+    assert [w for w in cfg.warnings if w.startswith("worker_tmp_dir: ignored (")]
+
+
+def test_threads_is_a_setting_with_a_use_and_gives_no_warning():
     cfg = load(["--threads", "4"])
     assert cfg.threads == 4
-    assert [w for w in cfg.warnings if w.startswith("threads: ignored (corral workers run one asyncio event loop")]
+    assert cfg.warnings == ()
 
 
 def test_gunicorn_setting_without_use_in_corral_at_its_default_gives_no_warning(tmp_path):

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from corral.loading import AppLoadError, load_app
+from corral.loading import AppLoadError, WSGIApp, load_app
 
 APPS_DIR = str(Path(__file__).resolve().parent.parent / "apps")
 
@@ -198,29 +198,21 @@ def test_sync_callable_with_four_required_arguments_is_refused():
 # -------------------------------------------------------------------------------------------------- WSGI
 
 
-@pytest.mark.parametrize("attribute", ["wsgi_app", "wsgi_with_other_names"])
-def test_wsgi_callable_is_refused_with_how_to_wrap_it(attribute):
-    message = load_error(f"loading_apps:{attribute}")
+@pytest.mark.parametrize("attribute", ["wsgi_app", "wsgi_with_other_names", "flask_app"])
+def test_wsgi_callables_are_detected_and_served_as_wsgi(attribute):
+    app = load(f"loading_apps:{attribute}")
 
-    assert f"'loading_apps:{attribute}' looks like a WSGI app" in message
-    assert "corral serves ASGI apps" in message
-    assert "WsgiToAsgi" in message
-
-
-def test_flask_app_is_refused_with_how_to_wrap_it():
-    message = load_error("loading_apps:flask_app")
-
-    assert "'loading_apps:flask_app' is a WSGI app (Flask)" in message
-    assert "WsgiToAsgi" in message
+    assert isinstance(app, WSGIApp)
+    assert app.wsgi_app is getattr(sys.modules["loading_apps"], attribute)
 
 
-def test_django_wsgi_handler_is_refused_pointing_at_asgi_py(tmp_path):
-    # A stand-in for Django (not installed here): what matters is the class name and its package.
+def test_django_wsgi_handler_is_detected_as_wsgi(tmp_path):
+    # A stand-in for Django's class: what matters is the class name and its package.
     handlers = tmp_path / "django" / "core" / "handlers"
     handlers.mkdir(parents=True)
     for package in (tmp_path / "django", tmp_path / "django" / "core", handlers):
         (package / "__init__.py").write_text("")
-    write_module(handlers, "wsgi", "class WSGIHandler:\n    def __call__(self, environ, start_response): ...\n")
+    write_module(handlers, "wsgi", "class WSGIHandler:\n    def __call__(self, *args): ...\n")
     (tmp_path / "mysite").mkdir()
     (tmp_path / "mysite" / "__init__.py").write_text("")
     write_module(
@@ -229,11 +221,15 @@ def test_django_wsgi_handler_is_refused_pointing_at_asgi_py(tmp_path):
         "from django.core.handlers.wsgi import WSGIHandler\napplication = WSGIHandler()\n",
     )
 
-    message = load_error("mysite.wsgi:application", app_dir=str(tmp_path))
+    assert isinstance(load("mysite.wsgi:application", app_dir=str(tmp_path)), WSGIApp)
 
-    assert "'mysite.wsgi:application' is Django's WSGI handler" in message
-    assert "'mysite.asgi:application'" in message
-    assert "get_asgi_application()" in message
+
+def test_interface_wsgi_serves_an_ambiguous_callable_as_wsgi():
+    assert isinstance(load("loading_apps:sync_star_args", interface="wsgi"), WSGIApp)
+
+
+def test_interface_wsgi_refuses_what_is_not_callable():
+    assert "is not a WSGI app: it is not callable" in load_error("loading_apps:settings", interface="wsgi")
 
 
 # ----------------------------------------------------------------------------------------------- specs
@@ -369,10 +365,8 @@ def test_factory_option_on_a_non_callable_is_refused():
     assert "is not callable" in load_error("loading_apps:settings", factory=True)
 
 
-def test_factory_result_that_is_not_an_asgi_app_is_named_after_the_factory():
-    message = load_error("loading_apps:create_wsgi_app()")
-
-    assert message.startswith("the app returned by 'loading_apps:create_wsgi_app()' looks like a WSGI app")
+def test_factory_returning_a_wsgi_app_serves_it_as_wsgi():
+    assert isinstance(load("loading_apps:create_wsgi_app()"), WSGIApp)
 
 
 # ---------------------------------------------------------------------------------- missing things
@@ -454,7 +448,7 @@ def test_missing_nested_attribute_names_its_owner():
 def test_non_callable_attribute_is_refused():
     message = load_error("loading_apps:settings")
 
-    assert message == "'loading_apps:settings' is not an ASGI app: it is not callable (it is of type dict)"
+    assert message == "'loading_apps:settings' is not an ASGI or WSGI app: it is not callable (it is of type dict)"
 
 
 def test_submodule_named_as_attribute_gets_the_right_spec():

@@ -22,6 +22,7 @@ from typing import Any, NoReturn
 from corral.hooks import ServerView, WorkerView, call_hook
 from corral.http import eager
 from corral.http.request_hooks import with_request_hooks
+from corral.http.wsgi import serving_interface
 from corral.master.privileges import Identity, drop_privileges
 from corral.master.scoreboard import MasterState, Scoreboard, Slot
 from corral.master.sockets import worker_listeners
@@ -103,7 +104,7 @@ def _serve(launch: WorkerLaunch) -> int:
     call_hook(cfg, "post_worker_init", view, log=logger)
     if view is not None:
         view.booted = True
-    app = with_request_hooks(app, cfg, view, logger)
+    app = with_request_hooks(serving_interface(app, cfg, logger), cfg, view, logger)
     if cfg.worker_abort is not None:
         _call_worker_abort_on_sigabrt(cfg, view, logger)
     loop = new_event_loop(cfg.loop)

@@ -1,0 +1,433 @@
+"""WSGI apps on the async worker: the request cycle that runs a WSGI callable in a bounded thread pool.
+
+`WSGIApp` is an ASGI 3 callable around a WSGI one, so a WSGI request goes through the same connection, parser,
+limits, request counting, access log, metrics, hooks and drain as an ASGI one. The event loop reads the body in
+full (`wsgi.input` never blocks a thread on the client), a pool thread runs the app, and the response is handed
+back to the loop through a pipe bounded in bytes: the thread waits while the client is slow, so a slow reader
+holds no more memory than the bound and an app thread only as long as the pipe is full.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterable
+from queue import SimpleQueue
+from typing import Any
+
+from corral.http.errors import ClientDisconnected
+from corral.http.wsgi_environ import BodyBudget, BodyWriter, ErrorStream, WSGIInput, build_environ
+
+__all__ = ["MEMORY_BODIES_BYTES", "PIPE_HIGH_WATER", "SPOOL_BYTES", "WSGIApp", "serving_interface", "wsgi_threads"]
+
+# A request body up to this size stays in memory; a larger one goes to a temporary file in tmp_upload_dir.
+SPOOL_BYTES = 1024 * 1024
+# Request bodies one worker holds in memory at once (waiting for a thread, or being read); past it, to disk.
+MEMORY_BODIES_BYTES = 16 * 1024 * 1024
+# Response bytes an app thread may have handed over and the loop not yet written before the thread waits.
+PIPE_HIGH_WATER = 256 * 1024
+# How often the loop checks the age of running WSGI calls against `timeout`.
+DEADLINE_CHECK_SECONDS = 1.0
+
+_log = logging.getLogger("corral.error")
+_ERRORS = ErrorStream(_log)
+_INTERNAL_ERROR = b"Internal Server Error"
+_ERROR_HEADERS = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", b"21")]
+
+# What the app thread hands the loop.
+_START = 0  # (status, headers)
+_BODY = 1  # bytes
+_END = 2  # bytes: the last body bytes
+_ERROR = 3  # (exception, headers_were_sent)
+_WHOLE = 4  # (status, headers, body): a response the app gave all at once, handed over in one step
+
+
+class WSGIResponseAborted(ClientDisconnected):
+    """The response was cut off after its head was sent (the app's iterable raised midway): the connection is
+    closed, so the client sees an incomplete response. Already logged, so the cycle only closes."""
+
+
+class _Abandoned(Exception):
+    """Raised in the app thread when the loop will take no more of the response (client gone, cancelled)."""
+
+
+class _Threads:
+    """The worker's app threads: `size` daemon threads taking calls from one queue. Not a ThreadPoolExecutor:
+    nobody waits on a call's Future (its outcome goes through its pipe), so none is made per request."""
+
+    def __init__(self, size: int, app: Callable[..., Iterable[bytes]]) -> None:
+        self.app = app
+        self.queue: SimpleQueue[_Call] = SimpleQueue()
+        for index in range(size):
+            threading.Thread(target=self._serve, name=f"corral-wsgi-{index}", daemon=True).start()
+
+    def submit(self, call: _Call) -> None:
+        self.queue.put(call)
+
+    def _serve(self) -> None:
+        app, take = self.app, self.queue.get
+        while True:
+            call = take()
+            try:
+                call.run(app)
+            except BaseException:  # run() reports the app's errors itself; this thread must outlive any call
+                _log.exception("WSGI thread: unexpected error")
+
+
+class _Waker:
+    """Wakes the loop's waiting response relays from app threads. One call_soon_threadsafe (a write to the
+    loop's self-pipe) serves every hand-over that comes before the loop runs it: under load, many per wake."""
+
+    __slots__ = ("lock", "loop", "ready", "scheduled")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.lock = threading.Lock()
+        self.ready: list[asyncio.Future[None]] = []
+        self.scheduled = False
+
+    def wake(self, waiter: asyncio.Future[None]) -> None:
+        """From an app thread."""
+        with self.lock:
+            self.ready.append(waiter)
+            if self.scheduled:
+                return
+            self.scheduled = True
+        self.loop.call_soon_threadsafe(self._run)
+
+    def _run(self) -> None:
+        with self.lock:
+            ready, self.ready = self.ready, []
+            self.scheduled = False
+        for waiter in ready:
+            if not waiter.done():
+                waiter.set_result(None)
+
+
+class _Pipe:
+    """Response messages from one app thread to the loop, bounded in bytes (the thread blocks past the bound).
+
+    Plain locks rather than a Condition: this is made for every request, and a thread rarely has to wait."""
+
+    __slots__ = (
+        "abandoned", "blocked_since", "blocked_total", "gate", "items", "lock", "loop", "size", "waiter", "waker",
+    )  # fmt: skip
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, waker: _Waker) -> None:
+        self.loop = loop
+        self.waker = waker
+        self.lock = threading.Lock()
+        self.items: list[tuple[int, Any]] = []
+        self.size = 0
+        self.waiter: asyncio.Future[None] | None = None
+        self.gate: Any = None  # a held lock the blocked thread waits on; the loop releases it
+        self.abandoned = False
+        # Time the thread spent waiting for a slow client: not time in the app, so not counted by `timeout`.
+        self.blocked_since = 0.0
+        self.blocked_total = 0.0
+
+    # --- the app thread
+
+    def put(self, kind: int, value: Any, size: int = 0) -> None:
+        with self.lock:
+            if self.abandoned:
+                raise _Abandoned
+            self.items.append((kind, value))
+            self.size += size
+            waiter, self.waiter = self.waiter, None
+            if waiter is not None:
+                self.waker.wake(waiter)
+            if self.size <= PIPE_HIGH_WATER:
+                return
+            gate = self.gate = threading.Lock()
+            gate.acquire()
+        self.blocked_since = time.monotonic()
+        gate.acquire()  # until the loop has written enough, or will write no more
+        self.blocked_total += time.monotonic() - self.blocked_since
+        self.blocked_since = 0.0
+
+    # --- the loop
+
+    async def take(self) -> list[tuple[int, Any]]:
+        while True:
+            with self.lock:
+                items = self.items
+                if items:
+                    self.items = []
+                    return items
+                self.waiter = waiter = self.loop.create_future()
+            await waiter
+
+    def written(self, size: int) -> None:
+        """`size` bytes taken from the pipe are on the transport: the thread may hand over that much more.
+        Counted only now, not when taken, so bytes held by the loop while it waits on a slow client count."""
+        with self.lock:
+            self.size -= size
+            if self.gate is not None and self.size <= PIPE_HIGH_WATER:
+                self.gate, gate = None, self.gate
+                gate.release()
+
+    def abandon(self) -> None:
+        with self.lock:
+            self.abandoned = True
+            if self.gate is not None:
+                self.gate, gate = None, self.gate
+                gate.release()
+
+
+class _Call:
+    """One WSGI call, run in a pool thread: start_response, write() and the response iterable."""
+
+    __slots__ = ("body", "environ", "headers", "headers_sent", "method", "path", "pipe", "started", "status")
+
+    def __init__(self, environ: dict[str, Any], pipe: _Pipe) -> None:
+        self.environ = environ
+        self.body = environ["wsgi.input"]
+        self.pipe = pipe
+        self.status: int | None = None
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.headers_sent = False
+        self.started = math.inf  # waiting for a pool thread: the timeout counts from when one runs it
+        self.method = environ["REQUEST_METHOD"]
+        self.path = environ["PATH_INFO"]
+
+    def time_in_app(self, now: float) -> float:
+        """Seconds this call has run in a thread, less the time it waited for the client (read on the loop)."""
+        pipe = self.pipe
+        blocked_since = pipe.blocked_since
+        blocked = pipe.blocked_total + (now - blocked_since if blocked_since else 0.0)
+        return now - self.started - blocked
+
+    def run(self, app: Callable[..., Iterable[bytes]]) -> None:
+        self.started = time.monotonic()
+        try:
+            result = app(self.environ, self.start_response)
+            try:
+                if type(result) is list and len(result) <= 1:  # the usual answer: one body, one hand-over
+                    self._end(result[0] if result else b"")
+                else:
+                    for chunk in result:
+                        if chunk:
+                            self.write(chunk)
+                    self._end(b"")
+            finally:
+                _close(result)
+        except _Abandoned:
+            pass
+        except BaseException as exc:  # reported on the loop, which answers 500 or closes the connection
+            try:
+                self.pipe.put(_ERROR, (exc, self.headers_sent))
+            except _Abandoned:
+                _log.debug("WSGI app raised after the client went away: %r", exc)
+        finally:
+            self.body.close()  # ours, not environ's: middleware (wsgiref.validate) may have wrapped it
+
+    def start_response(
+        self, status: str, headers: list[tuple[str, str]], exc_info: Any = None
+    ) -> Callable[[bytes], None]:
+        if exc_info is not None:
+            try:
+                if self.headers_sent:
+                    raise exc_info[1].with_traceback(exc_info[2])  # PEP 3333: too late to change the response
+            finally:
+                exc_info = None
+        elif self.status is not None:
+            raise AssertionError("start_response called a second time without exc_info")
+        if type(status) is not str or len(status) < 4 or not status[:3].isdigit() or status[3] != " ":
+            raise ValueError(f"WSGI status must be a str like '200 OK', got {status!r}")
+        self.status = int(status[:3])
+        self.headers = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers]
+        return self.write
+
+    def write(self, data: bytes) -> None:
+        """PEP 3333's write(): also how the iterable's chunks go out. Blocks while the pipe is full."""
+        if type(data) is not bytes:
+            raise TypeError(f"WSGI response body must be bytes, got {type(data).__name__}")
+        pipe = self.pipe
+        if not self.headers_sent:
+            self._send_headers()
+        pipe.put(_BODY, data, len(data))
+
+    def _send_headers(self) -> None:
+        if self.status is None:
+            raise AssertionError("WSGI app sent a body before calling start_response")
+        self.headers_sent = True
+        self.pipe.put(_START, (self.status, self.headers))
+
+    def _end(self, last: bytes) -> None:
+        if type(last) is not bytes:
+            raise TypeError(f"WSGI response body must be bytes, got {type(last).__name__}")
+        if self.headers_sent:
+            self.pipe.put(_END, last, len(last))
+            return
+        if self.status is None:
+            raise AssertionError("WSGI app returned without calling start_response")
+        self.headers_sent = True
+        self.pipe.put(_WHOLE, (self.status, self.headers, last), len(last))
+
+
+def _close(result: Any) -> None:
+    close = getattr(result, "close", None)
+    if close is None:
+        return
+    try:
+        close()
+    except Exception:  # the response may be out already: the log is the only place to say it
+        _log.exception("The WSGI response iterable's close() raised")
+
+
+class WSGIApp:
+    """A WSGI callable as an ASGI 3 app. `configure()` in the worker sets the pool size and the timeout."""
+
+    def __init__(self, wsgi_app: Callable[..., Iterable[bytes]]) -> None:
+        self.wsgi_app = wsgi_app
+        self.threads = 1
+        self.timeout = 0.0
+        self.tmp_dir: str | None = None
+        self.spool = SPOOL_BYTES
+        self.budget = BodyBudget(MEMORY_BODIES_BYTES)
+        self._pool: _Threads | None = None  # made in the worker, never before a fork
+        self._waker: _Waker | None = None
+        self._running: set[_Call] = set()
+        self._deadline_check: asyncio.TimerHandle | None = None
+
+    def configure(self, *, threads: int, timeout: float = 0.0, tmp_dir: str | None = None) -> WSGIApp:
+        self.threads = max(1, threads)
+        self.timeout = timeout
+        self.tmp_dir = tmp_dir
+        return self
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "lifespan":
+            await _lifespan(receive, send)
+        # A WebSocket handshake is left unanswered: the server refuses it with 403.
+
+    async def _http(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        writer = BodyWriter(self.spool, self.tmp_dir, self.budget)
+        try:
+            await self._call(scope, receive, send, writer)
+        finally:
+            writer.release()
+
+    async def _call(self, scope: dict[str, Any], receive: Any, send: Any, writer: BodyWriter) -> None:
+        body, chunked = await _read_body(scope, receive, writer)
+        if body is None:
+            return  # the client went away before the body was in
+        environ = build_environ(scope, body, errors=_ERRORS, multithread=self.threads > 1, chunked=chunked)
+        scope["wsgi.environ"] = environ  # for post_request hooks and the access log's {name}e atoms
+        loop = asyncio.get_running_loop()
+        pool = self._pool or self._start_pool(loop)
+        pipe = _Pipe(loop, self._waker)  # type: ignore[arg-type]  # made with the pool
+        call = _Call(environ, pipe)
+        self._running.add(call)
+        if self.timeout and self._deadline_check is None:
+            self._deadline_check = loop.call_later(DEADLINE_CHECK_SECONDS, self._check_deadlines, loop)
+        pool.submit(call)
+        try:
+            await _relay(pipe, send)
+        finally:
+            pipe.abandon()  # wakes a thread still waiting to hand over more (client gone, cancelled)
+            self._running.discard(call)
+
+    def _start_pool(self, loop: asyncio.AbstractEventLoop) -> _Threads:
+        self._waker = _Waker(loop)
+        self._pool = _Threads(self.threads, self.wsgi_app)
+        return self._pool
+
+    def _check_deadlines(self, loop: asyncio.AbstractEventLoop) -> None:
+        """A thread stuck in the app does not stop the loop's heartbeat, so the loop checks the calls' ages and
+        takes the master's timeout path itself: SIGABRT prints every thread's stack, then the worker is replaced."""
+        self._deadline_check = None
+        now = time.monotonic()
+        for call in self._running:
+            if call.time_in_app(now) > self.timeout:
+                _log.critical(
+                    "WSGI request %s %s has run for over %gs (timeout): aborting the worker, every thread's "
+                    "traceback follows",
+                    call.method,
+                    call.path,
+                    self.timeout,
+                )
+                os.kill(os.getpid(), signal.SIGABRT)
+                return
+        if self._running:
+            self._deadline_check = loop.call_later(DEADLINE_CHECK_SECONDS, self._check_deadlines, loop)
+
+    def in_flight_calls(self) -> int:
+        return len(self._running)
+
+
+async def _read_body(scope: dict[str, Any], receive: Any, writer: BodyWriter) -> tuple[WSGIInput | None, bool]:
+    """The whole request body, read on the loop before any thread is used; (None, ...) if the client left."""
+    chunked = any(name == b"transfer-encoding" for name, _ in scope["headers"])
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            writer.file.close()
+            return None, chunked
+        body = message.get("body", b"")
+        if body:
+            writer.write(body)
+        if not message.get("more_body", False):
+            return writer.finish(), chunked
+
+
+async def _relay(pipe: _Pipe, send: Any) -> None:
+    """Write what the app thread hands over, in order, with the connection's back-pressure."""
+    while True:
+        for kind, value in await pipe.take():
+            if kind == _BODY:
+                await send({"type": "http.response.body", "body": value, "more_body": True})
+                pipe.written(len(value))
+            elif kind == _START:
+                await send({"type": "http.response.start", "status": value[0], "headers": value[1]})
+            elif kind == _WHOLE:
+                await send({"type": "http.response.start", "status": value[0], "headers": value[1]})
+                await send({"type": "http.response.body", "body": value[2], "more_body": False})
+                return
+            elif kind == _END:
+                await send({"type": "http.response.body", "body": value, "more_body": False})
+                return
+            else:
+                exc, headers_sent = value
+                if headers_sent:
+                    _log.error("WSGI response iterable raised midway: closing the connection", exc_info=exc)
+                    raise WSGIResponseAborted("response cut off") from None
+                _log.error("Exception in WSGI application", exc_info=exc)
+                await send({"type": "http.response.start", "status": 500, "headers": _ERROR_HEADERS})
+                await send({"type": "http.response.body", "body": _INTERNAL_ERROR})
+                return
+
+
+async def _lifespan(receive: Any, send: Any) -> None:
+    # WSGI has no lifespan; answering it (rather than raising) keeps `--lifespan on` working and the log quiet.
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+def wsgi_threads(cfg: Any) -> int:
+    """How many requests run a WSGI app at once in one worker: Gunicorn's meaning of -k and --threads."""
+    return 1 if cfg.worker_class == "sync" else max(1, cfg.threads)
+
+
+def serving_interface(app: Any, cfg: Any, logger: logging.Logger) -> Any:
+    """In the worker, after loading: give a WSGI app its pool size and timeout; note a thread worker class
+    given to an ASGI app (Gunicorn would break the app; here the class only sizes a WSGI pool)."""
+    if isinstance(app, WSGIApp):
+        return app.configure(threads=wsgi_threads(cfg), timeout=cfg.timeout, tmp_dir=cfg.tmp_upload_dir)
+    if cfg.worker_class in ("sync", "gthread"):
+        logger.info("The app is ASGI: serving it as ASGI (worker class %s only applies to WSGI apps)", cfg.worker_class)
+    return app

@@ -1,0 +1,210 @@
+"""The PEP 3333 side of a WSGI request: the environ built from the ASGI scope, `wsgi.input` over a body read in
+full (memory up to a spool size, then a temporary file), `wsgi.errors` and `wsgi.file_wrapper`."""
+
+from __future__ import annotations
+
+import io
+import logging
+import sys
+import tempfile
+from collections.abc import Iterator
+from typing import IO, Any
+from urllib.parse import unquote_to_bytes
+
+__all__ = ["BodyBudget", "BodyWriter", "ErrorStream", "FileWrapper", "WSGIInput", "build_environ"]
+
+_error_log = logging.getLogger("corral.error")
+
+# Headers whose environ keys have no HTTP_ prefix (PEP 3333, CGI).
+_UNPREFIXED = {b"content-type": "CONTENT_TYPE", b"content-length": "CONTENT_LENGTH"}
+_HEADER_KEYS: dict[bytes, str] = {}
+_HEADER_KEYS_MAX = 1024
+
+
+def _header_key(name: bytes) -> str:
+    key = _HEADER_KEYS.get(name)
+    if key is None:
+        key = _UNPREFIXED.get(name) or "HTTP_" + name.decode("latin-1").upper().replace("-", "_")
+        if len(_HEADER_KEYS) < _HEADER_KEYS_MAX:
+            _HEADER_KEYS[name] = key
+    return key
+
+
+def build_environ(
+    scope: dict[str, Any],
+    body: WSGIInput,
+    *,
+    errors: Any,
+    multithread: bool,
+    chunked: bool,
+) -> dict[str, Any]:
+    """The environ of one request. Proxy headers are already applied to the scope's client, server and scheme."""
+    root_path: str = scope.get("root_path", "")
+    raw_path: bytes = scope["raw_path"]
+    root_bytes = root_path.encode("utf-8")
+    if root_bytes and raw_path.startswith(root_bytes):
+        raw_path = raw_path[len(root_bytes):]
+    # PEP 3333: PATH_INFO is the unquoted path as bytes, carried in a str by latin-1 (a "bytes-as-str").
+    path_info = (unquote_to_bytes(raw_path) if b"%" in raw_path else raw_path).decode("latin-1")
+    server = scope.get("server") or ("localhost", None)
+    client = scope.get("client")
+    environ: dict[str, Any] = {
+        "REQUEST_METHOD": scope["method"],
+        "SCRIPT_NAME": root_bytes.decode("latin-1"),
+        "PATH_INFO": path_info,
+        "QUERY_STRING": scope["query_string"].decode("latin-1"),
+        "SERVER_PROTOCOL": "HTTP/" + scope["http_version"],
+        "SERVER_NAME": str(server[0]),
+        "SERVER_PORT": str(server[1]) if server[1] is not None else "",
+        "REMOTE_ADDR": client[0] if client else "",
+        "REMOTE_PORT": str(client[1]) if client else "",
+        "wsgi.version": (1, 0),
+        "wsgi.url_scheme": scope["scheme"],
+        "wsgi.input": body,
+        "wsgi.errors": errors,
+        "wsgi.multithread": multithread,
+        "wsgi.multiprocess": True,  # a pre-fork pool, as Gunicorn says even with one worker
+        "wsgi.run_once": False,
+        "wsgi.file_wrapper": FileWrapper,
+        "wsgi.input_terminated": chunked,
+        "asgi.scope": scope,
+    }
+    for name, value in scope["headers"]:
+        key = _header_key(name)
+        text = value.decode("latin-1")
+        if key in environ:  # repeated headers are joined, as a CGI server does (RFC 9110 5.3)
+            environ[key] += ("; " if key == "HTTP_COOKIE" else ",") + text
+        else:
+            environ[key] = text
+    host = environ.get("HTTP_HOST")
+    if host:
+        # Like Gunicorn: the name the client asked for, which is what apps build their own URLs from.
+        environ["SERVER_NAME"], environ["SERVER_PORT"] = _split_host(host, scope["scheme"])
+    return environ
+
+
+def _split_host(host: str, scheme: str) -> tuple[str, str]:
+    name, colon, port = host.rpartition(":")
+    if colon and port.isdigit() and (not name.startswith("[") or name.endswith("]")):
+        return name, port
+    return host, "443" if scheme == "https" else "80"
+
+
+class BodyBudget:
+    """The request-body bytes one worker keeps in memory. Bodies wait in full for a free app thread, so without
+    a worker-wide bound many connections could each hold a spool's worth; past it, bodies go to disk."""
+
+    __slots__ = ("limit", "used")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+
+class BodyWriter:
+    """Collects a request body as it arrives on the event loop: in memory up to `spool` bytes (and while the
+    worker's budget allows), then in a temporary file in `tmp_dir`, so a large upload costs disk, not memory.
+    `release()` gives the memory back to the budget once the request is done."""
+
+    __slots__ = ("budget", "file", "length", "spool", "tmp_dir")
+
+    def __init__(self, spool: int, tmp_dir: str | None, budget: BodyBudget) -> None:
+        self.file: IO[bytes] = io.BytesIO()
+        self.length = 0
+        self.spool = spool
+        self.tmp_dir = tmp_dir
+        self.budget = budget
+
+    def write(self, data: bytes) -> None:
+        if isinstance(self.file, io.BytesIO):
+            budget = self.budget
+            if self.length + len(data) > self.spool or budget.used + len(data) > budget.limit:
+                spooled = tempfile.TemporaryFile(dir=self.tmp_dir)  # noqa: SIM115 - closed with the request
+                spooled.write(self.file.getbuffer())
+                self.file = spooled
+                budget.used -= self.length
+            else:
+                budget.used += len(data)
+        self.length += len(data)
+        self.file.write(data)
+
+    def finish(self) -> WSGIInput:
+        self.file.seek(0)
+        return WSGIInput(self.file)
+
+    def release(self) -> None:
+        if isinstance(self.file, io.BytesIO):
+            self.budget.used -= self.length
+            self.length = 0
+            self.file = io.BytesIO()  # released once: a second call gives back nothing more
+
+
+class WSGIInput:
+    """`wsgi.input`: read(n), readline(limit), readlines(hint) and iteration over the request body."""
+
+    __slots__ = ("_file",)
+
+    def __init__(self, file: IO[bytes]) -> None:
+        self._file = file
+
+    def read(self, size: int | None = -1) -> bytes:
+        return self._file.read(-1 if size is None else size)
+
+    def readline(self, size: int | None = -1) -> bytes:
+        return self._file.readline(-1 if size is None else size)
+
+    def readlines(self, hint: int | None = -1) -> list[bytes]:
+        return self._file.readlines(-1 if hint is None else hint)
+
+    def __iter__(self) -> Iterator[bytes]:
+        while True:
+            line = self._file.readline()
+            if not line:
+                return
+            yield line
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class ErrorStream:
+    """`wsgi.errors`: text the app writes goes to the error log, a line at a time."""
+
+    def __init__(self, logger: logging.Logger = _error_log) -> None:
+        self.logger = logger
+        self._partial = ""
+
+    def write(self, text: str) -> int:
+        lines = (self._partial + text).split("\n")
+        self._partial = lines.pop()
+        for line in lines:
+            self.logger.error("%s", line)
+        return len(text)
+
+    def writelines(self, lines: Any) -> None:
+        for line in lines:
+            self.write(line)
+
+    def flush(self) -> None:
+        if self._partial:
+            self.logger.error("%s", self._partial)
+            self._partial = ""
+        sys.stderr.flush()
+
+
+class FileWrapper:
+    """`wsgi.file_wrapper`: iterates a file in blocks; the server recognises it and sends the file itself."""
+
+    def __init__(self, filelike: Any, blksize: int = 8192) -> None:
+        self.filelike = filelike
+        self.blksize = blksize
+        if hasattr(filelike, "close"):
+            self.close = filelike.close
+
+    def __iter__(self) -> Iterator[bytes]:
+        read = self.filelike.read
+        while True:
+            block = read(self.blksize)
+            if not block:
+                return
+            yield block
