@@ -19,6 +19,7 @@ import ctypes
 import gc
 import logging
 import os
+import select
 import signal
 import socket
 import sys
@@ -192,12 +193,8 @@ class AdminProcess:
         if self.pid:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, signal.SIGTERM)
-            deadline = time.monotonic() + STOP_GRACE
-            while self.pid and time.monotonic() < deadline:
-                if self._reaped_now():
-                    break
-                time.sleep(0.01)
-            if self.pid:
+            _wait_for_exit(self.pid, STOP_GRACE)
+            if not self._reaped_now():
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(self.pid, signal.SIGKILL)
                 with contextlib.suppress(ChildProcessError):
@@ -215,6 +212,24 @@ class AdminProcess:
         if pid:
             self.pid = 0
         return pid != 0
+
+
+def _wait_for_exit(pid: int, timeout: float) -> None:
+    """Block until child `pid` exits or `timeout` passes, woken by the exit itself (its pidfd turns readable);
+    the caller reaps it."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return  # gone already
+    except OSError:  # a kernel before 5.3: one bounded wait, then the caller's SIGKILL
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
+            time.sleep(0.01)
+        return
+    try:
+        select.select([fd], [], [], timeout)
+    finally:
+        os.close(fd)
 
 
 # ---------------------------------------------------------------------------------------------------------------

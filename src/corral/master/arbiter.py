@@ -53,6 +53,10 @@ DRAIN_MARGIN = 5.0
 # Consecutive samples above max_worker_memory before a worker is replaced (RSS is noisy).
 MEMORY_STRIKES = 3
 MAX_BACKOFF = 10.0
+# The loop's wait when nothing is booting (signals, SIGCHLD included, end it at once), and while a worker
+# boots (READY is seen only by reading its slot).
+IDLE_WAIT = 0.5
+BOOT_POLL = 0.05
 # Workers dying after READY: this many within CRASH_WINDOW seconds is logged as a crash loop (once per window).
 CRASH_WINDOW = 10.0
 CRASH_LOOP_AT = 5
@@ -343,10 +347,12 @@ class Arbiter:
                 self.systemd.close()
 
     def _next_timeout(self) -> float:
-        """Poll fast while something is in motion (boots, drains); otherwise sleep until the next tick."""
-        busy = any(not w.ready or w.stopping for w in self.workers.values())
+        """Poll fast while a worker boots: it says READY only in its scoreboard slot, which sends no signal.
+        Otherwise sleep until the next tick: a worker's exit wakes the loop (SIGCHLD), and the deadlines of
+        stopping workers (SIGKILL after a grace period) are coarse."""
+        booting = any(not w.ready and not w.stopping for w in self.workers.values())
         # Idle, half a second: replacement requests (max_requests) are seen soon, at no measurable cost.
-        return 0.05 if busy else 0.5
+        return BOOT_POLL if booting else IDLE_WAIT
 
     def _wait(self, timeout: float) -> None:
         self.monitor.turn(self.target, serving=self.stopping is None)  # the heartbeat /livez checks
@@ -866,7 +872,7 @@ class Arbiter:
         limit = (self.cfg.graceful_timeout + DRAIN_MARGIN) if graceful else 3.0
         deadline = time.monotonic() + limit
         while self.workers and time.monotonic() < deadline:
-            self._wait(0.05)
+            self._wait(min(IDLE_WAIT, deadline - time.monotonic()))  # a worker's exit (SIGCHLD) wakes it
             self._handle_signals()
             if self.stopping == "fast" and graceful:
                 graceful = False
@@ -888,7 +894,7 @@ class Arbiter:
         self.log.info("Draining: still serving for drain_delay (%g s)", seconds)
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline and self.stopping == "graceful":
-            self._wait(min(0.1, deadline - time.monotonic()))
+            self._wait(min(IDLE_WAIT, deadline - time.monotonic()))
             self._handle_signals()
             self._reap()
 
@@ -897,7 +903,7 @@ class Arbiter:
         while self.workers and time.monotonic() < deadline:
             self._reap()
             if self.workers:
-                time.sleep(0.02)
+                self._wait(min(IDLE_WAIT, deadline - time.monotonic()))  # SIGCHLD wakes it
 
     # --- talking to workers ---------------------------------------------------------------------
 
