@@ -47,8 +47,9 @@ def listener_name(sock: socket.socket) -> str:
 
 def exit_reason(worker: Any, code: int) -> RestartReason | None:
     """Why a worker the arbiter reaped ended (None: the server is shutting down, not a restart)."""
-    if worker.retire_reason is not None:
-        return worker.retire_reason
+    retired: RestartReason | None = worker.retire_reason
+    if retired is not None:
+        return retired
     if worker.boot_failed is not None or (not worker.ready and code in BOOT_FAILURES):
         return RestartReason.BOOT_FAILURE
     if worker.stopping:
@@ -164,9 +165,10 @@ class Monitor:
             if now - when <= _PENDING_FOR:
                 return reason
         for worker in sorted(workers, key=lambda w: w.started):
-            if worker.retire_reason in _REPLACED and worker.pid not in self.succeeded:
+            retired: RestartReason | None = worker.retire_reason
+            if retired in _REPLACED and worker.pid not in self.succeeded:
                 self.succeeded.add(worker.pid)
-                return worker.retire_reason
+                return retired
         if reloading:
             return RestartReason.RELOAD
         return RestartReason.SCALE if ever_ready else RestartReason.START

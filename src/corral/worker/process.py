@@ -51,7 +51,7 @@ class WorkerLaunch:
 
 def run_worker_process(launch: WorkerLaunch) -> NoReturn:
     """Run in the child after fork; never returns."""
-    code = WorkerExit.CRASH
+    code: int = WorkerExit.CRASH
     try:
         code = _serve(launch)
     except SystemExit as exc:
