@@ -26,7 +26,7 @@ from typing import Any
 
 from corral.admin.app_metrics import AppMetricsDir, prepare_app_metrics
 from corral.admin.monitor import Monitor
-from corral.core.contract import BOOT_FAILURES, MASTER_SIGNALS, ExitCode, RestartReason
+from corral.core.contract import BOOT_FAILURES, MASTER_SIGNALS, ExitCode, MasterSignal, RestartReason
 from corral.hooks import HookFailed, ServerView, WorkerView, call_hook, run_on_starting
 from corral.master import log_output, sizing, upgrade
 from corral.master.pidfile import Pidfile, PidfileError
@@ -399,7 +399,7 @@ class Arbiter:
 
     def _queue_signal(self, signum: int, frame: Any) -> None:
         # Only queue: the work happens in the loop, never inside a signal handler.
-        if len(self.signals) < 16 or signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+        if len(self.signals) < 16 or signum in (MasterSignal.TERM, MasterSignal.INT, MasterSignal.QUIT):
             self.signals.append(signum)
 
     def _handle_signals(self) -> None:
