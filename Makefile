@@ -20,6 +20,7 @@ system-packages:
 
 test: $(BIN)/corral system-packages
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/python -m corral.docs --check
 	$(BIN)/python -m pytest -n 2
 

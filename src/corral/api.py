@@ -20,6 +20,7 @@ from typing import Any
 
 from corral.config import SETTINGS, ConfigError, Setting, config_from_keywords
 from corral.config import Config as _Settings
+from corral.core.contract import ExitCode
 
 __all__ = ["Config", "Server", "run"]
 
@@ -107,7 +108,7 @@ def run(app: Any, **kwargs: Any) -> None:
         config = Config(app, **kwargs)
     except ConfigError as exc:
         print(f"corral: error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise SystemExit(ExitCode.CONFIG) from None
     Server(config).run()
 
 

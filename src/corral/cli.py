@@ -13,12 +13,9 @@ from typing import Any, TextIO
 
 from corral import __version__
 from corral.config import SETTINGS, Config, ConfigError, build_parser, format_value, load_config
+from corral.core.contract import ExitCode
 
-__all__ = ["COMMANDS", "EXIT_APP_ERROR", "EXIT_COMMAND_FAILED", "EXIT_CONFIG_ERROR", "format_config", "main"]
-
-EXIT_CONFIG_ERROR = 2
-EXIT_APP_ERROR = 3
-EXIT_COMMAND_FAILED = 1
+__all__ = ["COMMANDS", "format_config", "main"]
 
 _MISSING_APP = "APP: missing; give the application as MODULE:ATTRIBUTE, e.g. corral main:app (see --help)"
 
@@ -68,11 +65,11 @@ def _check_app(cfg: Config) -> int:
         configure_logging(cfg)  # the log files open and any logging config applies
         server_context(cfg)  # certificate and key files exist, parse and match
     except (LogConfigError, TLSConfigError) as exc:
-        return _error(str(exc), EXIT_CONFIG_ERROR, sys.stderr)
+        return _error(str(exc), ExitCode.CONFIG, sys.stderr)
     try:
         load_app(cfg.app, factory=cfg.factory, app_dir=cfg.app_dir, interface=cfg.interface)
     except AppLoadError as exc:
-        return _error(str(exc), EXIT_APP_ERROR, sys.stderr)
+        return _error(str(exc), ExitCode.APP, sys.stderr)
     print(f"corral: configuration OK; {cfg.app} loads")
     return 0
 
@@ -93,17 +90,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args)
     except ConfigError as exc:
-        return _error(str(exc), EXIT_CONFIG_ERROR, sys.stderr)
+        return _error(str(exc), ExitCode.CONFIG, sys.stderr)
     for warning in cfg.warnings:
         print(f"corral: warning: {warning}", file=sys.stderr)
     if cfg.print_config:
         print(format_config(cfg))
     if cfg.check_config:
-        return _check_app(cfg) if cfg.app else _error(_MISSING_APP, EXIT_CONFIG_ERROR, sys.stderr)
+        return _check_app(cfg) if cfg.app else _error(_MISSING_APP, ExitCode.CONFIG, sys.stderr)
     if cfg.print_config:
         return 0
     if not cfg.app:
-        return _error(_MISSING_APP, EXIT_CONFIG_ERROR, sys.stderr)
+        return _error(_MISSING_APP, ExitCode.CONFIG, sys.stderr)
     from corral.master.arbiter import run  # imported late: config errors must not pay for the server import
 
     start_cwd = os.getcwd()  # HUP re-reads relative paths (-c FILE) from here, even after chdir
@@ -162,17 +159,17 @@ def _run_command(command: str, argv: list[str]) -> int:
     try:
         options, rest = _command_options(command, argv)
     except _UsageError as exc:
-        return _error(str(exc), EXIT_CONFIG_ERROR, sys.stderr)
+        return _error(str(exc), ExitCode.CONFIG, sys.stderr)
     if options["help"]:
         print(f"usage: {_COMMAND_USAGE[command]}\n{_SERVER_OPTIONS}")
         return 0
     try:
         cfg = load_config(rest)
     except ConfigError as exc:
-        return _error(str(exc), EXIT_CONFIG_ERROR, sys.stderr)
+        return _error(str(exc), ExitCode.CONFIG, sys.stderr)
     if cfg.app and cfg.app_source == "command line":
         return _error(f"corral {command}: unexpected argument {cfg.app!r} (see corral {command} --help)",
-                      EXIT_CONFIG_ERROR, sys.stderr)  # fmt: skip
+                      ExitCode.CONFIG, sys.stderr)  # fmt: skip
     try:
         if command == "status":
             print(client.status(cfg, as_json=options["json"]))
@@ -182,7 +179,7 @@ def _run_command(command: str, argv: list[str]) -> int:
             print(client.scale(cfg, options["workers"], timeout=options["timeout"]))
     except client.NotConfigured as exc:
         hint = f"; an app module named {command!r} is served with corral {command}:ATTRIBUTE"
-        return _error(f"{exc}{hint}", EXIT_CONFIG_ERROR, sys.stderr)
+        return _error(f"{exc}{hint}", ExitCode.CONFIG, sys.stderr)
     except client.CommandError as exc:
-        return _error(str(exc), EXIT_COMMAND_FAILED, sys.stderr)
+        return _error(str(exc), ExitCode.FAILED, sys.stderr)
     return 0

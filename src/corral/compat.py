@@ -6,6 +6,8 @@ only adds what differs from Gunicorn where corral implements the setting, and th
 
 from __future__ import annotations
 
+from corral.core.contract import MasterSignal
+
 __all__ = ["GUNICORN_SETTINGS", "SETTING_DIFFERENCES", "SIGNALS"]
 
 # Every setting of Gunicorn 23, in its documentation's order.
@@ -95,20 +97,21 @@ SETTING_DIFFERENCES: dict[str, str] = {
     "with its traceback and the server carries on.",
 }
 
-# (signal, what Gunicorn does, what corral does)
-SIGNALS: tuple[tuple[str, str, str], ...] = (
-    ("TERM", "Graceful shutdown.",
+# (signals, what Gunicorn does, what corral does); every MasterSignal but CHLD, each once.
+SIGNALS: tuple[tuple[tuple[MasterSignal, ...], str, str], ...] = (
+    ((MasterSignal.TERM,), "Graceful shutdown.",
      "The same, after `drain_delay` (readiness reports draining first); each worker also waits for app work "
      "still running after its response (background tasks), up to `graceful_timeout`."),
-    ("INT, QUIT", "Quick shutdown.", "The same; lifespan shutdown still runs, for up to 2 s."),
-    ("HUP", "Reload the config, start new workers, stop the old ones gracefully.",
+    ((MasterSignal.INT, MasterSignal.QUIT), "Quick shutdown.",
+     "The same; lifespan shutdown still runs, for up to 2 s."),
+    ((MasterSignal.HUP,), "Reload the config, start new workers, stop the old ones gracefully.",
      "The same, new-before-old: old workers stop only once their successors are READY, and a deploy whose "
      "workers fail to boot is rolled back (the old workers keep serving)."),
-    ("TTIN / TTOU", "One worker more / fewer.", "The same."),
-    ("USR1", "Reopen the log files.", "The same."),
-    ("USR2", "Binary upgrade: exec a new master on the same sockets.",
+    ((MasterSignal.TTIN, MasterSignal.TTOU), "One worker more / fewer.", "The same."),
+    ((MasterSignal.USR1,), "Reopen the log files.", "The same."),
+    ((MasterSignal.USR2,), "Binary upgrade: exec a new master on the same sockets.",
      "The same (`pre_exec` hook, `<pidfile>.2`); the sockets travel in `CORRAL_FDS`."),
-    ("WINCH", "Stop the workers gracefully (when daemonized).",
+    ((MasterSignal.WINCH,), "Stop the workers gracefully (when daemonized).",
      "Stops the old master's workers during a binary upgrade; ignored otherwise, since a terminal sends it on "
      "every resize."),
 )  # fmt: skip

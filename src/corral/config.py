@@ -147,7 +147,7 @@ def _to_float(raw: Any) -> float:
     raise ValueError(f"expected a number, got {raw!r}")
 
 
-def integer(minimum: int | None = None, maximum: int | None = None) -> Validator:
+def integer(minimum: int | None = None, maximum: int | None = None) -> Callable[[Any], int]:
     def validate(raw: Any) -> int:
         value = _to_int(raw)
         if minimum is not None and value < minimum:
@@ -195,7 +195,7 @@ def optional_string(raw: Any) -> str | None:
     return None if raw is None else string(raw)
 
 
-def choice(*options: str, aliases: Mapping[str, str] | None = None) -> Validator:
+def choice(*options: str, aliases: Mapping[str, str] | None = None) -> Callable[[Any], str]:
     def validate(raw: Any) -> str:
         text = string(raw).lower()
         text = (aliases or {}).get(text, text)
@@ -498,7 +498,7 @@ def hook(*arities: int) -> Validator:
     def validate(raw: Any) -> Callable[..., Any] | None:
         if raw is None:
             return None
-        func = _import_callable(raw.strip()) if isinstance(raw, str) else raw
+        func: object = _import_callable(raw.strip()) if isinstance(raw, str) else raw
         if not callable(func):
             raise ValueError(f"expected a function, got {raw!r}")
         if not any(_accepts(func, arity) for arity in arities):

@@ -20,6 +20,7 @@ from corral.config import (
     Setting,
     format_value,
 )
+from corral.core.contract import MasterSignal
 from corral.uvicorn_compat import UVICORN_DIFFERENCES, UVICORN_OPTIONS
 
 __all__ = ["DEFAULT_OUTPUT", "PAGES", "main", "render_migrating", "render_settings", "render_uvicorn"]
@@ -151,10 +152,14 @@ def _gunicorn_status(setting: Setting) -> tuple[str, str]:
     return ("different", difference) if difference else ("same", "")
 
 
+def _signal_names(signals: tuple[MasterSignal, ...]) -> str:
+    return " / ".join(sig.name for sig in signals)
+
+
 def render_migrating() -> str:
     """The whole docs/migrating-from-gunicorn.md text."""
     lines = [_MIGRATING_INTRO.rstrip("\n")]
-    lines += [f"| {name} | {_cell(gunicorn)} | {_cell(corral)} |" for name, gunicorn, corral in SIGNALS]
+    lines += [f"| {_signal_names(sigs)} | {_cell(gunicorn)} | {_cell(corral)} |" for sigs, gunicorn, corral in SIGNALS]
     lines += [
         "",
         "## Settings",

@@ -320,7 +320,7 @@ class Handle:
 
     pid: int
     started: float = 0.0
-    retire_reason: str | None = None
+    retire_reason: RestartReason | None = None
     boot_failed: str | None = None
     ready: bool = True
     stopping: bool = False
@@ -331,9 +331,10 @@ class Handle:
     [
         (Handle(1), -9, RestartReason.CRASH),
         (Handle(1), 1, RestartReason.CRASH),
-        (Handle(1, retire_reason="max_requests", stopping=True), 0, RestartReason.MAX_REQUESTS),
-        (Handle(1, retire_reason="timeout", stopping=True), -6, RestartReason.TIMEOUT),
-        (Handle(1, retire_reason="reload failed", ready=False, stopping=True), 0, RestartReason.BOOT_FAILURE),
+        (Handle(1, retire_reason=RestartReason.MAX_REQUESTS, stopping=True), 0, RestartReason.MAX_REQUESTS),
+        (Handle(1, retire_reason=RestartReason.TIMEOUT, stopping=True), -6, RestartReason.TIMEOUT),
+        (Handle(1, retire_reason=RestartReason.BOOT_FAILURE, ready=False, stopping=True), 0,
+         RestartReason.BOOT_FAILURE),
         (Handle(1, ready=False), 3, RestartReason.BOOT_FAILURE),
         (Handle(1, ready=False, boot_failed="boot_timeout", stopping=True), -9, RestartReason.BOOT_FAILURE),
         (Handle(1, stopping=True), 0, None),  # the server is shutting down: no restart
@@ -357,7 +358,7 @@ def test_a_crashed_worker_hands_its_reason_to_the_next_start(board: Scoreboard) 
 
 def test_a_recycled_workers_successor_gets_its_reason_once(board: Scoreboard) -> None:
     monitor = monitor_on(board)
-    old, other = Handle(10, started=1.0, retire_reason="memory"), Handle(11, started=2.0)
+    old, other = Handle(10, started=1.0, retire_reason=RestartReason.MEMORY), Handle(11, started=2.0)
     assert monitor.spawn_reason([other, old], reloading=False, ever_ready=True) is RestartReason.MEMORY
     old.stopping = True
     monitor.worker_exited(old, 0)  # its successor started already: nothing left to hand on
@@ -367,7 +368,7 @@ def test_a_recycled_workers_successor_gets_its_reason_once(board: Scoreboard) ->
 def test_reload_scale_down_and_shutdown_leave_nothing_for_later_starts(board: Scoreboard) -> None:
     monitor = monitor_on(board)
     assert monitor.spawn_reason([], reloading=True, ever_ready=True) is RestartReason.RELOAD
-    for reason in ("reload", "scale", "upgrade"):
+    for reason in (RestartReason.RELOAD, RestartReason.SCALE, RestartReason.UPGRADE):
         monitor.worker_exited(Handle(20, retire_reason=reason, stopping=True), 0)
     monitor.worker_exited(Handle(21, stopping=True), 0)
     assert monitor.spawn_reason([], reloading=False, ever_ready=False) is RestartReason.START

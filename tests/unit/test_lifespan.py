@@ -175,14 +175,32 @@ def test_auto_mode_serves_an_app_that_raises_on_the_lifespan_scope(caplog):
     assert lifespan.state == {}
 
 
-def test_auto_mode_serves_an_app_that_returns_on_the_lifespan_scope():
-    lifespan = Lifespan(app_ignoring_lifespan, "auto", LOGGER)
+def test_auto_mode_serves_an_app_that_returns_on_the_lifespan_scope(caplog):
+    caplog.set_level(logging.DEBUG, logger=LOGGER.name)
+    scopes = []
+
+    async def app(scope, receive, send):
+        scopes.append(scope["type"])
+        await app_ignoring_lifespan(scope, receive, send)
+
+    lifespan = Lifespan(app, "auto", LOGGER)
+    outcomes = []
 
     async def scenario():
-        await lifespan.startup()
+        await lifespan.startup()  # a LifespanFailure here would stop the worker from serving
+        outcomes.append("started")
         await lifespan.shutdown()
+        outcomes.append("stopped")
 
     run(scenario())
+
+    assert outcomes == ["started", "stopped"]
+    assert scopes == ["lifespan"]  # called once; no second call for shutdown
+    [record] = [record for record in caplog.records if record.levelno >= logging.INFO]
+    assert record.levelno == logging.INFO
+    assert "serving it without startup and shutdown events" in record.getMessage()
+    assert "it returned without using receive or send" in record.getMessage()
+    assert lifespan.state == {}
 
 
 def test_on_mode_fails_startup_for_an_app_that_raises_on_the_lifespan_scope():

@@ -19,6 +19,7 @@ import ctypes
 import gc
 import logging
 import os
+import select
 import signal
 import socket
 import sys
@@ -29,6 +30,7 @@ from typing import Any, NoReturn
 
 from corral.admin.app_metrics import AppMetricsDir
 from corral.admin.identity import start_ticks
+from corral.core.contract import MASTER_SIGNALS
 from corral.master.privileges import Identity, drop_privileges
 from corral.master.scoreboard import Scoreboard
 from corral.master.sockets import BindError, create_listeners, describe
@@ -47,11 +49,6 @@ MAX_BACKOFF = 30.0
 STABLE_AFTER = 10.0  # an admin process that lived this long resets the back-off
 BIND_RETRY = 1.0
 _PR_SET_PDEATHSIG = 1
-# The master's signals: a fresh child must not keep its handlers or its blocked mask.
-_MASTER_SIGNALS = (
-    signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU,
-    signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH, signal.SIGCHLD,
-)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -141,13 +138,13 @@ class AdminProcess:
         )  # fmt: skip
         # As for workers: signals stay blocked across fork, so none lands in the child's copy of the master's
         # handlers before it has reset them.
-        signal.pthread_sigmask(signal.SIG_BLOCK, _MASTER_SIGNALS)
+        signal.pthread_sigmask(signal.SIG_BLOCK, MASTER_SIGNALS)
         try:
             pid = os.fork()
             if pid == 0:
                 self._become_admin(launch)
         finally:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, _MASTER_SIGNALS)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, MASTER_SIGNALS)
         self.pid = pid
         self.started_at = time.monotonic()
         self.log.debug("Started the admin process pid %d", pid)
@@ -196,12 +193,8 @@ class AdminProcess:
         if self.pid:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, signal.SIGTERM)
-            deadline = time.monotonic() + STOP_GRACE
-            while self.pid and time.monotonic() < deadline:
-                if self._reaped_now():
-                    break
-                time.sleep(0.01)
-            if self.pid:
+            _wait_for_exit(self.pid, STOP_GRACE)
+            if not self._reaped_now():
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(self.pid, signal.SIGKILL)
                 with contextlib.suppress(ChildProcessError):
@@ -221,13 +214,31 @@ class AdminProcess:
         return pid != 0
 
 
+def _wait_for_exit(pid: int, timeout: float) -> None:
+    """Block until child `pid` exits or `timeout` passes, woken by the exit itself (its pidfd turns readable);
+    the caller reaps it."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return  # gone already
+    except OSError:  # a kernel before 5.3: one bounded wait, then the caller's SIGKILL
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
+            time.sleep(0.01)
+        return
+    try:
+        select.select([fd], [], [], timeout)
+    finally:
+        os.close(fd)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The child's side
 
 
 def serve_admin(launch: AdminLaunch) -> int:
     """Run in the admin child after fork: serve until TERM (or the master is gone); the exit status."""
-    for sig in _MASTER_SIGNALS:
+    for sig in MASTER_SIGNALS:
         signal.signal(sig, signal.SIG_DFL)
     # ^C in a terminal reaches the whole process group: the master stops this process itself, last.
     signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import signal
 import socket
 import time
 from collections.abc import Callable
@@ -19,6 +18,7 @@ from typing import Any
 
 from corral.admin.identity import master_problem, pidfile_problem
 from corral.admin.status import format_status
+from corral.core.contract import MasterSignal
 from corral.master.sockets import BindError, parse_bind
 
 __all__ = ["CommandError", "NotConfigured", "fetch_status", "master_pid", "reload", "scale", "status"]
@@ -147,7 +147,7 @@ def _check_signallable(pid: int, pidfile: str | None) -> None:
 def reload(cfg: Any) -> str:
     """HUP the master: it re-reads its configuration and replaces every worker, new ones READY first."""
     pid = master_pid(cfg)
-    os.kill(pid, signal.SIGHUP)
+    os.kill(pid, MasterSignal.HUP)
     return f"corral: sent HUP to the master (pid {pid}): rolling reload started; corral status follows it"
 
 
@@ -172,7 +172,7 @@ def scale(
     for _ in range(abs(workers - start) + 1):
         if target == workers:
             return f"corral: target {start} -> {workers} workers (the master is on it; corral status shows the pool)"
-        send(pid, signal.SIGTTIN if workers > target else signal.SIGTTOU)
+        send(pid, MasterSignal.TTIN if workers > target else MasterSignal.TTOU)
         target = _wait_for_new_target(address, target, deadline, fetch)
     raise CommandError(f"scale: the target is {target}, not {workers}: did someone else change it meanwhile?")
 

@@ -20,26 +20,14 @@ from typing import Any
 from corral.admin.app_metrics import AppMetricsDir
 from corral.admin.backlog import listen_queue
 from corral.admin.child import AdminProcess
+from corral.core.contract import BOOT_FAILURES, RestartReason
 from corral.master.privileges import Identity
-from corral.master.scoreboard import RestartReason, Scoreboard
+from corral.master.scoreboard import Scoreboard
 from corral.master.sockets import describe
 from corral.master.statsd import StatsdClient, parse_statsd_address
 
 __all__ = ["Monitor", "exit_reason", "listener_name"]
 
-# The arbiter's retire reasons, by name.
-_RETIRE_REASONS = {
-    "timeout": RestartReason.TIMEOUT,
-    "max_requests": RestartReason.MAX_REQUESTS,
-    "memory": RestartReason.MEMORY,
-    "lifetime": RestartReason.LIFETIME,
-    "reload": RestartReason.RELOAD,
-    "scale": RestartReason.SCALE,
-    "upgrade": RestartReason.UPGRADE,
-    "reload failed": RestartReason.BOOT_FAILURE,
-}
-# Worker exit statuses that mean "could not boot" (worker/process.py): the app import, lifespan startup.
-_BOOT_FAILURE_CODES = frozenset({3, 4})
 # Workers the arbiter replaces one by one: it starts a successor as soon as it marks one of them. (A reload
 # starts a new generation whatever the old workers do; scale-down and upgrade shrink the pool.)
 _REPLACED = frozenset({RestartReason.TIMEOUT, RestartReason.MAX_REQUESTS, RestartReason.MEMORY, RestartReason.LIFETIME})
@@ -59,9 +47,10 @@ def listener_name(sock: socket.socket) -> str:
 
 def exit_reason(worker: Any, code: int) -> RestartReason | None:
     """Why a worker the arbiter reaped ended (None: the server is shutting down, not a restart)."""
-    if worker.retire_reason is not None:
-        return _RETIRE_REASONS.get(worker.retire_reason, RestartReason.CRASH)
-    if worker.boot_failed is not None or (not worker.ready and code in _BOOT_FAILURE_CODES):
+    retired: RestartReason | None = worker.retire_reason
+    if retired is not None:
+        return retired
+    if worker.boot_failed is not None or (not worker.ready and code in BOOT_FAILURES):
         return RestartReason.BOOT_FAILURE
     if worker.stopping:
         return None
@@ -176,10 +165,10 @@ class Monitor:
             if now - when <= _PENDING_FOR:
                 return reason
         for worker in sorted(workers, key=lambda w: w.started):
-            reason = _RETIRE_REASONS.get(worker.retire_reason) if worker.retire_reason else None
-            if reason in _REPLACED and worker.pid not in self.succeeded:
+            retired: RestartReason | None = worker.retire_reason
+            if retired in _REPLACED and worker.pid not in self.succeeded:
                 self.succeeded.add(worker.pid)
-                return reason
+                return retired
         if reloading:
             return RestartReason.RELOAD
         return RestartReason.SCALE if ever_ready else RestartReason.START

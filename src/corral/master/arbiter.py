@@ -26,6 +26,7 @@ from typing import Any
 
 from corral.admin.app_metrics import AppMetricsDir, prepare_app_metrics
 from corral.admin.monitor import Monitor
+from corral.core.contract import BOOT_FAILURES, MASTER_SIGNALS, ExitCode, MasterSignal, RestartReason
 from corral.hooks import HookFailed, ServerView, WorkerView, call_hook, run_on_starting
 from corral.master import log_output, sizing, upgrade
 from corral.master.pidfile import Pidfile, PidfileError
@@ -45,13 +46,6 @@ from corral.tls import TLSConfigError, server_context
 
 __all__ = ["Arbiter", "run"]
 
-EXIT_OK = 0
-EXIT_CONFIG = 2
-EXIT_APP = 3
-EXIT_HOOK = 1  # on_starting raised
-
-# Worker exit statuses (worker/process.py) that mean "could not boot": app import and lifespan startup.
-_BOOT_FAILURE_CODES = {3: "the app could not be imported", 4: "lifespan startup failed"}
 # After SIGABRT (timeout), how long the worker's faulthandler gets to print its traceback before SIGKILL.
 ABORT_GRACE = 2.0
 # Beyond graceful_timeout, how long a draining worker may take to exit before SIGKILL.
@@ -59,6 +53,10 @@ DRAIN_MARGIN = 5.0
 # Consecutive samples above max_worker_memory before a worker is replaced (RSS is noisy).
 MEMORY_STRIKES = 3
 MAX_BACKOFF = 10.0
+# The loop's wait when nothing is booting (signals, SIGCHLD included, end it at once), and while a worker
+# boots (READY is seen only by reading its slot).
+IDLE_WAIT = 0.5
+BOOT_POLL = 0.05
 # Workers dying after READY: this many within CRASH_WINDOW seconds is logged as a crash loop (once per window).
 CRASH_WINDOW = 10.0
 CRASH_LOOP_AT = 5
@@ -76,7 +74,7 @@ class WorkerHandle:
     max_requests: int
     lifetime_deadline: float | None = None
     ready: bool = False
-    retire_reason: str | None = None
+    retire_reason: RestartReason | None = None
     term_sent_at: float | None = None
     abort_sent_at: float | None = None
     kill_sent: bool = False
@@ -102,7 +100,7 @@ def run(cfg: Any, reload_config: Callable[[], Any] | None = None, *, app: Any = 
         logger = configure_logging(cfg)  # before anything is bound; the workers inherit it
     except LogConfigError as exc:
         print(f"corral: error: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+        return ExitCode.CONFIG
     log_output.guard_master_log()  # a log reader that stalls must never stall supervision
     server = ServerView(cfg, logger, os.getpid(), lambda: 0)
     start_cwd = os.getcwd()  # where a USR2 re-exec starts again, whatever chdir says
@@ -114,17 +112,17 @@ def run(cfg: Any, reload_config: Callable[[], Any] | None = None, *, app: Any = 
         run_on_starting(cfg, server)
     except OSError as exc:
         print(f"corral: error: {_one_line(exc)}", file=sys.stderr)
-        return EXIT_CONFIG
+        return ExitCode.CONFIG
     except HookFailed as exc:
         print(f"corral: error: {exc}", file=sys.stderr)
-        return EXIT_HOOK
+        return ExitCode.FAILED
     try:
         # Before binding: a bad certificate or key stops the start with nothing bound. In the master: it may
         # read key files that only root can, before the workers drop privileges.
         ssl_context = server_context(cfg)
     except TLSConfigError as exc:
         print(f"corral: error: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+        return ExitCode.CONFIG
     app_metrics: AppMetricsDir | None = None
     try:
         if cfg.reload:
@@ -142,7 +140,7 @@ def run(cfg: Any, reload_config: Callable[[], Any] | None = None, *, app: Any = 
         if app_metrics is not None:
             app_metrics.close()
         print(f"corral: error: {_one_line(exc)}", file=sys.stderr)
-        return EXIT_CONFIG
+        return ExitCode.CONFIG
     # A master started by a binary upgrade writes <pidfile>.2 until the old master is gone (Gunicorn's way).
     pidfile = Pidfile(cfg.pidfile + (".2" if upgrade_from else "")) if cfg.pidfile else None
     server.reexec_pid = 0
@@ -156,7 +154,7 @@ def run(cfg: Any, reload_config: Callable[[], Any] | None = None, *, app: Any = 
         )
     except PidfileError as exc:
         print(f"corral: error: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+        return ExitCode.CONFIG
     finally:
         if pidfile is not None:
             pidfile.unlink()
@@ -233,7 +231,7 @@ def _run_pool(
                 app = load_app(cfg.app, factory=cfg.factory, app_dir=cfg.app_dir, interface=cfg.interface)
         except AppLoadError as exc:
             print(f"corral: error: {exc}", file=sys.stderr)
-            return EXIT_APP
+            return ExitCode.APP
     arbiter = Arbiter(
         cfg,
         listeners,
@@ -317,7 +315,7 @@ class Arbiter:
         )
         if problem is not None:
             print(f"corral: error: {problem}", file=sys.stderr)
-            return EXIT_CONFIG
+            return ExitCode.CONFIG
         self._install_signals()
         set_title(self.cfg, "master")
         self.scoreboard.set_master(self.pid, MasterState.STARTING, self.generation)
@@ -349,10 +347,12 @@ class Arbiter:
                 self.systemd.close()
 
     def _next_timeout(self) -> float:
-        """Poll fast while something is in motion (boots, drains); otherwise sleep until the next tick."""
-        busy = any(not w.ready or w.stopping for w in self.workers.values())
+        """Poll fast while a worker boots: it says READY only in its scoreboard slot, which sends no signal.
+        Otherwise sleep until the next tick: a worker's exit wakes the loop (SIGCHLD), and the deadlines of
+        stopping workers (SIGKILL after a grace period) are coarse."""
+        booting = any(not w.ready and not w.stopping for w in self.workers.values())
         # Idle, half a second: replacement requests (max_requests) are seen soon, at no measurable cost.
-        return 0.05 if busy else 0.5
+        return BOOT_POLL if booting else IDLE_WAIT
 
     def _wait(self, timeout: float) -> None:
         self.monitor.turn(self.target, serving=self.stopping is None)  # the heartbeat /livez checks
@@ -383,10 +383,7 @@ class Arbiter:
 
     # --- signals --------------------------------------------------------------------------------
 
-    _HANDLED = (
-        signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU,
-        signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH, signal.SIGCHLD,
-    )  # fmt: skip
+    _HANDLED = MASTER_SIGNALS
 
     def _install_signals(self) -> None:
         os.set_blocking(self.wake_w, False)
@@ -402,7 +399,7 @@ class Arbiter:
 
     def _queue_signal(self, signum: int, frame: Any) -> None:
         # Only queue: the work happens in the loop, never inside a signal handler.
-        if len(self.signals) < 16 or signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+        if len(self.signals) < 16 or signum in (MasterSignal.TERM, MasterSignal.INT, MasterSignal.QUIT):
             self.signals.append(signum)
 
     def _handle_signals(self) -> None:
@@ -439,7 +436,7 @@ class Arbiter:
         self.log.info("Received TTOU: %d workers wanted", self.target)
         keepers = sorted(self._keepers(), key=lambda w: w.started, reverse=True)
         if len(keepers) > self.target:
-            keepers[0].retire_reason = "scale"
+            keepers[0].retire_reason = RestartReason.SCALE
 
     def _on_sighup(self) -> None:
         if self.systemd_report is not None:
@@ -503,7 +500,7 @@ class Arbiter:
         self.log.info("Received WINCH: stopping this (old) master's workers; the new master serves")
         self._set_target(0)
         for worker in self.workers.values():
-            worker.retire_reason = worker.retire_reason or "upgrade"
+            worker.retire_reason = worker.retire_reason or RestartReason.UPGRADE
 
     def _check_upgrade(self) -> None:
         """A new master of an upgrade takes over the pidfile once the old master is gone (we are re-parented)."""
@@ -683,7 +680,7 @@ class Arbiter:
         if worker.stopping and worker.boot_failed is None:
             self.log.info("Worker pid %d exited (%s)%s", worker.pid, cause, _reason_suffix(worker))
             return
-        boot_failure = worker.boot_failed or (None if worker.ready else _BOOT_FAILURE_CODES.get(code))
+        boot_failure = worker.boot_failed or (None if worker.ready else BOOT_FAILURES.get(code))
         if boot_failure is not None:
             self._boot_failed(worker, boot_failure)
             return
@@ -716,7 +713,7 @@ class Arbiter:
     def _boot_failed(self, worker: WorkerHandle, why: str) -> None:
         if not self.ever_ready:
             self.log.error("Worker pid %d failed to boot: %s; stopping (see the error above)", worker.pid, why)
-            self.exit_code = EXIT_APP
+            self.exit_code = ExitCode.APP
             self.stopping = "fast"
             return
         if self.rollout_from is not None and worker.generation == self.generation:
@@ -741,7 +738,7 @@ class Arbiter:
                 if worker.ready:
                     worker.generation = old  # it serves fine: keep it as part of the old pool
                 elif not worker.stopping:
-                    worker.retire_reason = "reload failed"
+                    worker.retire_reason = RestartReason.BOOT_FAILURE
                     self._terminate(worker)
         self.generation = old
         self.rollout_from = None
@@ -801,22 +798,22 @@ class Arbiter:
                 cfg.timeout,
             )
             worker.abort_sent_at = now
-            worker.retire_reason = "timeout"
+            worker.retire_reason = RestartReason.TIMEOUT
             self._send(worker, signal.SIGABRT)
 
     def _check_recycling(self, worker: WorkerHandle, snapshot: Any, now: float) -> None:
         cfg = self.cfg
         if snapshot.retire_requested:
-            worker.retire_reason = "max_requests"
+            worker.retire_reason = RestartReason.MAX_REQUESTS
         elif worker.lifetime_deadline is not None and now > worker.lifetime_deadline:
-            worker.retire_reason = "lifetime"
+            worker.retire_reason = RestartReason.LIFETIME
         elif cfg.max_worker_memory and snapshot.heartbeat != worker.last_rss_sample:
             worker.last_rss_sample = snapshot.heartbeat
             worker.memory_strikes = worker.memory_strikes + 1 if snapshot.rss > cfg.max_worker_memory else 0
             if worker.memory_strikes >= MEMORY_STRIKES:
-                worker.retire_reason = "memory"
+                worker.retire_reason = RestartReason.MEMORY
         if worker.retire_reason is not None:
-            self.log.info("Replacing worker pid %d (%s)", worker.pid, worker.retire_reason)
+            self.log.info("Replacing worker pid %d (%s)", worker.pid, worker.retire_reason.label)
 
     def _retire_what_capacity_allows(self) -> None:
         """TERM retirees while the READY workers left would still number at least the target."""
@@ -834,7 +831,7 @@ class Arbiter:
             if worker.ready:
                 serving -= 1
             if worker.retire_reason is None:
-                worker.retire_reason = "reload"
+                worker.retire_reason = RestartReason.RELOAD
             self._terminate(worker)
 
     def _finish_rollout(self) -> None:
@@ -875,7 +872,7 @@ class Arbiter:
         limit = (self.cfg.graceful_timeout + DRAIN_MARGIN) if graceful else 3.0
         deadline = time.monotonic() + limit
         while self.workers and time.monotonic() < deadline:
-            self._wait(0.05)
+            self._wait(min(IDLE_WAIT, deadline - time.monotonic()))  # a worker's exit (SIGCHLD) wakes it
             self._handle_signals()
             if self.stopping == "fast" and graceful:
                 graceful = False
@@ -890,14 +887,14 @@ class Arbiter:
         self.monitor.stop()  # last: /readyz said 503 throughout the drain
         self.scoreboard.close()
         self.log.info("Master exiting")
-        return self.exit_code if self.exit_code is not None else EXIT_OK
+        return self.exit_code if self.exit_code is not None else ExitCode.OK
 
     def _drain_delay(self, seconds: float) -> None:
         """Keep serving while load balancers notice the drain (readiness already reports it)."""
         self.log.info("Draining: still serving for drain_delay (%g s)", seconds)
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline and self.stopping == "graceful":
-            self._wait(min(0.1, deadline - time.monotonic()))
+            self._wait(min(IDLE_WAIT, deadline - time.monotonic()))
             self._handle_signals()
             self._reap()
 
@@ -906,7 +903,7 @@ class Arbiter:
         while self.workers and time.monotonic() < deadline:
             self._reap()
             if self.workers:
-                time.sleep(0.02)
+                self._wait(min(IDLE_WAIT, deadline - time.monotonic()))  # SIGCHLD wakes it
 
     # --- talking to workers ---------------------------------------------------------------------
 
@@ -943,4 +940,4 @@ def _reached_ready(worker: WorkerHandle) -> bool:
 
 
 def _reason_suffix(worker: WorkerHandle) -> str:
-    return f" after retirement: {worker.retire_reason}" if worker.retire_reason else ""
+    return f" after retirement: {worker.retire_reason.label}" if worker.retire_reason else ""

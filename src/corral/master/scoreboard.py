@@ -88,7 +88,6 @@ at all, and stays monotonic across worker replacements (Prometheus takes any dec
 
 from __future__ import annotations
 
-import enum
 import itertools
 import mmap
 import struct
@@ -97,6 +96,8 @@ from bisect import bisect_left
 from dataclasses import dataclass, field
 from time import perf_counter_ns
 from typing import Any, NamedTuple
+
+from corral.core.contract import MasterState, RestartReason, WorkerState
 
 __all__ = [
     "DEFAULT_LATENCY_BOUNDS",
@@ -123,38 +124,6 @@ __all__ = [
     "WorkerState",
     "check_latency_bounds",
 ]
-
-
-class WorkerState(enum.IntEnum):
-    EMPTY = 0
-    BOOTING = 1
-    READY = 2
-    RETIRING = 3
-    DRAINING = 4
-
-
-class MasterState(enum.IntEnum):
-    STARTING = 0
-    RUNNING = 1
-    RELOADING = 2
-    DRAINING = 3
-    STOPPING = 4
-
-
-class RestartReason(enum.IntEnum):
-    """Why a worker was stopped or replaced (the header counts them), and why a worker was started (its slot
-    says). START is no restart: the pool's first workers."""
-
-    START = 0
-    CRASH = 1
-    TIMEOUT = 2
-    MAX_REQUESTS = 3
-    MEMORY = 4
-    LIFETIME = 5
-    RELOAD = 6
-    SCALE = 7
-    UPGRADE = 8
-    BOOT_FAILURE = 9
 
 
 # Request methods counted one by one; everything else is "other". A fixed set: labels must stay bounded.

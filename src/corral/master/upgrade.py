@@ -15,6 +15,8 @@ import socket
 import sys
 from collections.abc import Callable, MutableMapping
 
+from corral.core.contract import MASTER_SIGNALS, ExitCode
+
 __all__ = ["FDS_ENV", "UPGRADE_FROM_ENV", "exec_new_master", "inherited_listeners", "upgrade_parent"]
 
 FDS_ENV = "CORRAL_FDS"
@@ -47,7 +49,7 @@ def exec_new_master(
         # The master blocks its signals around fork; exec keeps the mask, and a new master that starts with
         # TERM blocked could never be stopped.
         signal.pthread_sigmask(signal.SIG_SETMASK, set())
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGCHLD):
+        for sig in MASTER_SIGNALS:
             signal.signal(sig, signal.SIG_DFL)
         signal.set_wakeup_fd(-1)
         environ = {k: v for k, v in os.environ.items() if k not in _NOT_INHERITED}
@@ -66,7 +68,7 @@ def exec_new_master(
     except BaseException as exc:  # the exec failed: tell the old master's log and go; it keeps serving
         with contextlib.suppress(Exception):
             print(f"corral: error: binary upgrade: could not exec a new master: {exc}", file=sys.stderr, flush=True)
-    os._exit(1)
+    os._exit(ExitCode.FAILED)
 
 
 def inherited_listeners(environ: MutableMapping[str, str] | None = None) -> list[socket.socket] | None:

@@ -1,6 +1,6 @@
 """A worker process from fork to exit: signals, tracebacks on SIGABRT, process title, app, event loop.
 
-The exit status tells the master why a worker ended (see `EXIT_*`); the master turns those into log lines,
+The exit status tells the master why a worker ended (see `WorkerExit`); the master turns those into log lines,
 boot-failure decisions and restart counts.
 """
 
@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
+from corral.core.contract import MASTER_SIGNALS, WorkerExit
 from corral.hooks import ServerView, WorkerView, call_hook
 from corral.http import eager
 from corral.http.request_hooks import with_request_hooks
@@ -27,18 +28,9 @@ from corral.master.privileges import Identity, drop_privileges
 from corral.master.scoreboard import MasterState, Scoreboard, Slot
 from corral.master.sockets import worker_listeners
 from corral.proctitle import set_title
-from corral.worker.server import EXIT_LIFESPAN, EXIT_OK, Worker, new_event_loop
+from corral.worker.server import Worker, new_event_loop
 
-__all__ = ["EXIT_APP_LOAD", "EXIT_CRASH", "EXIT_LIFESPAN", "EXIT_OK", "WorkerLaunch", "run_worker_process"]
-
-EXIT_APP_LOAD = 3
-EXIT_CRASH = 1
-
-# Signals the master handles; a fresh worker must not inherit its handlers or its blocked mask.
-_MASTER_SIGNALS = (
-    signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU,
-    signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH, signal.SIGCHLD,
-)  # fmt: skip
+__all__ = ["WorkerLaunch", "run_worker_process"]
 
 
 @dataclass(frozen=True)
@@ -60,11 +52,11 @@ class WorkerLaunch:
 
 def run_worker_process(launch: WorkerLaunch) -> NoReturn:
     """Run in the child after fork; never returns."""
-    code = EXIT_CRASH
+    code: int = WorkerExit.CRASH
     try:
         code = _serve(launch)
     except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else EXIT_CRASH
+        code = exc.code if isinstance(exc.code, int) else WorkerExit.CRASH
     except BaseException:
         logging.getLogger("corral.error").exception("Worker crashed")
     finally:
@@ -98,7 +90,7 @@ def _serve(launch: WorkerLaunch) -> int:
             app = load_app(cfg.app, factory=cfg.factory, app_dir=cfg.app_dir, interface=cfg.interface)
         except AppLoadError as exc:
             logger.error("Worker could not load the app: %s", exc)
-            return EXIT_APP_LOAD
+            return WorkerExit.APP_LOAD
     if view is not None:
         view.app = app
     call_hook(cfg, "post_worker_init", view, log=logger)
@@ -144,7 +136,7 @@ def _serve(launch: WorkerLaunch) -> int:
         code = loop.run_until_complete(worker.serve())
     finally:
         loop.close()
-    return EXIT_LIFESPAN if code == EXIT_LIFESPAN else EXIT_OK
+    return WorkerExit.LIFESPAN if code == WorkerExit.LIFESPAN else WorkerExit.OK
 
 
 def _call_worker_abort_on_sigabrt(cfg: Any, view: WorkerView | None, logger: logging.Logger) -> None:
@@ -167,7 +159,7 @@ def _call_worker_abort_on_sigabrt(cfg: Any, view: WorkerView | None, logger: log
 
 
 def _reset_signals() -> None:
-    for sig in _MASTER_SIGNALS:
+    for sig in MASTER_SIGNALS:
         signal.signal(sig, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_SETMASK, set())
     signal.set_wakeup_fd(-1)

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from corral.core.contract import WorkerExit
 from corral.http.h1 import H1Protocol, ServerState
 from corral.http.proxy import ProxyTrust
 from corral.http.websocket import CLOSE_GOING_AWAY, CLOSE_SERVICE_RESTART, WebSocketSettings, close_websockets
@@ -28,10 +29,7 @@ from corral.tls import serving_options
 from corral.worker.drain import cancel_app_calls, wait_until_drained
 from corral.worker.lifespan import Lifespan, LifespanFailure
 
-__all__ = ["EXIT_LIFESPAN", "EXIT_OK", "Worker", "new_event_loop"]
-
-EXIT_OK = 0
-EXIT_LIFESPAN = 4
+__all__ = ["Worker", "new_event_loop"]
 
 # How often the coarse clock, the Date header, idle/slow connection checks, log flushing and the
 # heartbeat run.
@@ -106,10 +104,10 @@ class Worker:
             await lifespan.startup()
         except LifespanFailure as exc:
             self.logger.error("Application startup failed: %s", exc)
-            return EXIT_LIFESPAN
+            return WorkerExit.LIFESPAN
         if self.stop_requested.done():
             await lifespan.shutdown()
-            return EXIT_OK
+            return WorkerExit.OK
         self.access_log = AccessLog.open(
             access_log_target(cfg),
             cfg.access_log_format,
@@ -144,7 +142,7 @@ class Worker:
         if self.access_log is not None:
             self.access_log.close()
         self.logger.info("Shutdown complete")
-        return EXIT_OK
+        return WorkerExit.OK
 
     async def _fast_lifespan_shutdown(self, lifespan: Lifespan) -> None:
         """INT/QUIT: lifespan shutdown still runs, bounded so that it ends before the master's kill."""
