@@ -187,6 +187,19 @@ def process_tree(root: int) -> list[int]:
     return tree
 
 
+def child_pids(pid: int) -> list[int]:
+    """The living (not zombie) direct children of pid, sorted: a pre-fork server's workers."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = _stat_fields(int(entry.name))
+            if int(fields[1]) == pid and fields[0] != "Z":
+                found.append(int(entry.name))
+    return sorted(found)
+
+
 def cpu_ticks(pid: int) -> int:
     """utime + stime of every thread of pid, in clock ticks; 0 once it is gone."""
     try:

@@ -20,6 +20,8 @@ import threading
 import time
 from pathlib import Path
 
+import harness
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 BIN = Path(sys.executable).parent
@@ -57,17 +59,6 @@ def wait_ready(port: int, timeout: float = 30) -> bool:
     return False
 
 
-def children(pid: int) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid:
-                found.append(int(entry))
-    return sorted(found)
 
 
 def run_wrk(port: int, duration: int) -> str:
@@ -97,7 +88,7 @@ def measure(name: str, argv: list[str], port: int, reloads: int, duration: int) 
             print(f"{name}: did not start")
             return
         time.sleep(1)
-        before = children(proc.pid)
+        before = harness.child_pids(proc.pid)
 
         def send_hups() -> None:
             for _ in range(reloads):
@@ -109,7 +100,7 @@ def measure(name: str, argv: list[str], port: int, reloads: int, duration: int) 
         with_reloads = summarize(run_wrk(port, duration))
         hupper.join()
         time.sleep(3)
-        after = children(proc.pid)
+        after = harness.child_pids(proc.pid)
         steady = summarize(run_wrk(port, duration))
         print(f"{name}: {reloads} HUPs under load -> {with_reloads}")
         print(f"{name}: worker pids before {before}, after {after}")
