@@ -36,8 +36,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import harness
-
 __all__ = [
     "NGINX_TEMPLATE",
     "Fleet",
@@ -199,7 +197,7 @@ class Instance:
         return True
 
     def workers(self) -> set[int]:
-        return set(harness.child_pids(self.proc.pid)) if self.proc is not None else set()
+        return set(_children(self.proc.pid)) if self.proc is not None else set()
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -210,6 +208,17 @@ class Instance:
                 self.wait(10)
 
 
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry))
+    return found
 
 
 # --------------------------------------------------------------------------------------------------
