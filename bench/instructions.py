@@ -73,7 +73,8 @@ class _Transport(asyncio.Transport):
 async def _drive(test: str, requests: int) -> None:
     from bench.apps import app  # the app every benchmarked server runs
     from corral.http import eager
-    from corral.http.h1 import H1Protocol, ServerState
+    from corral.http.h1 import H1Protocol
+    from corral.http.state import ServerState
 
     eager.install()
     state = ServerState(loop=asyncio.get_running_loop(), app=app, logger=logging.getLogger("bench"))

@@ -19,9 +19,9 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from corral.core.scoreboard import DEFAULT_LATENCY_BOUNDS, check_latency_bounds
+from corral.core.sockets import parse_bind
 from corral.master.reloader import QUIET_PERIOD
-from corral.master.scoreboard import DEFAULT_LATENCY_BOUNDS, check_latency_bounds
-from corral.master.sockets import parse_bind
 from corral.master.statsd import parse_statsd_address, statsd_prefix, statsd_tags
 
 __all__ = [

@@ -15,7 +15,6 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from corral.admin.app import AdminApp
-from corral.admin.monitor import Monitor, exit_reason, listener_name
 from corral.admin.prometheus import BoardCollector, MemoryLimitCollector, metrics_registry, render_metrics
 from corral.admin.status import (
     LIVENESS_TIMEOUT,
@@ -26,7 +25,7 @@ from corral.admin.status import (
     readiness_problem,
     status_document,
 )
-from corral.master.scoreboard import (
+from corral.core.scoreboard import (
     ListenQueue,
     MasterState,
     RestartReason,
@@ -34,6 +33,7 @@ from corral.master.scoreboard import (
     WorkerCounters,
     WorkerState,
 )
+from corral.master.admin_monitor import Monitor, exit_reason, listener_name
 
 NOW = 1000.0
 NAMES = ["127.0.0.1:8000", "unix:/run/app.sock"]

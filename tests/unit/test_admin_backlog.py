@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from corral.admin.backlog import _parse_unix_reply, listen_queue
-from corral.master.scoreboard import ListenQueue
+from corral.core.scoreboard import ListenQueue
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="TCP_INFO and sock_diag are Linux's")
 

@@ -12,7 +12,7 @@ import pytest
 
 from corral.admin.app import AdminApp
 from corral.admin.child import shed_one
-from corral.master.scoreboard import MasterState, Scoreboard
+from corral.core.scoreboard import MasterState, Scoreboard
 
 NOW = 1000.0
 

@@ -9,9 +9,10 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from corral.core.scoreboard import METHODS, WorkerCounters
 from corral.http import eager
-from corral.http.h1 import H1Protocol, ServerState
-from corral.master.scoreboard import METHODS, WorkerCounters
+from corral.http.h1 import H1Protocol
+from corral.http.state import ServerState
 from tests.unit.fakes import FakeTransport
 
 eager.install()

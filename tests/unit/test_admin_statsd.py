@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from corral.master.scoreboard import (
+from corral.core.scoreboard import (
     ListenQueue,
     MasterState,
     RestartReason,

@@ -12,7 +12,7 @@ import pytest
 
 from corral.admin import app_metrics
 from corral.admin.app_metrics import ENV, AppMetricsError, prepare_app_metrics
-from corral.master.privileges import Identity
+from corral.core.privileges import Identity
 
 
 @pytest.fixture(autouse=True)

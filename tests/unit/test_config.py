@@ -19,7 +19,7 @@ from corral.config import (
     ConfigError,
     load_config,
 )
-from corral.master.sockets import BindAddress, parse_bind
+from corral.core.sockets import BindAddress, parse_bind
 
 # Gunicorn's documented settings (its settings page), every one of which corral must at least declare.
 HOOKS = [

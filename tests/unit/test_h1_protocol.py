@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from corral.http import eager
-from corral.http.h1 import H1Protocol, ServerState
+from corral.http.h1 import H1Protocol
+from corral.http.state import ServerState
 from tests.unit.fakes import FakeTransport
 
 eager.install()

@@ -17,7 +17,8 @@ import pytest
 
 from corral.config import request_id_header_value
 from corral.http import eager
-from corral.http.h1 import H1Protocol, ServerState
+from corral.http.h1 import H1Protocol
+from corral.http.state import ServerState
 from corral.logging import REQUEST_ID_MAX_LENGTH, AccessLog, RequestIds, compile_json_access_log
 from tests.unit.fakes import FakeTransport
 

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from corral.http import eager
-from corral.http.h1 import H1Protocol, ServerState
+from corral.http.h1 import H1Protocol
 from corral.http.proxy import ProxyTrust
 from corral.http.proxy_protocol import (
     V2_MAX_PAYLOAD,
@@ -23,6 +23,7 @@ from corral.http.proxy_protocol import (
     parse_proxy_header,
     starts_like_proxy_header,
 )
+from corral.http.state import ServerState
 from tests.unit.fakes import FakeTransport
 
 eager.install()

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from corral.master.scoreboard import (
+from corral.core.scoreboard import (
     DEFAULT_LATENCY_BOUNDS,
     HEADER_SIZE,
     LATENCY_BUCKETS,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from corral.master.sizing import (
+from corral.core.sizing import (
     CpuBudget,
     MemoryBudget,
     cap_by_memory,

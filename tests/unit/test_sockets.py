@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import socket
 
-from corral.master.sockets import systemd_listeners, worker_listeners
+from corral.core.sockets import systemd_listeners, worker_listeners
 
 
 def test_systemd_listeners_ignored_when_they_are_for_another_process() -> None:

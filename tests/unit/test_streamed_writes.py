@@ -8,7 +8,8 @@ from collections.abc import Callable
 
 from corral.http import eager
 from corral.http.asgi import HOLD_LIMIT
-from corral.http.h1 import H1Protocol, ServerState
+from corral.http.h1 import H1Protocol
+from corral.http.state import ServerState
 from tests.unit.fakes import FakeTransport
 
 eager.install()

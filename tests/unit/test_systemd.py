@@ -455,7 +455,7 @@ def test_status_lines_say_what_the_pool_is_doing(pool: PoolView, started: bool, 
 
 _ACTIVATE = """
 import json, os, socket, sys
-from corral.master.sockets import BindError, systemd_listeners
+from corral.core.sockets import BindError, systemd_listeners
 
 passed = json.loads(sys.argv[1])
 fds = [int(fd) for fd in sys.argv[2:]]

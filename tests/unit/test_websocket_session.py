@@ -19,7 +19,8 @@ from websockets.frames import Frame, Opcode
 from websockets.protocol import Protocol, Side
 
 from corral.http import eager
-from corral.http.h1 import H1Protocol, ServerState
+from corral.http.h1 import H1Protocol
+from corral.http.state import ServerState
 from corral.http.websocket import CLOSE_TIMEOUT, WebSocketSession, WebSocketSettings, close_websockets
 
 eager.install()

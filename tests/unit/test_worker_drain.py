@@ -8,7 +8,7 @@ from collections.abc import Awaitable
 
 import pytest
 
-from corral.http.h1 import ServerState
+from corral.http.state import ServerState
 from corral.worker.drain import cancel_app_calls, wait_until_drained
 
 

@@ -14,7 +14,8 @@ from wsgiref.validate import validator
 import pytest
 
 from corral.http import eager
-from corral.http.h1 import H1Protocol, ServerState
+from corral.http.h1 import H1Protocol
+from corral.http.state import ServerState
 from corral.http.wsgi import PIPE_HIGH_WATER, WSGIApp
 from tests.unit.fakes import FakeTransport
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from corral.admin.prometheus import CONTENT_TYPE, BoardCollector, metrics_registry, render_metrics
 from corral.admin.status import liveness_problem, readiness_problem, status_document
-from corral.master.scoreboard import BoardSnapshot
+from corral.core.scoreboard import BoardSnapshot
 
 __all__ = ["AdminApp"]
 

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from corral.master.privileges import Identity
+from corral.core.privileges import Identity
 
 __all__ = [
     "ENV",

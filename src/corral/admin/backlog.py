@@ -28,7 +28,7 @@ import os
 import socket
 import struct
 
-from corral.master.scoreboard import ListenQueue
+from corral.core.scoreboard import ListenQueue
 
 __all__ = ["listen_queue"]
 

@@ -31,9 +31,9 @@ from typing import Any, NoReturn
 from corral.admin.app_metrics import AppMetricsDir
 from corral.admin.identity import start_ticks
 from corral.core.contract import MASTER_SIGNALS
-from corral.master.privileges import Identity, drop_privileges
-from corral.master.scoreboard import Scoreboard
-from corral.master.sockets import BindError, create_listeners, describe
+from corral.core.privileges import Identity, drop_privileges
+from corral.core.scoreboard import Scoreboard
+from corral.core.sockets import BindError, create_listeners, describe
 from corral.proctitle import set_title
 
 __all__ = ["AdminLaunch", "AdminProcess", "serve_admin", "shed_one"]
@@ -281,13 +281,14 @@ class _AdminServer:
 
     async def serve(self) -> int:
         from corral.admin.app import AdminApp
-        from corral.http.h1 import H1Protocol, ServerState
-        from corral.master.scoreboard import WorkerCounters
+        from corral.core.scoreboard import WorkerCounters
+        from corral.http.h1 import H1Protocol
+        from corral.http.state import ServerState
 
         launch = self.launch
         self.loop.add_signal_handler(signal.SIGTERM, self._stop)
         from corral.admin.prometheus import MemoryLimitCollector
-        from corral.master.sizing import memory_budget
+        from corral.core.sizing import memory_budget
 
         extra: list[Any] = [MemoryLimitCollector(memory_budget().limit_bytes)]
         if launch.app_metrics is not None:

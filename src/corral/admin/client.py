@@ -19,7 +19,7 @@ from typing import Any
 from corral.admin.identity import master_problem, pidfile_problem
 from corral.admin.status import format_status
 from corral.core.contract import MasterSignal
-from corral.master.sockets import BindError, parse_bind
+from corral.core.sockets import BindError, parse_bind
 
 __all__ = ["CommandError", "NotConfigured", "fetch_status", "master_pid", "reload", "scale", "status"]
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from corral.master.sockets import BindError, parse_bind
+from corral.core.sockets import BindError, parse_bind
 
 __all__ = ["admin_socket_holder_problem", "master_problem", "pidfile_problem", "start_ticks"]
 

@@ -17,7 +17,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.utils import floatToGoString
 
 from corral.admin.status import liveness_problem, readiness_problem
-from corral.master.scoreboard import METHODS, BoardSnapshot, MasterState, RestartReason, WorkerState
+from corral.core.scoreboard import METHODS, BoardSnapshot, MasterState, RestartReason, WorkerState
 
 __all__ = [
     "CONTENT_TYPE",

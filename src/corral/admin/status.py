@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from corral.master.scoreboard import BoardSnapshot, MasterState, RestartReason, SlotSnapshot, WorkerState
+from corral.core.scoreboard import BoardSnapshot, MasterState, RestartReason, SlotSnapshot, WorkerState
 
 __all__ = [
     "LIVENESS_TIMEOUT",

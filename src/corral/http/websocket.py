@@ -27,7 +27,7 @@ from corral.http.flow import WriteFlowControl
 from corral.http.ws_handshake import Handshake, accept_response, denial_response
 
 if TYPE_CHECKING:
-    from corral.http.h1 import ServerState
+    from corral.http.state import ServerState
 
 __all__ = [
     "CLOSE_GOING_AWAY",
@@ -224,6 +224,10 @@ class WebSocketSession(WriteFlowControl):
         self.task.add_done_callback(self._app_finished)
 
     # --- transport events -----------------------------------------------------------------------
+
+    def is_idle(self) -> bool:
+        """Never: a WebSocket session is not shed to make room, as an idle keep-alive connection is."""
+        return False
 
     def data_received(self, data: bytes) -> None:
         size = len(data)

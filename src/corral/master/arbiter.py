@@ -25,21 +25,22 @@ from dataclasses import dataclass
 from typing import Any
 
 from corral.admin.app_metrics import AppMetricsDir, prepare_app_metrics
-from corral.admin.monitor import Monitor
+from corral.core import sizing
 from corral.core.contract import BOOT_FAILURES, MASTER_SIGNALS, ExitCode, MasterSignal, RestartReason
-from corral.hooks import HookFailed, ServerView, WorkerView, call_hook, run_on_starting
-from corral.master import log_output, sizing, upgrade
-from corral.master.pidfile import Pidfile, PidfileError
-from corral.master.privileges import Identity, resolve_identity
-from corral.master.reloader import Reloader, check_reload_setup, start_reloader
-from corral.master.scoreboard import MasterState, Scoreboard, Slot, WorkerState
-from corral.master.sockets import (
+from corral.core.privileges import Identity, resolve_identity
+from corral.core.scoreboard import MasterState, Scoreboard, Slot, WorkerState
+from corral.core.sockets import (
     BindError,
     create_listeners,
     describe,
     systemd_listeners,
     tcp_migrate_req_enabled,
 )
+from corral.hooks import HookFailed, ServerView, WorkerView, call_hook, run_on_starting
+from corral.master import log_output, upgrade
+from corral.master.admin_monitor import Monitor
+from corral.master.pidfile import Pidfile, PidfileError
+from corral.master.reloader import Reloader, check_reload_setup, start_reloader
 from corral.master.systemd import PoolView, SystemdNotifier, SystemdReporter
 from corral.proctitle import set_title
 from corral.tls import TLSConfigError, server_context

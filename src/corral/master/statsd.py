@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from corral.master.scoreboard import METHODS, BoardSnapshot, RestartReason, Totals, WorkerState
+from corral.core.scoreboard import METHODS, BoardSnapshot, RestartReason, Totals, WorkerState
 
 __all__ = [
     "DEFAULT_PORT",

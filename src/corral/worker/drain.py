@@ -12,7 +12,7 @@ import logging
 from typing import Any
 
 from corral.http.asgi import RequestCycle
-from corral.http.h1 import ServerState
+from corral.http.state import ServerState
 
 __all__ = ["cancel_app_calls", "describe_call", "wait_until_drained"]
 

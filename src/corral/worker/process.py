@@ -20,13 +20,13 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from corral.core.contract import MASTER_SIGNALS, WorkerExit
+from corral.core.privileges import Identity, drop_privileges
+from corral.core.scoreboard import MasterState, Scoreboard, Slot
+from corral.core.sockets import worker_listeners
 from corral.hooks import ServerView, WorkerView, call_hook
 from corral.http import eager
 from corral.http.request_hooks import with_request_hooks
 from corral.http.wsgi import serving_interface
-from corral.master.privileges import Identity, drop_privileges
-from corral.master.scoreboard import MasterState, Scoreboard, Slot
-from corral.master.sockets import worker_listeners
 from corral.proctitle import set_title
 from corral.worker.server import Worker, new_event_loop
 

@@ -18,13 +18,14 @@ from collections.abc import Callable
 from typing import Any
 
 from corral.core.contract import WorkerExit
-from corral.http.h1 import H1Protocol, ServerState
+from corral.core.scoreboard import Slot, WorkerCounters, WorkerState
+from corral.core.sizing import rss_bytes
+from corral.core.sockets import describe
+from corral.http.h1 import H1Protocol
 from corral.http.proxy import ProxyTrust
+from corral.http.state import ServerState
 from corral.http.websocket import CLOSE_GOING_AWAY, CLOSE_SERVICE_RESTART, WebSocketSettings, close_websockets
 from corral.logging import AccessLog, access_log_colors, access_log_target
-from corral.master.scoreboard import Slot, WorkerCounters, WorkerState
-from corral.master.sizing import rss_bytes
-from corral.master.sockets import describe
 from corral.tls import serving_options
 from corral.worker.drain import cancel_app_calls, wait_until_drained
 from corral.worker.lifespan import Lifespan, LifespanFailure

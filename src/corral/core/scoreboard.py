@@ -596,7 +596,8 @@ class Slot:
 
     @property
     def pid(self) -> int:
-        return _PID.unpack_from(self._buf, self._offset)[0]
+        pid: int = _PID.unpack_from(self._buf, self._offset)[0]
+        return pid
 
     @property
     def state(self) -> WorkerState:
@@ -604,7 +605,8 @@ class Slot:
 
     @property
     def heartbeat(self) -> float:
-        return _TIME.unpack_from(self._buf, self._heartbeat[0])[0]
+        heartbeat: float = _TIME.unpack_from(self._buf, self._heartbeat[0])[0]
+        return heartbeat
 
     @property
     def retire_requested(self) -> bool:

@@ -21,9 +21,9 @@ from corral.admin.app_metrics import AppMetricsDir
 from corral.admin.backlog import listen_queue
 from corral.admin.child import AdminProcess
 from corral.core.contract import BOOT_FAILURES, RestartReason
-from corral.master.privileges import Identity
-from corral.master.scoreboard import Scoreboard
-from corral.master.sockets import describe
+from corral.core.privileges import Identity
+from corral.core.scoreboard import Scoreboard
+from corral.core.sockets import describe
 from corral.master.statsd import StatsdClient, parse_statsd_address
 
 __all__ = ["Monitor", "exit_reason", "listener_name"]
