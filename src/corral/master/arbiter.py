@@ -27,6 +27,7 @@ from typing import Any
 from corral.admin.app_metrics import AppMetricsDir, prepare_app_metrics
 from corral.core import sizing
 from corral.core.contract import BOOT_FAILURES, MASTER_SIGNALS, ExitCode, MasterSignal, RestartReason
+from corral.core.open_files import raise_open_files_limit
 from corral.core.privileges import Identity, resolve_identity
 from corral.core.scoreboard import MasterState, Scoreboard, Slot, WorkerState
 from corral.core.sockets import (
@@ -90,6 +91,19 @@ class WorkerHandle:
         return self.term_sent_at is not None or self.abort_sent_at is not None or self.kill_sent
 
 
+def _raise_open_files_limit(worker_connections: int, logger: logging.Logger) -> None:
+    limit = raise_open_files_limit()
+    if limit.now != limit.before:
+        logger.debug("open-file limit raised from %d to %d", limit.before, limit.now)
+    if limit.shortfall(worker_connections):
+        logger.warning(
+            "the open-file limit (%d) is too low for worker_connections=%d: a worker may fail to accept "
+            "connections; raise it (systemd: LimitNOFILE=, docker: --ulimit nofile=)",
+            limit.now,
+            worker_connections,
+        )
+
+
 def run(cfg: Any, reload_config: Callable[[], Any] | None = None, *, app: Any = None) -> int:
     """Bind, start the pool and supervise it until told to stop; the exit status says how it ended.
 
@@ -103,6 +117,7 @@ def run(cfg: Any, reload_config: Callable[[], Any] | None = None, *, app: Any = 
         print(f"corral: error: {exc}", file=sys.stderr)
         return ExitCode.CONFIG
     log_output.guard_master_log()  # a log reader that stalls must never stall supervision
+    _raise_open_files_limit(cfg.worker_connections, logger)
     server = ServerView(cfg, logger, os.getpid(), lambda: 0)
     start_cwd = os.getcwd()  # where a USR2 re-exec starts again, whatever chdir says
     upgrade_from = upgrade.upgrade_parent()
