@@ -871,6 +871,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("body_timeout", "Security", 60.0, seconds(),
             "Close a connection whose request body sends nothing for this long while the app waits; 0: off.",
             cli=("--body-timeout",), metavar=_SECONDS),
+    Setting("send_timeout", "Security", 60.0, seconds(),
+            "Close a connection whose client reads nothing of its response for this long (writes blocked, or "
+            "unsent data left at close); 0: off.",
+            cli=("--send-timeout",), metavar=_SECONDS),
     Setting("strip_header_spaces", "Security", False, boolean,
             "Gunicorn's leniency for spaces before a header colon.",
             cli=("--strip-header-spaces",), kind="flag", ignored=_STRICT_PARSER),

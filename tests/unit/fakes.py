@@ -13,8 +13,10 @@ class FakeTransport(asyncio.Transport):
         super().__init__()
         self.written = bytearray()
         self.closed = False
+        self.aborted = False
         self.reading = True
         self.peer = peer
+        self.unsent = 0  # what a real transport would still hold for a client that is not reading
 
     def write(self, data: bytes) -> None:  # type: ignore[override]
         assert not self.closed, "write after close"
@@ -25,9 +27,13 @@ class FakeTransport(asyncio.Transport):
 
     def abort(self) -> None:
         self.closed = True
+        self.aborted = True
 
     def is_closing(self) -> bool:
         return self.closed
+
+    def get_write_buffer_size(self) -> int:
+        return self.unsent
 
     def pause_reading(self) -> None:
         self.reading = False

@@ -440,3 +440,77 @@ def test_header_timeout_zero_means_no_header_timeout() -> None:
         assert not h.transport.closed
 
     run(main())
+
+
+async def _endless(scope: dict, receive: Callable, send: Callable) -> None:
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    while True:
+        await send({"type": "http.response.body", "body": b"x" * 1024, "more_body": True})
+
+
+def test_a_response_the_client_does_not_read_is_cut_after_send_timeout() -> None:
+    async def main() -> None:
+        h = Harness(_endless, send_timeout=5.0)
+        h.protocol.pause_writing()  # the transport's buffer is full: the client reads nothing
+        h.feed(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        await h.settle()
+        blocked_at = h.protocol.write_blocked_since
+        h.protocol.check_timeouts(blocked_at + 4.0)
+        assert not h.transport.aborted
+        h.protocol.check_timeouts(blocked_at + 6.0)
+        assert h.transport.aborted  # aborted: a close would wait for the buffer to drain, i.e. for ever
+
+    run(main())
+
+
+def test_a_client_that_reads_slowly_but_steadily_is_not_cut() -> None:
+    async def main() -> None:
+        h = Harness(_endless, send_timeout=5.0)
+        h.protocol.pause_writing()
+        h.feed(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        start = h.protocol.write_blocked_since
+        h.protocol.resume_writing()  # the client took some: progress
+        h.protocol.pause_writing()  # before the app runs again, so its loop waits
+        await h.settle()
+        h.protocol.write_blocked_since = start + 4.0
+        h.protocol.check_timeouts(start + 8.0)  # 8 s since the first pause, 4 s since the last
+        assert not h.transport.aborted
+
+    run(main())
+
+
+def test_send_timeout_zero_never_cuts_a_client() -> None:
+    async def main() -> None:
+        h = Harness(_endless, send_timeout=0.0)
+        h.protocol.pause_writing()
+        h.feed(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        h.protocol.check_timeouts(h.protocol.write_blocked_since + 3600.0)
+        assert not h.transport.aborted
+
+    run(main())
+
+
+def test_a_connection_closed_with_unsent_output_stays_counted_until_it_is_gone() -> None:
+    async def main() -> None:
+        h = Harness(hello, send_timeout=5.0)
+        h.transport.unsent = 4096  # the client has not taken the end of the response
+        h.feed(b"GET /a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert h.transport.closed and not h.transport.aborted
+        # Still holding a descriptor and a buffer: counted against worker_connections, waited for by a drain.
+        assert h.protocol in h.state.connections
+        h.protocol.check_timeouts(h.protocol.write_blocked_since + 6.0)
+        assert h.transport.aborted
+        h.protocol.connection_lost(None)
+        assert h.protocol not in h.state.connections
+
+    run(main())
+
+
+def test_a_connection_closed_with_everything_sent_leaves_at_once() -> None:
+    async def main() -> None:
+        h = Harness(hello)
+        h.feed(b"GET /a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert h.transport.closed
+        assert h.protocol not in h.state.connections
+
+    run(main())

@@ -16,9 +16,13 @@ class WriteFlowControl(asyncio.Protocol):
     loop: asyncio.AbstractEventLoop
     writing_paused: bool
     drain_waiters: list[asyncio.Future[None]]
+    # Since when the client has taken none of our output (loop time): set when the transport pauses us, and by
+    # a protocol that closes with output still unsent. Rare paths only, so the clock read costs nothing.
+    write_blocked_since: float = 0.0
 
     def pause_writing(self) -> None:
         self.writing_paused = True
+        self.write_blocked_since = self.loop.time()
 
     def resume_writing(self) -> None:
         self.writing_paused = False

@@ -674,8 +674,16 @@ class H1Protocol(WriteFlowControl):
     def _close(self) -> None:
         if not self.closing:
             self.closing = True
-            self.state.connections.discard(self)
-            self.transport.close()
+            transport = self.transport
+            if transport.get_write_buffer_size():
+                # The close waits for the client to take the rest of the response: until connection_lost the
+                # connection still holds a descriptor and its buffer, so it stays counted (worker_connections,
+                # the drain) and swept (send_timeout).
+                if not self.writing_paused:
+                    self.write_blocked_since = self.loop.time()
+            else:
+                self.state.connections.discard(self)
+            transport.close()
 
     def in_flight(self) -> tuple[str, str, str, float] | None:
         """The request being answered, for diagnostics: (method, path, client, age in seconds)."""
@@ -698,8 +706,8 @@ class H1Protocol(WriteFlowControl):
             if given_up or self._drain_grace_over(now):
                 state.connections.discard(self)
             return
-        if self.closing:
-            return
+        if (self.closing or self.writing_paused) and (self._send_timed_out(now) or self.closing):
+            return  # a closing connection is here only while its unsent output waits for the client
         if self.cycle is not None or self.queue or self.unparsed:  # unparsed: requests wait for a slow reader
             self._check_body_timeout(now)
             return
@@ -711,6 +719,17 @@ class H1Protocol(WriteFlowControl):
             # pooled upstream connection), and closing it earlier than the keep-alive timeout would turn that
             # request into a reset. Its next request is answered with Connection: close instead.
             self._close()
+
+    def _send_timed_out(self, now: float) -> bool:
+        """Cut a client that reads none of its response: it would hold the connection, its buffered output and
+        (while writes are paused) the app's `send()` for ever. Aborted, not closed: close() would wait to flush."""
+        timeout = self.state.send_timeout
+        if not timeout or now - self.write_blocked_since <= timeout:
+            return False
+        if not self.closing:
+            self.state.logger.info("Closing a connection whose client read nothing for over %gs", timeout)
+        self.transport.abort()
+        return True
 
     def _check_body_timeout(self, now: float) -> None:
         """Cut a client that stopped sending a request body the app is waiting for."""

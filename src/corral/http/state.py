@@ -63,6 +63,7 @@ class ServerState:
         keepalive: float = 5.0,
         header_timeout: float = 10.0,
         body_timeout: float = 0.0,
+        send_timeout: float = 60.0,
         limit_request_line: int = 4094,
         limit_request_fields: int = 100,
         limit_request_field_size: int = 8190,
@@ -85,6 +86,7 @@ class ServerState:
         self.keepalive = keepalive
         self.header_timeout = header_timeout
         self.body_timeout = body_timeout
+        self.send_timeout = send_timeout
         # 0 means unlimited, as in Gunicorn.
         self.limit_request_line = limit_request_line or 1 << 62
         self.limit_request_fields = limit_request_fields or 1 << 62

@@ -175,6 +175,7 @@ class Worker:
             keepalive=cfg.keepalive,
             header_timeout=cfg.header_timeout,
             body_timeout=cfg.body_timeout,
+            send_timeout=cfg.send_timeout,
             limit_request_line=cfg.limit_request_line,
             limit_request_fields=cfg.limit_request_fields,
             limit_request_field_size=cfg.limit_request_field_size,
