@@ -418,7 +418,7 @@ def test_worker_class_and_threads_size_the_wsgi_pool_as_in_gunicorn(argv: list[s
     from corral.config import load_config
     from corral.http.wsgi import wsgi_threads
 
-    assert wsgi_threads(load_config([*argv, "app:app"], environ={})) == threads
+    assert wsgi_threads(load_config([*argv, "app:app"], environ={}).settings.worker) == threads
 
 
 def test_an_app_wrapped_by_wsgiref_validate_is_detected_as_wsgi() -> None:
