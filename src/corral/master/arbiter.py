@@ -793,7 +793,7 @@ class Arbiter:
             self.cpu_budget = None
 
     def _check_liveness(self, worker: WorkerHandle, snapshot: Any, now: float) -> None:
-        timeouts = self.timeouts.settings.worker
+        timeouts = self.cfg.settings.worker
         if worker.abort_sent_at is not None:
             if not worker.kill_sent and now - worker.abort_sent_at > ABORT_GRACE:
                 self._kill(worker)
