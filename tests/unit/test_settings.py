@@ -22,10 +22,8 @@ def test_the_committed_module_is_what_the_table_generates() -> None:
 
 
 def test_every_setting_is_a_field_of_its_sections_class_with_the_tables_type_and_no_default() -> None:
-    fields_by_class = {
-        section.class_name: {field.name: field for field in dataclasses.fields(vars(settings_module)[section.class_name])}
-        for section in SETTING_SECTIONS
-    }
+    classes = {section.class_name: vars(settings_module)[section.class_name] for section in SETTING_SECTIONS}
+    fields_by_class = {name: {field.name: field for field in dataclasses.fields(cls)} for name, cls in classes.items()}
     class_of = {section.title: section.class_name for section in SETTING_SECTIONS}
     for setting in SETTINGS:
         field = fields_by_class[class_of[setting.section]].pop(setting.name)
