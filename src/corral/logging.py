@@ -187,9 +187,9 @@ def setup_error_log(errorlog: str, loglevel: str, log_format: str = "text", *, c
     if log_format not in _LOG_FORMATS:
         raise ValueError(f"log_format: {log_format!r} is not one of {', '.join(_LOG_FORMATS)}")
     logger = logging.getLogger(ERROR_LOGGER)
-    for handler in _error_handlers:
-        logger.removeHandler(handler)
-        handler.close()
+    for previous in _error_handlers:
+        logger.removeHandler(previous)
+        previous.close()
     _error_handlers.clear()
     if errorlog in ("-", ""):
         handler: logging.Handler = logging.StreamHandler(sys.stderr)
@@ -246,7 +246,7 @@ class ColourFormatter(logging.Formatter):
 def _coloured(render: Render) -> Render:
     """An access line renderer whose lines are coloured by status class."""
 
-    def render_coloured(scope: dict, status: int, headers: Any, length: int | None, time_ns: int) -> str:
+    def render_coloured(scope: dict[str, Any], status: int, headers: Any, length: int | None, time_ns: int) -> str:
         line = render(scope, status, headers, length, time_ns)
         colour = _STATUS_COLOURS.get(status // 100)
         return f"{colour}{line}{_RESET}" if colour else line
@@ -446,7 +446,7 @@ _PIPE_BUF = getattr(os, "PIPE_BUF", None) or 4096
 # straight to the descriptor never wait in, or mix with, Python's text buffer.
 _STDOUT_FD = 1
 
-Render = Callable[[dict, int, "list[tuple[bytes, bytes]] | None", "int | None", int], str]
+Render = Callable[[dict[str, Any], int, "list[tuple[bytes, bytes]] | None", "int | None", int], str]
 
 
 class AccessLog:
@@ -511,7 +511,7 @@ class AccessLog:
 
     def log(
         self,
-        scope: dict,
+        scope: dict[str, Any],
         status: int,
         response_headers: list[tuple[bytes, bytes]],
         response_length: int | None,
@@ -599,7 +599,7 @@ class LoggedAccessLog(AccessLog):
 
     def log(
         self,
-        scope: dict,
+        scope: dict[str, Any],
         status: int,
         response_headers: list[tuple[bytes, bytes]],
         response_length: int | None,
@@ -754,24 +754,25 @@ def _pid_label() -> str:
     return _pid_text
 
 
-def _raw_path(scope: dict) -> bytes:
-    raw_path = scope.get("raw_path")
-    return raw_path if raw_path is not None else scope.get("path", "").encode("utf-8")
+def _raw_path(scope: dict[str, Any]) -> bytes:
+    raw_path: bytes | None = scope.get("raw_path")
+    path: str = scope.get("path", "")
+    return raw_path if raw_path is not None else path.encode("utf-8")
 
 
-def _protocol(scope: dict) -> str:
+def _protocol(scope: dict[str, Any]) -> str:
     version = scope.get("http_version", "1.1")
     return _PROTOCOLS.get(version) or f"HTTP/{version}"
 
 
-def _request_line(scope: dict) -> str:
+def _request_line(scope: dict[str, Any]) -> str:
     target = scope.get("raw_path")
     if target is None:  # raw_path is optional in ASGI
         target = scope.get("path", "").encode("utf-8")
     query = scope.get("query_string")
     if query:
         target += b"?" + query
-    protocol = _PROTOCOLS.get(scope.get("http_version")) or _protocol(scope)
+    protocol = _PROTOCOLS.get(scope.get("http_version", "")) or _protocol(scope)
     return f"{scope.get('method', 'GET')} {_text(target)} {protocol}"
 
 
@@ -842,18 +843,18 @@ def _json_request_id(value: bytes) -> str:
     return encode_basestring_ascii(value.decode("utf-8", "backslashreplace"))
 
 
-def _json_client(scope: dict) -> str:
+def _json_client(scope: dict[str, Any]) -> str:
     client = scope.get("client")
     return encode_basestring_ascii(str(client[0])) if client else "null"
 
 
-def _json_method(scope: dict) -> str:
+def _json_method(scope: dict[str, Any]) -> str:
     method = scope.get("method", "GET")
     return _JSON_METHODS.get(method) or encode_basestring_ascii(method)
 
 
-def _json_protocol(scope: dict) -> str:
-    return _JSON_PROTOCOLS.get(scope.get("http_version")) or encode_basestring_ascii(_protocol(scope))
+def _json_protocol(scope: dict[str, Any]) -> str:
+    return _JSON_PROTOCOLS.get(scope.get("http_version", "")) or encode_basestring_ascii(_protocol(scope))
 
 
 def _json_user(authorization: bytes | None) -> str:
@@ -899,7 +900,7 @@ def _format_iso_second(second: int) -> tuple[str, str]:
     return start, f'{sign}{hours:02d}:{minutes:02d}"'
 
 
-def _environ_text(scope: dict, key: str) -> str:
+def _environ_text(scope: dict[str, Any], key: str) -> str:
     """{name}e: the WSGI app's environ variable (the WSGI cycle puts its environ in the scope)."""
     environ = scope.get("wsgi.environ")
     value = environ.get(key) if environ is not None else None

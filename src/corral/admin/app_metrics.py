@@ -116,7 +116,7 @@ def _refresh_value_class() -> None:
     """prometheus_client picks in-process or multiprocess values when it is first imported. A config file that
     imported it before the variable was set (to write a child_exit hook, say) would leave a preloaded app's
     metrics in the master's memory, where no worker's count reaches the files: choose again."""
-    values = sys.modules.get("prometheus_client.values")
+    values: Any = sys.modules.get("prometheus_client.values")  # its ValueClass is set at import, untyped
     if values is not None:
         values.ValueClass = values.get_value_class()
 

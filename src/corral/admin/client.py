@@ -124,7 +124,9 @@ def master_pid(settings: Settings) -> int:
 def _verified_master(document: dict[str, Any], address: str) -> int:
     """The master's pid from a /status document, once verified to be the master that answered."""
     master = document.get("master") if isinstance(document, dict) else None
-    pid = master.get("pid") if isinstance(master, dict) else None
+    if not isinstance(master, dict):
+        master = {}
+    pid = master.get("pid")
     if not isinstance(pid, int) or isinstance(pid, bool):
         raise CommandError(f"the admin endpoint at {address} reports no master pid: not signalling anything")
     _refuse(master_problem(pid, master.get("start_ticks"), address))

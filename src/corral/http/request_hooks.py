@@ -67,7 +67,7 @@ class HookResponse:
 def wsgi_like_environ(scope: Scope) -> dict[str, Any]:
     """The WSGI environ keys post_request hooks read, from the ASGI scope (plus the scope itself); for a WSGI
     app, the very environ it was called with."""
-    wsgi_environ = scope.get("wsgi.environ")
+    wsgi_environ: dict[str, Any] | None = scope.get("wsgi.environ")
     if wsgi_environ is not None:
         return wsgi_environ
     server = scope.get("server") or ("", 0)

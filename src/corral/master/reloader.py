@@ -340,7 +340,7 @@ class Reloader:
 
     def _watch(self, directories: list[str]) -> Generator[set[tuple[Any, str]], None, None]:
         watchfiles = _require_watchfiles()
-        return watchfiles.watch(
+        changes: Generator[set[tuple[Any, str]], None, None] = watchfiles.watch(
             *directories,
             watch_filter=None,  # filtered in follow(): every batch, even of noise, gives the debouncer a turn
             debounce=_TICK_MS * 2,
@@ -353,6 +353,7 @@ class Reloader:
             recursive=False,
             ignore_permission_denied=True,
         )
+        return changes
 
     def follow(self, batches: Iterable[Iterable[tuple[Any, str]]], clock: Callable[[], float] = time.monotonic) -> bool:
         """Feed batches of watchfiles changes through the filter and the debouncer, calling on_change when a
