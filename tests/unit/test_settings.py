@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from corral.config import SETTING_SECTIONS, SETTINGS, ConfigError, default_settings, load_config
+from corral.config import SETTING_SECTIONS, SETTINGS, SETTINGS_BY_NAME, ConfigError, default_settings, load_config
 from corral.core import settings as settings_module
 from corral.core.settings import Settings
 from corral.docs import render_settings_module
@@ -77,3 +77,12 @@ def test_server_state_takes_its_limits_and_timeouts_from_the_settings() -> None:
         assert state.proxy_trust is not None  # proxy_headers is on by default, from forwarded_allow_ips
 
     asyncio.run(main())
+
+
+def test_a_settings_type_is_its_validators_return_annotation_unless_the_table_gives_one() -> None:
+    keepalive = SETTINGS_BY_NAME["keepalive"]
+    assert keepalive.annotation == "float"
+    assert dataclasses.replace(keepalive, type="int | float").annotation == "int | float"
+    unannotated = dataclasses.replace(keepalive, validator=lambda raw: raw)
+    with pytest.raises(TypeError, match="keepalive"):
+        unannotated.annotation  # noqa: B018
