@@ -102,12 +102,18 @@ class Setting:
 
     @property
     def annotation(self) -> str:
-        """The value's type, as Python source: the explicit `type`, else the validator's return annotation."""
+        """The field's type in corral/core/settings.py, as Python source: the explicit `type`, else the
+        validator's return annotation, its lists as tuples and its dicts as read-only mappings (the typed
+        settings are immutable all through; Gunicorn's flat view keeps the validator's lists and dicts)."""
         if self.type is not None:
             return self.type
         annotation = getattr(self.validator, "__annotations__", {}).get("return")
         if not isinstance(annotation, str):  # every validator's module has `from __future__ import annotations`
             raise TypeError(f"setting {self.name}: its validator has no return annotation; give Setting a type")
+        if match := re.fullmatch(r"list\[(.+)\]", annotation):
+            return f"tuple[{match.group(1)}, ...]"
+        if match := re.fullmatch(r"dict\[(.+)\]", annotation):
+            return f"Mapping[{match.group(1)}]"
         return annotation
 
     @property

@@ -285,16 +285,24 @@ def _section_settings(section: Section) -> list[Setting]:
 
 
 def _module_imports() -> list[str]:
-    """The typing names the generated annotations use, imported as ruff's isort would order them."""
+    """The names the generated module uses, imported as ruff's isort would order them."""
     annotations = " ".join(setting.annotation for setting in SETTINGS)
-    lines = []
-    if "Callable[" in annotations:
-        lines.append("from collections.abc import Callable, Mapping")
-    else:
-        lines.append("from collections.abc import Mapping")
-    lines.append("from dataclasses import dataclass")
+    abc_names = ["Callable", "Mapping"] if "Callable[" in annotations else ["Mapping"]
+    lines = [f"from collections.abc import {', '.join(abc_names)}", "from dataclasses import dataclass"]
+    if "Mapping[" in annotations:
+        lines.append("from types import MappingProxyType")
     lines.append("from typing import Any")  # settings_from_values takes Mapping[str, Any]
     return lines
+
+
+def _field_value(setting: Setting) -> str:
+    """The expression that makes a validated value the field's immutable one (see Setting.annotation)."""
+    value = f'values["{setting.name}"]'
+    if setting.annotation.startswith("tuple["):
+        return f"tuple({value})"
+    if setting.annotation.startswith("Mapping["):
+        return f"MappingProxyType(dict({value}))"
+    return value
 
 
 def _section_class(section: Section) -> list[str]:
@@ -327,7 +335,7 @@ def _builder() -> list[str]:
     ]
     for section in SETTING_SECTIONS:
         lines.append(f"        {section.attribute}={section.class_name}(")
-        lines += [f'            {setting.name}=values["{setting.name}"],' for setting in _section_settings(section)]
+        lines += [f"            {setting.name}={_field_value(setting)}," for setting in _section_settings(section)]
         lines.append("        ),")
     lines.append("    )")
     return lines

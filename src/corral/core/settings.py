@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 __all__ = [
@@ -52,18 +53,18 @@ class ApplicationSettings:
     loop: str
     preload_app: bool
     chdir: str | None
-    raw_env: list[str]
+    raw_env: tuple[str, ...]
     env_file: str | None
     pythonpath: str | None
     paste: str | None
-    raw_paste_global_conf: list[str]
+    raw_paste_global_conf: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
 class SocketSettings:
     """The Server Socket settings (docs/settings.md)."""
 
-    bind: list[str]
+    bind: tuple[str, ...]
     host: str | None
     port: int | None
     uds: str | None
@@ -99,7 +100,7 @@ class HttpSettings:
     root_path: str
     server_header: str
     date_header: bool
-    headers: list[str]
+    headers: tuple[str, ...]
     limit_concurrency: int
     http: str
     h11_max_incomplete_event_size: int | None
@@ -133,7 +134,7 @@ class ProxySettings:
 
     forwarded_allow_ips: str
     proxy_headers: bool
-    secure_scheme_headers: dict[str, str]
+    secure_scheme_headers: Mapping[str, str]
     proxy_protocol: bool
     proxy_allow_ips: str
 
@@ -151,7 +152,7 @@ class LoggingSettings:
     log_format: str
     request_id_header: str
     logconfig: str | None
-    logconfig_dict: dict[str, Any]
+    logconfig_dict: Mapping[str, Any]
     logconfig_json: str | None
     capture_output: bool
     logger_class: str
@@ -226,10 +227,10 @@ class DevelopmentSettings:
     reload: bool
     reload_delay: float
     reload_engine: str
-    reload_dirs: list[str]
-    reload_extra_files: list[str]
-    reload_include: list[str]
-    reload_exclude: list[str]
+    reload_dirs: tuple[str, ...]
+    reload_extra_files: tuple[str, ...]
+    reload_include: tuple[str, ...]
+    reload_exclude: tuple[str, ...]
     spew: bool
 
 
@@ -291,14 +292,14 @@ def settings_from_values(values: Mapping[str, Any]) -> Settings:
             loop=values["loop"],
             preload_app=values["preload_app"],
             chdir=values["chdir"],
-            raw_env=values["raw_env"],
+            raw_env=tuple(values["raw_env"]),
             env_file=values["env_file"],
             pythonpath=values["pythonpath"],
             paste=values["paste"],
-            raw_paste_global_conf=values["raw_paste_global_conf"],
+            raw_paste_global_conf=tuple(values["raw_paste_global_conf"]),
         ),
         socket=SocketSettings(
-            bind=values["bind"],
+            bind=tuple(values["bind"]),
             host=values["host"],
             port=values["port"],
             uds=values["uds"],
@@ -326,7 +327,7 @@ def settings_from_values(values: Mapping[str, Any]) -> Settings:
             root_path=values["root_path"],
             server_header=values["server_header"],
             date_header=values["date_header"],
-            headers=values["headers"],
+            headers=tuple(values["headers"]),
             limit_concurrency=values["limit_concurrency"],
             http=values["http"],
             h11_max_incomplete_event_size=values["h11_max_incomplete_event_size"],
@@ -352,7 +353,7 @@ def settings_from_values(values: Mapping[str, Any]) -> Settings:
         proxy=ProxySettings(
             forwarded_allow_ips=values["forwarded_allow_ips"],
             proxy_headers=values["proxy_headers"],
-            secure_scheme_headers=values["secure_scheme_headers"],
+            secure_scheme_headers=MappingProxyType(dict(values["secure_scheme_headers"])),
             proxy_protocol=values["proxy_protocol"],
             proxy_allow_ips=values["proxy_allow_ips"],
         ),
@@ -366,7 +367,7 @@ def settings_from_values(values: Mapping[str, Any]) -> Settings:
             log_format=values["log_format"],
             request_id_header=values["request_id_header"],
             logconfig=values["logconfig"],
-            logconfig_dict=values["logconfig_dict"],
+            logconfig_dict=MappingProxyType(dict(values["logconfig_dict"])),
             logconfig_json=values["logconfig_json"],
             capture_output=values["capture_output"],
             logger_class=values["logger_class"],
@@ -381,7 +382,7 @@ def settings_from_values(values: Mapping[str, Any]) -> Settings:
             admin_bind=values["admin_bind"],
             request_metrics=values["request_metrics"],
             app_metrics=values["app_metrics"],
-            metrics_buckets=values["metrics_buckets"],
+            metrics_buckets=tuple(values["metrics_buckets"]),
             statsd_host=values["statsd_host"],
             statsd_prefix=values["statsd_prefix"],
             dogstatsd_tags=values["dogstatsd_tags"],
@@ -421,10 +422,10 @@ def settings_from_values(values: Mapping[str, Any]) -> Settings:
             reload=values["reload"],
             reload_delay=values["reload_delay"],
             reload_engine=values["reload_engine"],
-            reload_dirs=values["reload_dirs"],
-            reload_extra_files=values["reload_extra_files"],
-            reload_include=values["reload_include"],
-            reload_exclude=values["reload_exclude"],
+            reload_dirs=tuple(values["reload_dirs"]),
+            reload_extra_files=tuple(values["reload_extra_files"]),
+            reload_include=tuple(values["reload_include"]),
+            reload_exclude=tuple(values["reload_exclude"]),
             spew=values["spew"],
         ),
         hooks=HooksSettings(
