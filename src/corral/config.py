@@ -96,8 +96,8 @@ class Setting:
     uvicorn: str | None = None
     # A one-line notice for a value that is accepted but means nothing to corral (uvicorn's --ws wsproto).
     notice: Callable[[Any], str | None] | None = None
-    # The value's type as written in the generated corral/core/settings.py, when the validator's return
-    # annotation does not say it (None: that annotation is the type).
+    # The field's type in the generated corral/core/settings.py, taken as written, for a validator whose return
+    # annotation does not say it (None: derived from that annotation, see `annotation`).
     type: str | None = None
 
     @property
