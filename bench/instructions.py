@@ -77,11 +77,9 @@ async def _drive(test: str, requests: int) -> None:
     from bench.apps import app  # the app every benchmarked server runs
     from corral.http import eager
     from corral.http.h1 import H1Protocol
-    from corral.http.state import ServerState
 
     eager.install()
-    state = ServerState(loop=asyncio.get_running_loop(), app=app, logger=logging.getLogger("bench"))
-    protocol = H1Protocol(state)
+    protocol = H1Protocol(_server_state(app))
     transport = _Transport()
     protocol.connection_made(transport)
     request = _TESTS[test]
@@ -93,6 +91,18 @@ async def _drive(test: str, requests: int) -> None:
             await asyncio.sleep(0)
     if transport.closing:
         raise SystemExit("the connection was closed: the request path failed")
+
+
+def _server_state(app: Any) -> Any:
+    """The worker's state with the settings table's defaults, as `corral APP` serves."""
+    from corral.http.state import ServerState
+
+    loop, logger = asyncio.get_running_loop(), logging.getLogger("bench")
+    try:
+        from corral.config import default_settings
+    except ImportError:  # --src of a checkout older than the typed settings: its ServerState has its own defaults
+        return ServerState(loop=loop, app=app, logger=logger)
+    return ServerState(default_settings(), loop=loop, app=app, logger=logger)
 
 
 def _count(test: str, requests: int, src: Path | None) -> int:

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from corral.config import SETTINGS, ConfigError, Setting, config_from_keywords
-from corral.config import Config as _Settings
+from corral.config import Config as _CorralConfig
 from corral.core.contract import ExitCode
 
 __all__ = ["Config", "Server", "run"]
@@ -64,9 +64,10 @@ class Config:
         self.app = app
         settings = _settings(kwargs)
         is_string = isinstance(app, str)
-        self.settings: _Settings = config_from_keywords(settings, app if is_string else _label(app), _SOURCE)
-        if not is_string and (self.settings.reload or self.settings.workers != 1):
-            raise ConfigError(f"{'reload' if self.settings.reload else 'workers'}: {_IMPORT_STRING_NEEDED}")
+        self.settings: _CorralConfig = config_from_keywords(settings, app if is_string else _label(app), _SOURCE)
+        reload, workers = self.settings.settings.development.reload, self.settings.settings.worker.workers
+        if not is_string and (reload or workers != 1):
+            raise ConfigError(f"{'reload' if reload else 'workers'}: {_IMPORT_STRING_NEEDED}")
 
     def __getattr__(self, name: str) -> Any:
         # config.port, config.timeout_keep_alive: read as uvicorn's Config exposes them.

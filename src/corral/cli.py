@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from typing import Any, TextIO
 
 from corral import __version__
-from corral.config import SETTINGS, Config, ConfigError, build_parser, format_value, load_config
+from corral.config import Config, ConfigError, build_parser, format_value, load_config
 from corral.core.contract import ExitCode
 
 __all__ = ["COMMANDS", "format_config", "main"]
@@ -46,7 +46,7 @@ def _early_action(argv: Iterable[str]) -> str | None:
 def format_config(cfg: Config) -> str:
     """One line per setting, `name = value  # source`, in table order; the app first."""
     rows = [("app", format_value(cfg.app), cfg.app_source)]
-    rows += [(s.name, format_value(getattr(cfg, s.name)), cfg.sources[s.name]) for s in SETTINGS]
+    rows += [(name, format_value(value), cfg.sources[name]) for name, value in cfg.values().items()]
     width = max(len(name) for name, _, _ in rows)
     return "\n".join(f"{name:<{width}} = {value}  # {source}" for name, value, source in rows)
 
@@ -56,21 +56,22 @@ def _error(message: str, status: int, stream: TextIO) -> int:
     return status
 
 
-def _check_app(cfg: Config) -> int:
+def _check_app(cfg: Config, app: str) -> int:
     from corral.loading import AppLoadError, load_app  # imported late: only --check-config needs it here
     from corral.logging import LogConfigError, configure_logging
     from corral.tls import TLSConfigError, server_context
 
     try:
-        configure_logging(cfg)  # the log files open and any logging config applies
+        configure_logging(cfg.settings.logging)  # the log files open and any logging config applies
         server_context(cfg)  # certificate and key files exist, parse and match
     except (LogConfigError, TLSConfigError) as exc:
         return _error(str(exc), ExitCode.CONFIG, sys.stderr)
     try:
-        load_app(cfg.app, factory=cfg.factory, app_dir=cfg.app_dir, interface=cfg.interface)
+        application = cfg.settings.application
+        load_app(app, factory=application.factory, app_dir=application.app_dir, interface=application.interface)
     except AppLoadError as exc:
         return _error(str(exc), ExitCode.APP, sys.stderr)
-    print(f"corral: configuration OK; {cfg.app} loads")
+    print(f"corral: configuration OK; {app} loads")
     return 0
 
 
@@ -93,11 +94,12 @@ def main(argv: list[str] | None = None) -> int:
         return _error(str(exc), ExitCode.CONFIG, sys.stderr)
     for warning in cfg.warnings:
         print(f"corral: warning: {warning}", file=sys.stderr)
-    if cfg.print_config:
+    config_file = cfg.settings.config_file
+    if config_file.print_config:
         print(format_config(cfg))
-    if cfg.check_config:
-        return _check_app(cfg) if cfg.app else _error(_MISSING_APP, ExitCode.CONFIG, sys.stderr)
-    if cfg.print_config:
+    if config_file.check_config:
+        return _check_app(cfg, cfg.app) if cfg.app else _error(_MISSING_APP, ExitCode.CONFIG, sys.stderr)
+    if config_file.print_config:
         return 0
     if not cfg.app:
         return _error(_MISSING_APP, ExitCode.CONFIG, sys.stderr)
@@ -172,11 +174,11 @@ def _run_command(command: str, argv: list[str]) -> int:
                       ExitCode.CONFIG, sys.stderr)  # fmt: skip
     try:
         if command == "status":
-            print(client.status(cfg, as_json=options["json"]))
+            print(client.status(cfg.settings, as_json=options["json"]))
         elif command == "reload":
-            print(client.reload(cfg))
+            print(client.reload(cfg.settings))
         else:
-            print(client.scale(cfg, options["workers"], timeout=options["timeout"]))
+            print(client.scale(cfg.settings, options["workers"], timeout=options["timeout"]))
     except client.NotConfigured as exc:
         hint = f"; an app module named {command!r} is served with corral {command}:ATTRIBUTE"
         return _error(f"{exc}{hint}", ExitCode.CONFIG, sys.stderr)

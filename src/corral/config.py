@@ -17,9 +17,10 @@ import traceback
 import types
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from corral.core.scoreboard import DEFAULT_LATENCY_BOUNDS, check_latency_bounds
+from corral.core.settings import Settings, settings_from_values
 from corral.core.sockets import parse_bind
 from corral.master.reloader import QUIET_PERIOD
 from corral.master.statsd import parse_statsd_address, statsd_prefix, statsd_tags
@@ -33,11 +34,14 @@ __all__ = [
     "SECTIONS",
     "SETTINGS",
     "SETTINGS_BY_NAME",
+    "SETTING_SECTIONS",
     "Config",
     "ConfigError",
+    "Section",
     "Setting",
     "build_parser",
     "config_from_keywords",
+    "default_settings",
     "format_value",
     "load_config",
 ]
@@ -92,6 +96,25 @@ class Setting:
     uvicorn: str | None = None
     # A one-line notice for a value that is accepted but means nothing to corral (uvicorn's --ws wsproto).
     notice: Callable[[Any], str | None] | None = None
+    # The field's type in the generated corral/core/settings.py, taken as written, for a validator whose return
+    # annotation does not say it (None: derived from that annotation, see `annotation`).
+    type: str | None = None
+
+    @property
+    def annotation(self) -> str:
+        """The field's type in corral/core/settings.py, as Python source: the explicit `type`, else the
+        validator's return annotation, its lists as tuples and its dicts as read-only mappings (the typed
+        settings are immutable all through; Gunicorn's flat view keeps the validator's lists and dicts)."""
+        if self.type is not None:
+            return self.type
+        annotation = getattr(self.validator, "__annotations__", {}).get("return")
+        if not isinstance(annotation, str):  # every validator's module has `from __future__ import annotations`
+            raise TypeError(f"setting {self.name}: its validator has no return annotation; give Setting a type")
+        if match := re.fullmatch(r"list\[(.+)\]", annotation):
+            return f"tuple[{match.group(1)}, ...]"
+        if match := re.fullmatch(r"dict\[(.+)\]", annotation):
+            return f"Mapping[{match.group(1)}]"
+        return annotation
 
     @property
     def implemented(self) -> bool:
@@ -632,22 +655,34 @@ def env_file_value(raw: Any) -> str | None:
 # The table.
 # --------------------------------------------------------------------------------------------------
 
-SECTIONS: tuple[str, ...] = (
-    "Config File",
-    "Application",
-    "Server Socket",
-    "Worker Processes",
-    "HTTP",
-    "Security",
-    "Proxy",
-    "Logging",
-    "Metrics",
-    "Process",
-    "TLS",
-    "WebSocket",
-    "Development",
-    "Server Hooks",
+
+@dataclass(frozen=True)
+class Section:
+    """A section of the table: its title (in --help and docs/settings.md) and its typed class in
+    corral/core/settings.py, which Settings holds as `attribute`."""
+
+    title: str
+    attribute: str
+    class_name: str
+
+
+SETTING_SECTIONS: tuple[Section, ...] = (
+    Section("Config File", "config_file", "ConfigFileSettings"),
+    Section("Application", "application", "ApplicationSettings"),
+    Section("Server Socket", "socket", "SocketSettings"),
+    Section("Worker Processes", "worker", "WorkerSettings"),
+    Section("HTTP", "http", "HttpSettings"),
+    Section("Security", "security", "SecuritySettings"),
+    Section("Proxy", "proxy", "ProxySettings"),
+    Section("Logging", "logging", "LoggingSettings"),
+    Section("Metrics", "metrics", "MetricsSettings"),
+    Section("Process", "process", "ProcessSettings"),
+    Section("TLS", "tls", "TlsSettings"),
+    Section("WebSocket", "websocket", "WebSocketSettings"),
+    Section("Development", "development", "DevelopmentSettings"),
+    Section("Server Hooks", "hooks", "HooksSettings"),
 )
+SECTIONS: tuple[str, ...] = tuple(section.title for section in SETTING_SECTIONS)
 
 _STRICT_PARSER = "corral's HTTP parser is always strict (request-smuggling safety)"
 _NO_WSGI = "it applies to WSGI servers; corral serves ASGI apps"
@@ -1137,8 +1172,15 @@ _FILE_LOCAL = frozenset(_SOCKET_PARTS)
 
 
 class Config:
-    """Every setting as a plain attribute (cfg.bind, cfg.keepalive), plus where each value came from."""
+    """The effective configuration, built once by the loader: the typed settings by section
+    (`cfg.settings.worker.timeout`), the app, and where each value came from.
 
+    Gunicorn's flat reads (`server.cfg.workers`, `worker.cfg.bind`) work too, for config files and server hooks
+    written for Gunicorn. The type checker does not see them: corral's own code reads `settings`, whose
+    sections are typed and frozen.
+    """
+
+    settings: Settings
     app: str | None  # the positional APP, or wsgi_app from the config file
     app_source: str
     sources: dict[str, str]  # setting name -> "default" | "env VAR" | "config file PATH" | ... | "command line"
@@ -1155,19 +1197,23 @@ class Config:
         config_file: str | None = None,
         warnings: Iterable[str] = (),
     ) -> None:
+        # The flat view for Gunicorn-style reads: plain instance attributes, so a hook reads them at no cost.
         for name, value in values.items():
             object.__setattr__(self, name, value)
+        self.settings = settings_from_values(values)
         self.app = app
         self.app_source = app_source
         self.sources = dict(sources)
         self.config_file = config_file
         self.warnings = tuple(warnings)
 
-    def __getattr__(self, name: str) -> Any:
-        # Only reached for names that are not attributes: say so clearly instead of a bare AttributeError.
-        close = difflib.get_close_matches(name, SETTINGS_BY_NAME, n=1, cutoff=0.75)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise AttributeError(f"no setting named {name!r}{hint}")
+    if not TYPE_CHECKING:  # hidden from mypy, so that a flat read in corral's own code is a type error
+
+        def __getattr__(self, name: str) -> Any:
+            # Only reached for names that are not attributes: say so clearly instead of a bare AttributeError.
+            close = difflib.get_close_matches(name, SETTINGS_BY_NAME, n=1, cutoff=0.75)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise AttributeError(f"no setting named {name!r}{hint}")
 
     def values(self) -> dict[str, Any]:
         """Every setting's effective value, in table order."""
@@ -1597,6 +1643,12 @@ def config_from_keywords(settings: Mapping[str, Any], app: str | None, source: s
     _check_accounts(values, sources)
     warnings = _check_supported(values, sources)
     return Config(values, sources, app, app_source=source, warnings=warnings)
+
+
+def default_settings(**overrides: Any) -> Settings:
+    """The table's defaults with some settings changed, validated as any other source is: what a test or a
+    benchmark builds a ServerState or a section-taking function from."""
+    return config_from_keywords(overrides, None, "override").settings
 
 
 def load_config(argv: list[str], environ: Mapping[str, str] | None = None, cwd: str | None = None) -> Config:

@@ -1,6 +1,7 @@
-"""Generates docs/settings.md, docs/migrating-from-gunicorn.md and docs/migrating-from-uvicorn.md from the settings
-table: `python -m corral.docs` writes them, `python -m corral.docs --check` exits 1 when a committed page is stale
-(CI runs it), `python -m corral.docs --stdout` prints the settings page (it works from an installed wheel)."""
+"""Generates docs/settings.md, docs/migrating-from-gunicorn.md, docs/migrating-from-uvicorn.md and the typed settings
+module src/corral/core/settings.py from the settings table: `python -m corral.docs` writes them,
+`python -m corral.docs --check` exits 1 when a committed file is stale (CI runs it), `python -m corral.docs --stdout`
+prints the settings page (it works from an installed wheel)."""
 
 from __future__ import annotations
 
@@ -15,18 +16,30 @@ from corral.config import (
     GUNICORN_CMD_ARGS_ENV,
     GUNICORN_CONFIG_FILE,
     SECTIONS,
+    SETTING_SECTIONS,
     SETTINGS,
     SETTINGS_BY_NAME,
+    Section,
     Setting,
     format_value,
 )
 from corral.core.contract import MasterSignal
 from corral.uvicorn_compat import UVICORN_DIFFERENCES, UVICORN_OPTIONS
 
-__all__ = ["DEFAULT_OUTPUT", "PAGES", "main", "render_migrating", "render_settings", "render_uvicorn"]
+__all__ = [
+    "DEFAULT_OUTPUT",
+    "PAGES",
+    "SETTINGS_MODULE",
+    "main",
+    "render_migrating",
+    "render_settings",
+    "render_settings_module",
+    "render_uvicorn",
+]
 
 # src/corral/docs.py -> the repository root is two levels above the package.
 DEFAULT_OUTPUT = Path(__file__).resolve().parents[2] / "docs" / "settings.md"
+SETTINGS_MODULE = Path(__file__).resolve().parent / "core" / "settings.py"
 
 _INTRO = f"""\
 # Settings
@@ -254,6 +267,91 @@ def render_uvicorn() -> str:
     return "\n".join(lines) + "\n"
 
 
+_MODULE_HEADER = '''\
+"""The settings, typed and frozen: one class per section of the settings table, and `Settings` holding them all.
+
+Generated from corral/config.py by python -m corral.docs; do not edit (change the table, then regenerate).
+No field has a default: the table's defaults are applied by the loader (corral.config), which validates every
+value, builds `Settings` once with `settings_from_values`, and corral passes the sections on by value.
+"""
+
+from __future__ import annotations
+
+'''
+
+
+def _section_settings(section: Section) -> list[Setting]:
+    return [setting for setting in SETTINGS if setting.section == section.title]
+
+
+def _module_imports() -> list[str]:
+    """The names the generated module uses, imported as ruff's isort would order them."""
+    annotations = " ".join(setting.annotation for setting in SETTINGS)
+    abc_names = ["Callable", "Mapping"] if "Callable[" in annotations else ["Mapping"]
+    lines = [f"from collections.abc import {', '.join(abc_names)}", "from dataclasses import dataclass"]
+    if "Mapping[" in annotations:
+        lines.append("from types import MappingProxyType")
+    lines.append("from typing import Any")  # settings_from_values takes Mapping[str, Any]
+    return lines
+
+
+def _field_value(setting: Setting) -> str:
+    """The expression that makes a validated value the field's immutable one (see Setting.annotation)."""
+    value = f'values["{setting.name}"]'
+    if setting.annotation.startswith("tuple["):
+        return f"tuple({value})"
+    if setting.annotation.startswith("Mapping["):
+        return f"MappingProxyType(dict({value}))"
+    return value
+
+
+def _section_class(section: Section) -> list[str]:
+    lines = [
+        "",
+        "",
+        "@dataclass(frozen=True, slots=True)",
+        f"class {section.class_name}:",
+        f'    """The {section.title} settings (docs/settings.md)."""',
+        "",
+    ]
+    lines += [f"    {setting.name}: {setting.annotation}" for setting in _section_settings(section)]
+    return lines
+
+
+def _settings_class() -> list[str]:
+    lines = ["", "", "@dataclass(frozen=True, slots=True)", "class Settings:"]
+    lines += ['    """Every setting, by section."""', ""]
+    lines += [f"    {section.attribute}: {section.class_name}" for section in SETTING_SECTIONS]
+    return lines
+
+
+def _builder() -> list[str]:
+    lines = [
+        "",
+        "",
+        "def settings_from_values(values: Mapping[str, Any]) -> Settings:",
+        '    """Settings from validated values by setting name; every setting must be there."""',
+        "    return Settings(",
+    ]
+    for section in SETTING_SECTIONS:
+        lines.append(f"        {section.attribute}={section.class_name}(")
+        lines += [f"            {setting.name}={_field_value(setting)}," for setting in _section_settings(section)]
+        lines.append("        ),")
+    lines.append("    )")
+    return lines
+
+
+def render_settings_module() -> str:
+    """The whole text of src/corral/core/settings.py."""
+    names = [section.class_name for section in SETTING_SECTIONS] + ["Settings", "settings_from_values"]
+    exported = ["", "__all__ = ["] + [f'    "{name}",' for name in sorted(names)] + ["]"]
+    lines = [_MODULE_HEADER.rstrip("\n"), "", *_module_imports(), *exported]
+    for section in SETTING_SECTIONS:
+        lines += _section_class(section)
+    lines += _settings_class() + _builder()
+    return "\n".join(lines) + "\n"
+
+
 PAGES = {
     "settings.md": render_settings,
     "migrating-from-gunicorn.md": render_migrating,
@@ -271,8 +369,8 @@ def main(argv: list[str] | None = None) -> int:
         print(render_settings(), end="")
         return 0
     stale = 0
-    for name, render in PAGES.items():
-        path = args.output_dir / name
+    outputs = [(args.output_dir / name, render) for name, render in PAGES.items()]
+    for path, render in [*outputs, (SETTINGS_MODULE, render_settings_module)]:
         text = render()
         if args.check:
             current = path.read_text(encoding="utf-8") if path.exists() else None

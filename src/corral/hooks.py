@@ -16,7 +16,12 @@ import logging
 import os
 import socket
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from corral.core.settings import HooksSettings
+
+if TYPE_CHECKING:
+    from corral.config import Config
 
 __all__ = ["HookFailed", "ServerView", "WorkerView", "accepted_arity", "call_hook", "run_on_starting"]
 
@@ -26,9 +31,10 @@ class HookFailed(Exception):
 
 
 class ServerView:
-    """The `server` argument of master-side hooks (Gunicorn passes its Arbiter)."""
+    """The `server` argument of master-side hooks (Gunicorn passes its Arbiter). Its `cfg` is the Config,
+    whose flat reads (`server.cfg.workers`) are Gunicorn's."""
 
-    def __init__(self, cfg: Any, log: logging.Logger, pid: int, count_workers: Callable[[], int]) -> None:
+    def __init__(self, cfg: Config, log: logging.Logger, pid: int, count_workers: Callable[[], int]) -> None:
         self.cfg = cfg
         self.log = log
         self.pid = pid
@@ -41,7 +47,7 @@ class ServerView:
 
     @property
     def proc_name(self) -> str:
-        return self.cfg.proc_name or "corral"
+        return self.cfg.settings.process.proc_name or "corral"
 
     @property
     def app(self) -> Any:
@@ -50,7 +56,7 @@ class ServerView:
 
     @property
     def address(self) -> list[str]:
-        return list(self.cfg.bind)
+        return list(self.cfg.settings.socket.bind)
 
     @property
     def live_workers(self) -> int:
@@ -72,7 +78,7 @@ class WorkerView:
         self,
         age: int,
         ppid: int,
-        cfg: Any,
+        cfg: Config,
         log: logging.Logger,
         sockets: list[socket.socket],
         max_requests: int,
@@ -85,7 +91,7 @@ class WorkerView:
         self.log = log
         self.sockets = sockets
         self.max_requests = max_requests
-        self.timeout = cfg.timeout
+        self.timeout = cfg.settings.worker.timeout
         self.app = app
         self.alive = True
         self.booted = False
@@ -107,9 +113,9 @@ class WorkerView:
         return f"<corral worker pid={self.pid} age={self.age}>"
 
 
-def call_hook(cfg: Any, name: str, *args: Any, log: logging.Logger | None = None) -> bool:
+def call_hook(hooks: HooksSettings, name: str, *args: Any, log: logging.Logger | None = None) -> bool:
     """Call hook `name` if the config defines it; a hook that raises is logged and reported as False."""
-    hook = getattr(cfg, name, None)
+    hook: Callable[..., Any] | None = getattr(hooks, name)
     if hook is None:
         return True
     try:
@@ -120,9 +126,9 @@ def call_hook(cfg: Any, name: str, *args: Any, log: logging.Logger | None = None
     return True
 
 
-def run_on_starting(cfg: Any, server: ServerView) -> None:
+def run_on_starting(hooks: HooksSettings, server: ServerView) -> None:
     """on_starting may stop the start: it runs before anything is bound, so there is nothing to undo."""
-    hook = getattr(cfg, "on_starting", None)
+    hook = hooks.on_starting
     if hook is None:
         return
     try:

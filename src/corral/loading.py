@@ -306,7 +306,8 @@ def _as_asgi3(obj: Any, label: str, module: str) -> ASGIApp:
     if _is_async_callable(obj):
         if signature is None or _binds(signature, 3):
             if inspect.iscoroutinefunction(_call_target(obj)):
-                return obj  # the common case, served with no wrapper at all
+                app: ASGIApp = obj
+                return app  # the common case, served with no wrapper at all
             return _awaiting(obj)  # marked async (asgiref, Cython) but not a plain coroutine function
         raise AppLoadError(
             f"{label} is an async callable taking ({_parameters(signature)}); "

@@ -39,6 +39,8 @@ from datetime import datetime, timezone
 from json.encoder import encode_basestring_ascii
 from typing import Any
 
+from corral.core.settings import LoggingSettings
+
 __all__ = [
     "ACCESS_LOGGER",
     "DEFAULT_ACCESS_LOG_FORMAT",
@@ -96,39 +98,40 @@ class LogConfigError(Exception):
     """A logging setting that cannot be applied; str(error) is one line: "<setting>: <problem>"."""
 
 
-def configure_logging(cfg: Any) -> logging.Logger:
+def configure_logging(settings: LoggingSettings) -> logging.Logger:
     """Set up the master's logging before anything is bound; workers inherit it through fork.
 
     The first of logconfig_dict, logconfig_json and logconfig that is set is applied (Gunicorn's order), then
     "corral.error" gets errorlog, loglevel and log_format unless that configuration gave it handlers of its
     own (or to "gunicorn.error", which it then shares). Raises LogConfigError (one line) on any problem.
     """
-    level = _LOG_LEVELS.get(cfg.loglevel.strip().lower())
+    level = _LOG_LEVELS.get(settings.loglevel.strip().lower())
     if level is None:
-        raise LogConfigError(f"loglevel: {cfg.loglevel!r} is not one of {', '.join(_LOG_LEVELS)}")
-    _check_access_log_format(cfg)
-    _apply_logging_config(cfg)
+        raise LogConfigError(f"loglevel: {settings.loglevel!r} is not one of {', '.join(_LOG_LEVELS)}")
+    _check_access_log_format(settings)
+    _apply_logging_config(settings)
     _adopt_gunicorn_loggers()
     _settle_corral_loggers(level)
     logger = logging.getLogger(ERROR_LOGGER)
     if _foreign_handlers(logger):
         return logger
     try:
-        return setup_error_log(cfg.errorlog, cfg.loglevel, cfg.log_format, colors=_error_log_colors(cfg))
+        colors = _error_log_colors(settings)
+        return setup_error_log(settings.errorlog, settings.loglevel, settings.log_format, colors=colors)
     except OSError as error:
-        raise LogConfigError(f"errorlog: cannot open {cfg.errorlog}: {error.strerror or error}") from None
+        raise LogConfigError(f"errorlog: cannot open {settings.errorlog}: {error.strerror or error}") from None
     except ValueError as error:
         raise LogConfigError(str(error)) from None
 
 
-def _error_log_colors(cfg: Any) -> bool:
+def _error_log_colors(settings: LoggingSettings) -> bool:
     """use_colors, or (unset) whether the error log goes to a terminal; JSON lines are never coloured."""
-    if cfg.log_format != "text":
+    if settings.log_format != "text":
         return False
-    use_colors = getattr(cfg, "use_colors", None)
+    use_colors = settings.use_colors
     if use_colors is not None:
         return bool(use_colors)
-    return cfg.errorlog in ("-", "") and _isatty(sys.stderr)
+    return settings.errorlog in ("-", "") and _isatty(sys.stderr)
 
 
 def _isatty(stream: Any) -> bool:
@@ -138,30 +141,30 @@ def _isatty(stream: Any) -> bool:
         return False
 
 
-def access_log_target(cfg: Any) -> str | None:
+def access_log_target(settings: LoggingSettings) -> str | None:
     """Where access lines go: access_log off wins; accesslog when set; else stdout when access_log is on, or
     when it is unset and stderr is a terminal (the developer's loop: uvicorn logs requests there too)."""
-    access_log = getattr(cfg, "access_log", None)
+    access_log = settings.access_log
     if access_log is False:
         return None
-    if cfg.accesslog:
-        return str(cfg.accesslog)
+    if settings.accesslog:
+        return str(settings.accesslog)
     if access_log or (access_log is None and _isatty(sys.stderr)):
         return "-"
     return None
 
 
-def access_log_colors(cfg: Any) -> bool | None:
+def access_log_colors(settings: LoggingSettings) -> bool | None:
     """use_colors for the access log; None: colour when its descriptor is a terminal."""
-    return False if cfg.log_format != "text" else getattr(cfg, "use_colors", None)
+    return False if settings.log_format != "text" else settings.use_colors
 
 
-def _check_access_log_format(cfg: Any) -> None:
+def _check_access_log_format(settings: LoggingSettings) -> None:
     """The workers compile the format after they start: one they could not use must stop the start here."""
-    if cfg.log_format != "text":
+    if settings.log_format != "text":
         return  # JSON lines read only its header atoms, and any text is fine for those
     try:
-        compile_access_log_format(cfg.access_log_format, request_id_header=cfg.request_id_header)
+        compile_access_log_format(settings.access_log_format, request_id_header=settings.request_id_header)
     except ValueError as error:
         raise LogConfigError(str(error)) from None
 
@@ -184,9 +187,9 @@ def setup_error_log(errorlog: str, loglevel: str, log_format: str = "text", *, c
     if log_format not in _LOG_FORMATS:
         raise ValueError(f"log_format: {log_format!r} is not one of {', '.join(_LOG_FORMATS)}")
     logger = logging.getLogger(ERROR_LOGGER)
-    for handler in _error_handlers:
-        logger.removeHandler(handler)
-        handler.close()
+    for previous in _error_handlers:
+        logger.removeHandler(previous)
+        previous.close()
     _error_handlers.clear()
     if errorlog in ("-", ""):
         handler: logging.Handler = logging.StreamHandler(sys.stderr)
@@ -243,7 +246,7 @@ class ColourFormatter(logging.Formatter):
 def _coloured(render: Render) -> Render:
     """An access line renderer whose lines are coloured by status class."""
 
-    def render_coloured(scope: dict, status: int, headers: Any, length: int | None, time_ns: int) -> str:
+    def render_coloured(scope: dict[str, Any], status: int, headers: Any, length: int | None, time_ns: int) -> str:
         line = render(scope, status, headers, length, time_ns)
         colour = _STATUS_COLOURS.get(status // 100)
         return f"{colour}{line}{_RESET}" if colour else line
@@ -285,13 +288,13 @@ def _foreign_handlers(logger: logging.Logger) -> list[logging.Handler]:
     return [handler for handler in logger.handlers if handler not in _error_handlers]
 
 
-def _apply_logging_config(cfg: Any) -> None:
-    if cfg.logconfig_dict:
-        _dict_config(dict(cfg.logconfig_dict), "logconfig_dict")
-    elif cfg.logconfig_json:
-        _dict_config(_read_json_config(cfg.logconfig_json), "logconfig_json")
-    elif cfg.logconfig:
-        _file_config(cfg.logconfig)
+def _apply_logging_config(settings: LoggingSettings) -> None:
+    if settings.logconfig_dict:
+        _dict_config(dict(settings.logconfig_dict), "logconfig_dict")
+    elif settings.logconfig_json:
+        _dict_config(_read_json_config(settings.logconfig_json), "logconfig_json")
+    elif settings.logconfig:
+        _file_config(settings.logconfig)
 
 
 def _dict_config(config: dict[str, Any], setting: str) -> None:
@@ -443,7 +446,7 @@ _PIPE_BUF = getattr(os, "PIPE_BUF", None) or 4096
 # straight to the descriptor never wait in, or mix with, Python's text buffer.
 _STDOUT_FD = 1
 
-Render = Callable[[dict, int, "list[tuple[bytes, bytes]] | None", "int | None", int], str]
+Render = Callable[[dict[str, Any], int, "list[tuple[bytes, bytes]] | None", "int | None", int], str]
 
 
 class AccessLog:
@@ -508,7 +511,7 @@ class AccessLog:
 
     def log(
         self,
-        scope: dict,
+        scope: dict[str, Any],
         status: int,
         response_headers: list[tuple[bytes, bytes]],
         response_length: int | None,
@@ -596,7 +599,7 @@ class LoggedAccessLog(AccessLog):
 
     def log(
         self,
-        scope: dict,
+        scope: dict[str, Any],
         status: int,
         response_headers: list[tuple[bytes, bytes]],
         response_length: int | None,
@@ -751,24 +754,25 @@ def _pid_label() -> str:
     return _pid_text
 
 
-def _raw_path(scope: dict) -> bytes:
-    raw_path = scope.get("raw_path")
-    return raw_path if raw_path is not None else scope.get("path", "").encode("utf-8")
+def _raw_path(scope: dict[str, Any]) -> bytes:
+    raw_path: bytes | None = scope.get("raw_path")
+    path: str = scope.get("path", "")
+    return raw_path if raw_path is not None else path.encode("utf-8")
 
 
-def _protocol(scope: dict) -> str:
+def _protocol(scope: dict[str, Any]) -> str:
     version = scope.get("http_version", "1.1")
     return _PROTOCOLS.get(version) or f"HTTP/{version}"
 
 
-def _request_line(scope: dict) -> str:
+def _request_line(scope: dict[str, Any]) -> str:
     target = scope.get("raw_path")
     if target is None:  # raw_path is optional in ASGI
         target = scope.get("path", "").encode("utf-8")
     query = scope.get("query_string")
     if query:
         target += b"?" + query
-    protocol = _PROTOCOLS.get(scope.get("http_version")) or _protocol(scope)
+    protocol = _PROTOCOLS.get(scope.get("http_version", "")) or _protocol(scope)
     return f"{scope.get('method', 'GET')} {_text(target)} {protocol}"
 
 
@@ -839,18 +843,18 @@ def _json_request_id(value: bytes) -> str:
     return encode_basestring_ascii(value.decode("utf-8", "backslashreplace"))
 
 
-def _json_client(scope: dict) -> str:
+def _json_client(scope: dict[str, Any]) -> str:
     client = scope.get("client")
     return encode_basestring_ascii(str(client[0])) if client else "null"
 
 
-def _json_method(scope: dict) -> str:
+def _json_method(scope: dict[str, Any]) -> str:
     method = scope.get("method", "GET")
     return _JSON_METHODS.get(method) or encode_basestring_ascii(method)
 
 
-def _json_protocol(scope: dict) -> str:
-    return _JSON_PROTOCOLS.get(scope.get("http_version")) or encode_basestring_ascii(_protocol(scope))
+def _json_protocol(scope: dict[str, Any]) -> str:
+    return _JSON_PROTOCOLS.get(scope.get("http_version", "")) or encode_basestring_ascii(_protocol(scope))
 
 
 def _json_user(authorization: bytes | None) -> str:
@@ -896,7 +900,7 @@ def _format_iso_second(second: int) -> tuple[str, str]:
     return start, f'{sign}{hours:02d}:{minutes:02d}"'
 
 
-def _environ_text(scope: dict, key: str) -> str:
+def _environ_text(scope: dict[str, Any], key: str) -> str:
     """{name}e: the WSGI app's environ variable (the WSGI cycle puts its environ in the scope)."""
     environ = scope.get("wsgi.environ")
     value = environ.get(key) if environ is not None else None

@@ -13,7 +13,12 @@ import logging
 import re
 import ssl
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from corral.core.settings import TlsSettings
+
+if TYPE_CHECKING:
+    from corral.config import Config
 
 __all__ = [
     "HANDSHAKE_TIMEOUT",
@@ -56,41 +61,42 @@ def minimum_version(ssl_version: str | None) -> tuple[ssl.TLSVersion, str | None
     return ssl.TLSVersion.TLSv1_2, None
 
 
-def server_context(cfg: Any) -> ssl.SSLContext | None:
+def server_context(cfg: Config) -> ssl.SSLContext | None:
     """The SSLContext for every listener, or None for plain HTTP (certfile unset).
 
     Reads the certificate, key and CA files now. Raises TLSConfigError (one line) for anything that cannot
     work; logs a warning (one line each) for a setting that has no effect, as Gunicorn would ignore it.
+    The ssl_context hook gets `cfg` itself, as Gunicorn's gets its config.
     """
-    hook = getattr(cfg, "ssl_context", None)
-    warnings = _check_pairs(cfg, hook)
-    if cfg.certfile:
-        warnings.append(minimum_version(cfg.ssl_version)[1])
+    tls = cfg.settings.tls
+    warnings = _check_pairs(tls)
+    if tls.certfile:
+        warnings.append(minimum_version(tls.ssl_version)[1])
     for warning in warnings:
         if warning is not None:
             logging.getLogger("corral.error").warning("%s", warning)
-    if not cfg.certfile:
+    if not tls.certfile:
         return None
-    if hook is None:
-        return default_context(cfg)
-    return _context_from_hook(hook, cfg)
+    if tls.ssl_context is None:
+        return default_context(tls)
+    return _context_from_hook(tls.ssl_context, cfg)
 
 
-def _check_pairs(cfg: Any, hook: Callable[..., Any] | None) -> list[str | None]:
+def _check_pairs(tls: TlsSettings) -> list[str | None]:
     """Settings that only make sense together: an error for what cannot work, warnings for what does nothing."""
-    if not cfg.certfile:
-        if cfg.keyfile:
+    if not tls.certfile:
+        if tls.keyfile:
             raise TLSConfigError("keyfile: set, but certfile is not; set both to serve TLS")
-        given = [name for name in _NEED_CERTFILE if getattr(cfg, name) not in (None, 0)]
+        given = [name for name in _NEED_CERTFILE if getattr(tls, name) not in (None, 0)]
         return [f"{name}: ignored: TLS is served only when certfile is set" for name in given]
-    if hook is not None:
+    if tls.ssl_context is not None:
         return []  # the hook may load CA certificates or change verify_mode itself
-    if cfg.cert_reqs and not cfg.ca_certs:
+    if tls.cert_reqs and not tls.ca_certs:
         raise TLSConfigError(
-            f"cert_reqs: client certificates are {_CLIENT_CERTS[cfg.cert_reqs]}, but no ca_certs is set to verify "
+            f"cert_reqs: client certificates are {_CLIENT_CERTS[tls.cert_reqs]}, but no ca_certs is set to verify "
             "them against"
         )
-    if cfg.ca_certs and not cfg.cert_reqs:
+    if tls.ca_certs and not tls.cert_reqs:
         # As in Gunicorn; often meant to send intermediates, which belong in certfile after the certificate.
         return [
             "ca_certs: ignored: cert_reqs is 0, so clients are never asked for a certificate (intermediate "
@@ -99,26 +105,29 @@ def _check_pairs(cfg: Any, hook: Callable[..., Any] | None) -> list[str | None]:
     return []
 
 
-def default_context(cfg: Any) -> ssl.SSLContext:
-    """corral's context from the settings; also the zero-argument factory handed to the ssl_context hook."""
+def default_context(tls: TlsSettings) -> ssl.SSLContext:
+    """corral's context from the settings (certfile set); also the zero-argument factory handed to the
+    ssl_context hook."""
+    if tls.certfile is None:
+        raise TLSConfigError("certfile: not set; a TLS context needs a certificate")
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version, _ = minimum_version(cfg.ssl_version)
+    context.minimum_version, _ = minimum_version(tls.ssl_version)
     # Compression leaks secrets (CRIME); client-initiated renegotiation is a cheap CPU attack on TLS 1.2; the
     # server's cipher order (Python's, or `ciphers`) rather than the client's picks the TLS 1.2 suite.
     context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
     context.options |= getattr(ssl, "OP_NO_RENEGOTIATION", 0)
     context.set_alpn_protocols(["http/1.1"])
-    _load_chain(context, cfg.certfile, cfg.keyfile, getattr(cfg, "keyfile_password", None))
+    _load_chain(context, tls.certfile, tls.keyfile, tls.keyfile_password)
     # Deliberately not create_default_context(): for client authentication it would also trust every CA of
     # the system store, so any publicly issued client certificate would pass cert_reqs.
-    context.verify_mode = ssl.VerifyMode(cfg.cert_reqs)
-    if cfg.ca_certs:
-        _load_ca_certs(context, cfg.ca_certs)
-    if cfg.ciphers:
+    context.verify_mode = ssl.VerifyMode(tls.cert_reqs)
+    if tls.ca_certs:
+        _load_ca_certs(context, tls.ca_certs)
+    if tls.ciphers:
         try:
-            context.set_ciphers(cfg.ciphers)
+            context.set_ciphers(tls.ciphers)
         except ssl.SSLError:
-            raise TLSConfigError(f"ciphers: no cipher matches {cfg.ciphers!r}") from None
+            raise TLSConfigError(f"ciphers: no cipher matches {tls.ciphers!r}") from None
     return context
 
 
@@ -172,10 +181,10 @@ def _reason(exc: ssl.SSLError) -> str:
     return (exc.reason or str(exc)).replace("_", " ").lower()
 
 
-def _context_from_hook(hook: Callable[..., Any], cfg: Any) -> ssl.SSLContext:
+def _context_from_hook(hook: Callable[..., Any], cfg: Config) -> ssl.SSLContext:
     """Gunicorn's ssl_context(config, default_ssl_context_factory) -> SSLContext."""
     try:
-        context = hook(cfg, functools.partial(default_context, cfg))
+        context = hook(cfg, functools.partial(default_context, cfg.settings.tls))
     except TLSConfigError:
         raise  # the default factory's own error already names its setting
     except Exception as exc:

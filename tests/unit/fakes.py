@@ -1,11 +1,18 @@
-"""A fake asyncio transport for protocol tests without sockets: bytes the protocol writes are collected."""
+"""A fake asyncio transport for protocol tests without sockets (bytes the protocol writes are collected), and the
+ServerState those protocols share, built from the settings table."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import Callable
 from typing import Any
 
-__all__ = ["FakeTransport"]
+from corral.config import default_settings
+from corral.core.scoreboard import WorkerCounters
+from corral.http.state import ServerState
+
+__all__ = ["FakeTransport", "server_state"]
 
 
 class FakeTransport(asyncio.Transport):
@@ -43,3 +50,29 @@ class FakeTransport(asyncio.Transport):
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return {"peername": self.peer, "sockname": ("127.0.0.1", 8000)}.get(name, default)
+
+
+def server_state(
+    app: Callable[..., Any],
+    *,
+    logger: logging.Logger | None = None,
+    access_log: Any = None,
+    app_state: dict[str, Any] | None = None,
+    counters: WorkerCounters | None = None,
+    max_requests: int = 0,
+    on_max_requests: Callable[[], None] | None = None,
+    **settings: Any,
+) -> ServerState:
+    """A worker's ServerState on the running loop: the table's defaults with `settings` changed (validated as
+    any other source is, so `keepalive="1"` works and a bad value fails as it would from the command line)."""
+    return ServerState(
+        default_settings(**settings),
+        loop=asyncio.get_running_loop(),
+        app=app,
+        logger=logger or logging.getLogger("test"),
+        access_log=access_log,
+        app_state=app_state,
+        counters=counters,
+        max_requests=max_requests,
+        on_max_requests=on_max_requests,
+    )

@@ -14,10 +14,11 @@ from corral.admin import client
 from corral.admin.identity import start_ticks
 from corral.cli import _command_options, _UsageError, main
 from corral.config import load_config
+from corral.core.settings import Settings
 
 
-def config(*args: str, cwd: Path) -> Any:
-    return load_config(list(args), environ={}, cwd=str(cwd))
+def config(*args: str, cwd: Path) -> Settings:
+    return load_config(list(args), environ={}, cwd=str(cwd)).settings
 
 
 def test_status_takes_json_and_passes_the_servers_options_on() -> None:

@@ -5,15 +5,13 @@ and responses the app failed to finish counted like the others."""
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Callable
 from typing import Any
 
 from corral.core.scoreboard import METHODS, WorkerCounters
 from corral.http import eager
 from corral.http.h1 import H1Protocol
-from corral.http.state import ServerState
-from tests.unit.fakes import FakeTransport
+from tests.unit.fakes import FakeTransport, server_state
 
 eager.install()
 
@@ -31,8 +29,7 @@ async def by_path(scope: dict[str, Any], receive: Callable[..., Any], send: Call
 
 def serve(counters: WorkerCounters, requests: list[tuple[str, str]]) -> None:
     async def main() -> None:
-        state = ServerState(loop=asyncio.get_running_loop(), app=by_path, logger=logging.getLogger("test"),
-                            counters=counters)  # fmt: skip
+        state = server_state(by_path, counters=counters)
         for method, path in requests:
             protocol = H1Protocol(state)
             protocol.connection_made(FakeTransport())

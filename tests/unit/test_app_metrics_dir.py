@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
 from corral.admin import app_metrics
 from corral.admin.app_metrics import ENV, AppMetricsError, prepare_app_metrics
+from corral.config import default_settings
 from corral.core.privileges import Identity
+from corral.core.settings import MetricsSettings
 
 
 @pytest.fixture(autouse=True)
@@ -25,8 +26,8 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr(app_metrics, "_refresh_value_class", lambda: None)
 
 
-def cfg(**values: object) -> SimpleNamespace:
-    return SimpleNamespace(**{"app_metrics": True, "admin_bind": "127.0.0.1:9000", **values})
+def cfg(**values: object) -> MetricsSettings:
+    return default_settings(**{"app_metrics": True, "admin_bind": "127.0.0.1:9000", **values}).metrics
 
 
 def test_corral_makes_exports_and_at_exit_removes_a_private_directory(tmp_path: Path) -> None:

@@ -4,14 +4,13 @@ responses) and the worker_connections cap, driven through a fake transport."""
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from corral.http import eager
 from corral.http.h1 import H1Protocol
 from corral.http.state import ServerState
-from tests.unit.fakes import FakeTransport
+from tests.unit.fakes import FakeTransport, server_state
 
 eager.install()
 
@@ -54,7 +53,7 @@ def connect(state: ServerState) -> tuple[H1Protocol, FakeTransport]:
 
 
 def new_state(app: Any, **settings: Any) -> ServerState:
-    return ServerState(loop=asyncio.get_running_loop(), app=app, logger=logging.getLogger("test"), **settings)
+    return server_state(app, **settings)
 
 
 def test_pipelined_requests_are_parsed_only_a_few_ahead_of_a_slow_app() -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -11,8 +10,7 @@ import pytest
 
 from corral.http import eager
 from corral.http.h1 import H1Protocol
-from corral.http.state import ServerState
-from tests.unit.fakes import FakeTransport
+from tests.unit.fakes import FakeTransport, server_state
 
 eager.install()
 
@@ -38,7 +36,7 @@ async def echo_body(scope: dict, receive: Callable, send: Callable) -> None:
 class Harness:
     def __init__(self, app: App, **settings: Any) -> None:
         self.loop = asyncio.get_running_loop()
-        self.state = ServerState(loop=self.loop, app=app, logger=logging.getLogger("test"), **settings)
+        self.state = server_state(app, **settings)
         self.transport = FakeTransport()
         self.protocol = H1Protocol(self.state)
         self.protocol.connection_made(self.transport)

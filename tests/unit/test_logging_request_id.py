@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import re
 import subprocess
 import sys
@@ -18,9 +17,8 @@ import pytest
 from corral.config import request_id_header_value
 from corral.http import eager
 from corral.http.h1 import H1Protocol
-from corral.http.state import ServerState
 from corral.logging import REQUEST_ID_MAX_LENGTH, AccessLog, RequestIds, compile_json_access_log
-from tests.unit.fakes import FakeTransport
+from tests.unit.fakes import FakeTransport, server_state
 
 eager.install()
 
@@ -151,13 +149,7 @@ class ListAccessLog:
 
 async def serve(app: App, request: bytes, request_id_header: str = "X-Request-ID", **settings: Any) -> bytes:
     """Feed `request` to a fresh connection and return what it wrote once the app is done."""
-    state = ServerState(
-        loop=asyncio.get_running_loop(),
-        app=app,
-        logger=logging.getLogger("test"),
-        request_id_header=request_id_header,
-        **settings,
-    )
+    state = server_state(app, request_id_header=request_id_header, **settings)
     protocol = H1Protocol(state)
     transport = FakeTransport()
     protocol.connection_made(transport)

@@ -23,8 +23,7 @@ from corral.http.proxy_protocol import (
     parse_proxy_header,
     starts_like_proxy_header,
 )
-from corral.http.state import ServerState
-from tests.unit.fakes import FakeTransport
+from tests.unit.fakes import FakeTransport, server_state
 
 eager.install()
 
@@ -169,13 +168,7 @@ class SwitchingTransport(FakeTransport):
 
 class Gate:
     def __init__(self, peer: tuple[str, int] = ("127.0.0.1", 40000), allow: str = "127.0.0.1") -> None:
-        loop = asyncio.get_running_loop()
-        self.state = ServerState(
-            loop=loop,
-            app=show_client,
-            logger=logging.getLogger("test"),
-            proxy_trust=ProxyTrust.from_setting("127.0.0.1,::1", {}),
-        )
+        self.state = server_state(show_client, forwarded_allow_ips="127.0.0.1,::1", secure_scheme_headers={})
         self.transport = SwitchingTransport(peer)
         self.inner = H1Protocol(self.state)
         self.transport.protocol = ProxyProtocolGate(self.inner, ProxyTrust.from_setting(allow, {}))

@@ -402,10 +402,10 @@ def test_a_new_board_has_the_default_histogram_bounds_and_request_metrics_off(bo
 def test_request_metrics_configured_by_the_master_are_what_workers_read(board: Scoreboard) -> None:
     board.configure_request_metrics(True, (0.001, 0.1))
     assert board.slot(3).request_metrics() == (True, (0.001, 0.1))
-    counters = WorkerCounters.for_worker(None, board.slot(3))
+    counters = WorkerCounters.for_worker(False, board.slot(3))
     assert (counters.timed, counters.latency_bounds_ns) == (True, (1_000_000, 100_000_000))
     board.configure_request_metrics(False, DEFAULT_LATENCY_BOUNDS)
-    assert not WorkerCounters.for_worker(None, board.slot(3)).timed
+    assert not WorkerCounters.for_worker(False, board.slot(3)).timed
 
 
 def test_master_beat_and_start_are_read_back_with_the_target(board: Scoreboard) -> None:

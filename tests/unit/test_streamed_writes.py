@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Callable
 
 from corral.http import eager
 from corral.http.asgi import HOLD_LIMIT
 from corral.http.h1 import H1Protocol
-from corral.http.state import ServerState
-from tests.unit.fakes import FakeTransport
+from tests.unit.fakes import FakeTransport, server_state
 
 eager.install()
 
@@ -29,7 +27,7 @@ class CountingTransport(FakeTransport):
 
 
 def serve(app: Callable[..., object]) -> tuple[H1Protocol, CountingTransport]:
-    state = ServerState(loop=asyncio.get_running_loop(), app=app, logger=logging.getLogger("test"))
+    state = server_state(app)
     transport = CountingTransport()
     protocol = H1Protocol(state)
     protocol.connection_made(transport)

@@ -20,8 +20,8 @@ from websockets.protocol import Protocol, Side
 
 from corral.http import eager
 from corral.http.h1 import H1Protocol
-from corral.http.state import ServerState
-from corral.http.websocket import CLOSE_TIMEOUT, WebSocketSession, WebSocketSettings, close_websockets
+from corral.http.websocket import CLOSE_TIMEOUT, WebSocketSession, close_websockets
+from tests.unit.fakes import server_state
 
 eager.install()
 
@@ -89,15 +89,10 @@ class Harness:
     """One connection: an H1Protocol that may hand its transport to a WebSocketSession."""
 
     def __init__(self, app: App, **settings: Any) -> None:
+        """`settings`: changes to the table's defaults; permessage-deflate is off unless a test turns it on."""
         self.loop = asyncio.get_running_loop()
-        ws = settings.pop("ws", {})
-        self.state = ServerState(
-            loop=self.loop,
-            app=app,
-            logger=logging.getLogger("test.websocket"),
-            ws_settings=WebSocketSettings(**{"per_message_deflate": False, **ws}),
-            **settings,
-        )
+        settings.setdefault("ws_per_message_deflate", False)
+        self.state = server_state(app, logger=logging.getLogger("test.websocket"), **settings)
         self.transport = FakeTransport()
         h1 = H1Protocol(self.state)
         self.transport.set_protocol(h1)
@@ -219,7 +214,7 @@ def test_every_payload_length_encoding_is_framed_correctly(size: int) -> None:
 
 def test_compressed_messages_are_echoed_compressed() -> None:
     async def main() -> None:
-        h = Harness(Recorder(), ws={"per_message_deflate": True})
+        h = Harness(Recorder(), ws_per_message_deflate=True)
         head = await h.upgrade(HANDSHAKE + b"Sec-WebSocket-Extensions: permessage-deflate\r\n\r\n")
         assert b"sec-websocket-extensions: permessage-deflate" in head
         h.client.extensions = [PerMessageDeflate(False, False, 15, 15)]
@@ -533,7 +528,7 @@ def test_invalid_utf8_fails_fast_with_1007_even_mid_message() -> None:
 
 def test_message_over_max_size_closes_1009() -> None:
     async def main() -> None:
-        h = Harness(Recorder(), ws={"max_size": 1000})
+        h = Harness(Recorder(), ws_max_size=1000)
         await h.upgrade()
         h.send(Opcode.BINARY, b"x" * 600, fin=False)
         h.send(Opcode.CONT, b"x" * 600, fin=True)
@@ -567,7 +562,7 @@ def test_reading_pauses_when_max_queue_messages_wait_and_resumes_when_read() -> 
             for _ in range(4):
                 got.append((await receive())["text"])
 
-        h = Harness(app, ws={"max_queue": 4})
+        h = Harness(app, ws_max_queue=4)
         await h.upgrade()
         for index in range(4):
             h.send(Opcode.TEXT, b"%d" % index)
@@ -605,7 +600,7 @@ def test_send_waits_while_the_transport_is_paused() -> None:
 def test_keepalive_ping_unanswered_closes_1011_and_answered_keeps_open() -> None:
     async def main() -> None:
         app = Recorder()
-        h = Harness(app, ws={"ping_interval": 5.0, "ping_timeout": 3.0})
+        h = Harness(app, ws_ping_interval=5.0, ws_ping_timeout=3.0)
         await h.upgrade()
         start = h.state.clock
         h.session.check_timeouts(start + 5.0)
@@ -631,7 +626,7 @@ def test_ping_timeout_does_not_count_while_the_app_leaves_messages_unread() -> N
             await send({"type": "websocket.accept"})
             await asyncio.sleep(3600)  # never reads
 
-        h = Harness(app, ws={"ping_interval": 5.0, "ping_timeout": 3.0, "max_queue": 1})
+        h = Harness(app, ws_ping_interval=5.0, ws_ping_timeout=3.0, ws_max_queue=1)
         await h.upgrade()
         h.send(Opcode.TEXT, b"unread")
         assert not h.transport.reading
@@ -741,7 +736,7 @@ class Unread:
 def test_reading_pauses_when_queued_message_bytes_reach_max_queue_bytes_and_resumes_when_read() -> None:
     async def main() -> None:
         app = Unread(2)
-        h = Harness(app, ws={"max_queue_bytes": 1000})
+        h = Harness(app, ws_max_queue_bytes=1000)
         await h.upgrade()
         h.send(Opcode.BINARY, b"a" * 600)
         assert h.transport.reading  # 600 bytes wait: under the bound
@@ -757,7 +752,7 @@ def test_reading_pauses_when_queued_message_bytes_reach_max_queue_bytes_and_resu
 def test_a_compressed_read_is_inflated_only_up_to_max_queue_bytes_and_the_rest_waits_unparsed() -> None:
     async def main() -> None:
         app = Unread(10)
-        h = Harness(app, ws={"per_message_deflate": True, "max_queue_bytes": 1024 * 1024})
+        h = Harness(app, ws_per_message_deflate=True, ws_max_queue_bytes=1024 * 1024)
         await h.upgrade(HANDSHAKE + b"Sec-WebSocket-Extensions: permessage-deflate\r\n\r\n")
         h.client.extensions = [PerMessageDeflate(False, False, 15, 15)]
         for index in range(10):  # 10 MiB of messages in ~10 KiB on the wire, all in one read
@@ -778,7 +773,7 @@ def test_a_compressed_read_is_inflated_only_up_to_max_queue_bytes_and_the_rest_w
 def test_a_close_frame_held_unparsed_behind_a_full_queue_still_closes_the_connection() -> None:
     async def main() -> None:
         app = Unread(5)
-        h = Harness(app, ws={"per_message_deflate": True, "max_queue_bytes": 1000})
+        h = Harness(app, ws_per_message_deflate=True, ws_max_queue_bytes=1000)
         await h.upgrade(HANDSHAKE + b"Sec-WebSocket-Extensions: permessage-deflate\r\n\r\n")
         h.client.extensions = [PerMessageDeflate(False, False, 15, 15)]
         for _ in range(3):  # incompressible, so that the close frame is read slices behind the first message
@@ -817,7 +812,7 @@ def test_a_message_of_many_small_fragments_is_reassembled_whole() -> None:
 def test_a_fragmented_message_over_max_size_closes_1009_before_it_is_whole() -> None:
     async def main() -> None:
         app = Recorder()
-        h = Harness(app, ws={"max_size": 1000})
+        h = Harness(app, ws_max_size=1000)
         await h.upgrade()
         h.send(Opcode.BINARY, b"x" * 600, fin=False)
         h.send(Opcode.CONT, b"y" * 600, fin=False)

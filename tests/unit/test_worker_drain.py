@@ -10,6 +10,7 @@ import pytest
 
 from corral.http.state import ServerState
 from corral.worker.drain import cancel_app_calls, wait_until_drained
+from tests.unit.fakes import server_state
 
 
 async def _app(scope: dict, receive: object, send: object) -> None:
@@ -21,7 +22,7 @@ def run(coro: Awaitable[None]) -> None:
 
 
 def make_state() -> ServerState:
-    return ServerState(loop=asyncio.get_running_loop(), app=_app, logger=logging.getLogger("test"))
+    return server_state(_app)
 
 
 class Call:

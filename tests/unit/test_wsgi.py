@@ -15,9 +15,8 @@ import pytest
 
 from corral.http import eager
 from corral.http.h1 import H1Protocol
-from corral.http.state import ServerState
 from corral.http.wsgi import PIPE_HIGH_WATER, WSGIApp
-from tests.unit.fakes import FakeTransport
+from tests.unit.fakes import FakeTransport, server_state
 
 eager.install()
 
@@ -29,7 +28,7 @@ class Harness:
     def __init__(self, wsgi_app: Callable[..., Any], *, validate: bool = True, threads: int = 2, **settings: Any):
         self.loop = asyncio.get_running_loop()
         self.app = WSGIApp(validator(wsgi_app) if validate else wsgi_app).configure(threads=threads)
-        self.state = ServerState(loop=self.loop, app=self.app, logger=logging.getLogger("test"), **settings)
+        self.state = server_state(self.app, **settings)
         self.transport = FakeTransport()
         self.protocol = H1Protocol(self.state)
         self.protocol.connection_made(self.transport)
@@ -379,9 +378,8 @@ def test_threads_bound_how_many_requests_run_the_app_at_once() -> None:
         return [b"ok"]
 
     async def main() -> None:
-        loop = asyncio.get_running_loop()
         wsgi = WSGIApp(app).configure(threads=2)
-        state = ServerState(loop=loop, app=wsgi, logger=logging.getLogger("test"))
+        state = server_state(wsgi)
         for _ in range(6):
             protocol = H1Protocol(state)
             protocol.connection_made(FakeTransport())
@@ -418,7 +416,7 @@ def test_worker_class_and_threads_size_the_wsgi_pool_as_in_gunicorn(argv: list[s
     from corral.config import load_config
     from corral.http.wsgi import wsgi_threads
 
-    assert wsgi_threads(load_config([*argv, "app:app"], environ={})) == threads
+    assert wsgi_threads(load_config([*argv, "app:app"], environ={}).settings.worker) == threads
 
 
 def test_an_app_wrapped_by_wsgiref_validate_is_detected_as_wsgi() -> None:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from corral.core.privileges import Identity
+from corral.core.settings import MetricsSettings
 
 __all__ = [
     "ENV",
@@ -75,10 +76,10 @@ class AppMetricsDir:
                 del os.environ[name]
 
 
-def prepare_app_metrics(cfg: Any, identity: Identity | None) -> AppMetricsDir | None:
+def prepare_app_metrics(metrics: MetricsSettings, identity: Identity | None) -> AppMetricsDir | None:
     """In the master, before a preloaded app is imported and before any bind: the directory, exported in the
     environment that every worker inherits; None when app metrics are off or cannot be read anywhere."""
-    if not getattr(cfg, "app_metrics", False) or not getattr(cfg, "admin_bind", None):
+    if not metrics.app_metrics or not metrics.admin_bind:
         return None  # without the admin endpoint, nobody would read them: leave the app's metrics as they are
     if importlib.util.find_spec("prometheus_client") is None:
         return None  # the app cannot use it either
@@ -115,7 +116,7 @@ def _refresh_value_class() -> None:
     """prometheus_client picks in-process or multiprocess values when it is first imported. A config file that
     imported it before the variable was set (to write a child_exit hook, say) would leave a preloaded app's
     metrics in the master's memory, where no worker's count reaches the files: choose again."""
-    values = sys.modules.get("prometheus_client.values")
+    values: Any = sys.modules.get("prometheus_client.values")  # its ValueClass is set at import, untyped
     if values is not None:
         values.ValueClass = values.get_value_class()
 

@@ -26,15 +26,19 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from corral.admin.app_metrics import AppMetricsDir
 from corral.admin.identity import start_ticks
 from corral.core.contract import MASTER_SIGNALS
 from corral.core.privileges import Identity, drop_privileges
 from corral.core.scoreboard import Scoreboard
+from corral.core.settings import Settings
 from corral.core.sockets import BindError, create_listeners, describe
 from corral.proctitle import set_title
+
+if TYPE_CHECKING:
+    from corral.config import Config
 
 __all__ = ["AdminLaunch", "AdminProcess", "serve_admin", "shed_one"]
 
@@ -55,7 +59,7 @@ _PR_SET_PDEATHSIG = 1
 class AdminLaunch:
     """What the admin process needs from the master."""
 
-    cfg: Any
+    cfg: Config
     sock: socket.socket
     scoreboard: Scoreboard
     listener_names: list[str]
@@ -70,7 +74,7 @@ class AdminProcess:
 
     def __init__(
         self,
-        cfg: Any,
+        cfg: Config,
         scoreboard: Scoreboard,
         listeners: list[socket.socket],
         listener_names: list[str],
@@ -81,7 +85,8 @@ class AdminProcess:
     ) -> None:
         self.cfg = cfg
         self.app_metrics = app_metrics
-        self.address: str = cfg.admin_bind
+        assert cfg.settings.metrics.admin_bind is not None, "an admin process is only made for an admin_bind"
+        self.address: str = cfg.settings.metrics.admin_bind
         self.scoreboard = scoreboard
         self.listeners = listeners
         self.listener_names = listener_names
@@ -104,7 +109,8 @@ class AdminProcess:
         """
         owner = (self.identity.uid, self.identity.gid) if self.identity is not None else None
         try:
-            (self.sock,) = create_listeners([self.address], ADMIN_BACKLOG, umask=self.cfg.umask, owner=owner)
+            umask = self.cfg.settings.process.umask
+            (self.sock,) = create_listeners([self.address], ADMIN_BACKLOG, umask=umask, owner=owner)
         except BindError as exc:
             reason = str(exc).removeprefix(f"bind {self.address!r}: ")
             if not upgrading:
@@ -255,7 +261,7 @@ def serve_admin(launch: AdminLaunch) -> int:
 
     from corral.worker.server import new_event_loop  # the serving code is only imported in the child
 
-    loop = new_event_loop(launch.cfg.loop)
+    loop = new_event_loop(launch.cfg.settings.application.loop)
     asyncio.set_event_loop(loop)
     try:
         return loop.run_until_complete(_AdminServer(launch, loop).serve())
@@ -269,6 +275,20 @@ def _die_with_master(master_pid: int) -> None:
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
     if os.getppid() != master_pid:
         os._exit(0)  # the master died before the death signal was armed
+
+
+def _admin_http_settings() -> Settings:
+    """The admin endpoint's HTTP settings: the table's defaults with its own limits, never the app's settings
+    (the app's headers, proxy trust or access log have nothing to do with probes and scrapes)."""
+    from corral.config import default_settings
+
+    return default_settings(
+        server_header="corral",
+        keepalive=ADMIN_KEEPALIVE,
+        header_timeout=ADMIN_HEADER_TIMEOUT,
+        worker_connections=ADMIN_CONNECTIONS,
+        proxy_headers=False,
+    )
 
 
 class _AdminServer:
@@ -302,13 +322,10 @@ class _AdminServer:
             master_start_ticks=launch.master_start_ticks,
         )  # fmt: skip
         state = ServerState(
+            _admin_http_settings(),
             loop=self.loop,
             app=app,
             logger=self.log,
-            server_header="corral",
-            keepalive=ADMIN_KEEPALIVE,
-            header_timeout=ADMIN_HEADER_TIMEOUT,
-            worker_connections=ADMIN_CONNECTIONS,
             counters=WorkerCounters(),  # the admin's own requests are not the app's: never published
         )
 

@@ -19,6 +19,7 @@ from typing import Any
 from corral.admin.identity import master_problem, pidfile_problem
 from corral.admin.status import format_status
 from corral.core.contract import MasterSignal
+from corral.core.settings import Settings
 from corral.core.sockets import BindError, parse_bind
 
 __all__ = ["CommandError", "NotConfigured", "fetch_status", "master_pid", "reload", "scale", "status"]
@@ -84,45 +85,48 @@ def fetch_status(address: str, timeout: float = TIMEOUT) -> dict[str, Any]:
     return document
 
 
-def _admin_address(cfg: Any, why: str) -> str:
-    if not cfg.admin_bind:
+def _admin_address(settings: Settings, why: str) -> str:
+    if not settings.metrics.admin_bind:
         raise NotConfigured(
             f"{why} needs the admin endpoint: give the server's admin_bind (--admin-bind ADDRESS, or the same "
             "config file with -c)"
         )
-    return str(cfg.admin_bind)
+    return str(settings.metrics.admin_bind)
 
 
-def status(cfg: Any, *, as_json: bool = False) -> str:
+def status(settings: Settings, *, as_json: bool = False) -> str:
     """What `corral status` prints."""
-    document = fetch_status(_admin_address(cfg, "corral status"))
+    document = fetch_status(_admin_address(settings, "corral status"))
     return json.dumps(document, indent=1) if as_json else format_status(document)
 
 
-def master_pid(cfg: Any) -> int:
+def master_pid(settings: Settings) -> int:
     """The master's pid: from the pidfile when there is one, else from the admin endpoint."""
-    if cfg.pidfile:
+    pidfile, admin_bind = settings.process.pidfile, settings.metrics.admin_bind
+    if pidfile:
         try:
-            with open(cfg.pidfile) as handle:
+            with open(pidfile) as handle:
                 text = handle.read().strip()
         except OSError as exc:
-            raise CommandError(f"pidfile {cfg.pidfile}: {exc.strerror or exc} (is corral running?)") from None
+            raise CommandError(f"pidfile {pidfile}: {exc.strerror or exc} (is corral running?)") from None
         if not text.isdigit() or int(text) <= 1:
-            raise CommandError(f"pidfile {cfg.pidfile}: {text!r} is not a process id")
+            raise CommandError(f"pidfile {pidfile}: {text!r} is not a process id")
         pid = int(text)
-        _refuse(pidfile_problem(pid, cfg.pidfile))
-    elif cfg.admin_bind:
-        pid = _verified_master(fetch_status(cfg.admin_bind), cfg.admin_bind)
+        _refuse(pidfile_problem(pid, pidfile))
+    elif admin_bind:
+        pid = _verified_master(fetch_status(admin_bind), admin_bind)
     else:
         raise NotConfigured("cannot find the master: give the server's pidfile (-p FILE) or admin_bind (--admin-bind)")
-    _check_signallable(pid, cfg.pidfile)
+    _check_signallable(pid, pidfile)
     return pid
 
 
 def _verified_master(document: dict[str, Any], address: str) -> int:
     """The master's pid from a /status document, once verified to be the master that answered."""
     master = document.get("master") if isinstance(document, dict) else None
-    pid = master.get("pid") if isinstance(master, dict) else None
+    if not isinstance(master, dict):
+        master = {}
+    pid = master.get("pid")
     if not isinstance(pid, int) or isinstance(pid, bool):
         raise CommandError(f"the admin endpoint at {address} reports no master pid: not signalling anything")
     _refuse(master_problem(pid, master.get("start_ticks"), address))
@@ -144,15 +148,15 @@ def _check_signallable(pid: int, pidfile: str | None) -> None:
         raise CommandError(f"not allowed to signal the master (pid {pid}): run as its user or as root") from None
 
 
-def reload(cfg: Any) -> str:
+def reload(settings: Settings) -> str:
     """HUP the master: it re-reads its configuration and replaces every worker, new ones READY first."""
-    pid = master_pid(cfg)
+    pid = master_pid(settings)
     os.kill(pid, MasterSignal.HUP)
     return f"corral: sent HUP to the master (pid {pid}): rolling reload started; corral status follows it"
 
 
 def scale(
-    cfg: Any,
+    settings: Settings,
     workers: int,
     *,
     timeout: float = 30.0,
@@ -163,7 +167,7 @@ def scale(
     `workers`. One at a time because signals of one kind sent together may arrive as one."""
     if workers < 1:
         raise CommandError(f"scale: the pool needs at least 1 worker, got {workers}")
-    address = _admin_address(cfg, "corral scale")
+    address = _admin_address(settings, "corral scale")
     document = fetch(address)
     pid, start = _verified_master(document, address), int(document["master"]["target"])
     _check_signallable(pid, None)

@@ -296,14 +296,14 @@ class WorkerCounters:
         return cls(timed=True, latency_bounds_ns=tuple(round(bound * 1e9) for bound in check_latency_bounds(bounds)))
 
     @classmethod
-    def for_worker(cls, cfg: Any, slot: Slot | None) -> WorkerCounters:
+    def for_worker(cls, request_metrics: bool, slot: Slot | None) -> WorkerCounters:
         """A worker's counters, as the master configured the request metrics when it started (in the
         scoreboard's header, so that every worker's buckets mean the same whatever a reload changed);
-        from `cfg` for a worker without a slot."""
+        from the request_metrics setting for a worker without a slot."""
         if slot is not None:
             timed, bounds = slot.request_metrics()
         else:
-            timed, bounds = bool(getattr(cfg, "request_metrics", False)), DEFAULT_LATENCY_BOUNDS
+            timed, bounds = request_metrics, DEFAULT_LATENCY_BOUNDS
         return cls.timing(bounds or DEFAULT_LATENCY_BOUNDS) if timed else cls()
 
 

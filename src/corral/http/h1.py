@@ -447,7 +447,7 @@ class H1Protocol(WriteFlowControl):
         if upgrade is None or not is_websocket_upgrade(upgrade):
             return False
         state = self.state
-        handshake = check_handshake(method, version, self.headers, deflate=state.ws_settings.per_message_deflate)
+        handshake = check_handshake(method, version, self.headers, deflate=state.ws_settings.ws_per_message_deflate)
         start_ns = perf_counter_ns() if state.timed else 0
         pending = WebSocketUpgrade(websocket_scope(scope, handshake), handshake, start_ns)
         self._reset_head()

@@ -11,6 +11,7 @@ import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from corral.core.settings import HooksSettings
 from corral.hooks import accepted_arity
 
 __all__ = ["HookRequest", "HookResponse", "with_request_hooks", "wsgi_like_environ"]
@@ -66,7 +67,7 @@ class HookResponse:
 def wsgi_like_environ(scope: Scope) -> dict[str, Any]:
     """The WSGI environ keys post_request hooks read, from the ASGI scope (plus the scope itself); for a WSGI
     app, the very environ it was called with."""
-    wsgi_environ = scope.get("wsgi.environ")
+    wsgi_environ: dict[str, Any] | None = scope.get("wsgi.environ")
     if wsgi_environ is not None:
         return wsgi_environ
     server = scope.get("server") or ("", 0)
@@ -92,10 +93,10 @@ def wsgi_like_environ(scope: Scope) -> dict[str, Any]:
     return environ
 
 
-def with_request_hooks(app: ASGIApp, cfg: Any, worker: Any, log: logging.Logger) -> ASGIApp:
-    """`app`, or `app` wrapped to call cfg.pre_request / cfg.post_request around each HTTP request."""
-    pre_request = cfg.pre_request
-    post_request = cfg.post_request
+def with_request_hooks(app: ASGIApp, hooks: HooksSettings, worker: Any, log: logging.Logger) -> ASGIApp:
+    """`app`, or `app` wrapped to call the pre_request / post_request hooks around each HTTP request."""
+    pre_request = hooks.pre_request
+    post_request = hooks.post_request
     if pre_request is None and post_request is None:
         return app
     post_arity = accepted_arity(post_request, (2, 3, 4)) if post_request is not None else 0

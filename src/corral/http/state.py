@@ -14,8 +14,9 @@ from email.utils import formatdate
 from typing import TYPE_CHECKING, Any, TypeGuard
 
 from corral.core.scoreboard import WorkerCounters
+from corral.core.settings import Settings, WebSocketSettings
 from corral.http.proxy import PROXY_HEADER_NAMES, ProxyTrust
-from corral.http.websocket import CLOSE_GOING_AWAY, WebSocketSettings
+from corral.http.websocket import CLOSE_GOING_AWAY
 from corral.logging import RequestIds
 
 if TYPE_CHECKING:
@@ -48,57 +49,48 @@ class ServerState:
 
     def __init__(
         self,
+        settings: Settings,
         *,
         loop: asyncio.AbstractEventLoop,
         app: Callable[..., Any],
         logger: logging.Logger,
         access_log: Any = None,
-        proxy_trust: ProxyTrust | None = None,
-        root_path: str = "",
-        server_header: str = "corral",
-        date_header: bool = True,
-        headers: list[str] | None = None,
-        limit_concurrency: int = 0,
-        websocket: bool = True,
-        keepalive: float = 5.0,
-        header_timeout: float = 10.0,
-        body_timeout: float = 0.0,
-        send_timeout: float = 60.0,
-        limit_request_line: int = 4094,
-        limit_request_fields: int = 100,
-        limit_request_field_size: int = 8190,
-        limit_request_body: int = 0,
-        worker_connections: int = 1000,
         app_state: dict[str, Any] | None = None,
         counters: WorkerCounters | None = None,
         max_requests: int = 0,
         on_max_requests: Callable[[], None] | None = None,
-        ws_settings: WebSocketSettings | None = None,
-        request_id_header: str = "",
     ) -> None:
+        """`settings` gives every limit, timeout and header (read once, here: the attributes below are what
+        the protocols read on the hot path); the rest are the worker's runtime objects. max_requests is this
+        worker's own (jitter included; 0: never)."""
+        http, security, proxy = settings.http, settings.security, settings.proxy
         self.loop = loop
         self.app = app
         self.logger = logger
         self.access_log = access_log
-        self.proxy_trust = proxy_trust
-        self.root_path = root_path
-        self.root_path_bytes = root_path.encode("utf-8")
-        self.keepalive = keepalive
-        self.header_timeout = header_timeout
-        self.body_timeout = body_timeout
-        self.send_timeout = send_timeout
+        self.proxy_trust = (
+            ProxyTrust.from_setting(proxy.forwarded_allow_ips, proxy.secure_scheme_headers)
+            if proxy.proxy_headers
+            else None
+        )
+        self.root_path = http.root_path
+        self.root_path_bytes = http.root_path.encode("utf-8")
+        self.keepalive = settings.worker.keepalive
+        self.header_timeout = security.header_timeout
+        self.body_timeout = security.body_timeout
+        self.send_timeout = security.send_timeout
         # 0 means unlimited, as in Gunicorn.
-        self.limit_request_line = limit_request_line or 1 << 62
-        self.limit_request_fields = limit_request_fields or 1 << 62
-        self.limit_request_field_size = limit_request_field_size or 1 << 62
-        self.limit_request_body = limit_request_body
+        self.limit_request_line = security.limit_request_line or 1 << 62
+        self.limit_request_fields = security.limit_request_fields or 1 << 62
+        self.limit_request_field_size = security.limit_request_field_size or 1 << 62
+        self.limit_request_body = security.limit_request_body
         # A bound on the bytes of one request head, so a client cannot make the parser buffer without end.
         self.limit_head_bytes = (
-            (limit_request_line or 65536)
-            + (limit_request_fields or 1000) * ((limit_request_field_size or 65536) + 4)
+            (security.limit_request_line or 65536)
+            + (security.limit_request_fields or 1000) * ((security.limit_request_field_size or 65536) + 4)
             + 4096
         )
-        self.worker_connections = worker_connections
+        self.worker_connections = settings.worker.worker_connections
         # Idle keep-alive connections to shed at the cap, the first to go last (see make_room).
         self.shed_candidates: list[H1Protocol] = []
         self.shed_scan_at = -1.0  # the coarse clock at the last scan that found few idle connections
@@ -117,39 +109,42 @@ class ServerState:
         self.app_calls: set[RequestCycle] = set()
         self.on_app_calls_done: Callable[[], None] | None = None  # set by a draining worker
         self.websockets: set[WebSocketSession] = set()
-        self.ws_settings = ws_settings if ws_settings is not None else WebSocketSettings()
+        self.ws_settings: WebSocketSettings = settings.websocket
         self.websocket_close_code = CLOSE_GOING_AWAY  # what a draining worker closes WebSockets with
         self.drain_started = 0.0
         # Each request runs in a copy of this, never of whatever context happens to be current.
         self.base_context = contextvars.copy_context()
         self.draining = False
         self.clock = loop.time()
-        self.server_line = f"server: {server_header}\r\n".encode("latin-1") if server_header else b""
+        self.server_line = f"server: {http.server_header}\r\n".encode("latin-1") if http.server_header else b""
         # The headers setting ("Name: value" lines), added to every response; a Server line replaces ours.
         self.extra_lines: list[bytes] = []
-        for line in headers or ():
+        for line in http.headers:
             encoded = line.encode("latin-1") + b"\r\n"
             if line.lower().startswith("server:"):
                 self.server_line = encoded
             else:
                 self.extra_lines.append(encoded)
-        self.date_header = date_header
+        self.date_header = http.date_header
         self.date_line = b""
         self.default_headers = b""
         self.default_header_lines = 0  # the CRLFs in default_headers: what a response head's check expects
         # 0: off. A request that arrives while the worker has more connections than this is answered 503.
-        self.limit_concurrency = limit_concurrency
+        self.limit_concurrency = http.limit_concurrency
         # Upgrade is watched so a WebSocket handshake is recognised with no work for plain requests; with
         # WebSocket off (uvicorn's --ws none) it is not, so an upgrade request reaches the app as plain HTTP.
+        websocket = settings.websocket.ws != "none"
         self.watched = frozenset({_HOST, _EXPECT, _TRANSFER_ENCODING, *((_UPGRADE,) if websocket else ())})
-        if limit_request_body:
+        if security.limit_request_body:
             self.watched |= {_CONTENT_LENGTH}
         # Request ids (off when the header setting is empty): the header is watched like Host, for free.
+        request_id_header = settings.logging.request_id_header
         self.request_ids = RequestIds(request_id_header) if request_id_header else None
         self.request_id_name = self.request_ids.header if self.request_ids is not None else None
         if self.request_id_name is not None:
             self.watched |= {self.request_id_name}
-        self.watched_trusted = self.watched | (proxy_trust.header_names if proxy_trust else PROXY_HEADER_NAMES)
+        proxy_names = self.proxy_trust.header_names if self.proxy_trust is not None else PROXY_HEADER_NAMES
+        self.watched_trusted = self.watched | proxy_names
         self.tick()
 
     def tick(self) -> None:

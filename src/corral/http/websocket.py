@@ -14,7 +14,6 @@ import codecs
 import logging
 import struct
 from collections import deque
-from dataclasses import dataclass
 from time import perf_counter_ns
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +21,7 @@ from websockets.exceptions import ProtocolError
 from websockets.frames import Close, Frame, Opcode
 from websockets.protocol import OPEN, Protocol, Side
 
+from corral.core.settings import WebSocketSettings
 from corral.http.errors import ClientDisconnected, error_response
 from corral.http.flow import WriteFlowControl
 from corral.http.ws_handshake import Handshake, accept_response, denial_response
@@ -102,29 +102,6 @@ class _ServerProtocol(Protocol):
         super().recv_frame(frame)
 
 
-@dataclass(frozen=True, slots=True)
-class WebSocketSettings:
-    """The ws_* settings (see docs/websocket.md). 0 turns max_size, ping_interval or ping_timeout off."""
-
-    max_size: int = 16 * 1024 * 1024
-    max_queue: int = 32
-    max_queue_bytes: int = 4 * 1024 * 1024
-    ping_interval: float = 20.0
-    ping_timeout: float = 20.0
-    per_message_deflate: bool = True
-
-    @classmethod
-    def from_config(cls, cfg: Any) -> WebSocketSettings:
-        return cls(
-            max_size=cfg.ws_max_size,
-            max_queue=cfg.ws_max_queue,
-            max_queue_bytes=cfg.ws_max_queue_bytes,
-            ping_interval=cfg.ws_ping_interval,
-            ping_timeout=cfg.ws_ping_timeout,
-            per_message_deflate=cfg.ws_per_message_deflate,
-        )
-
-
 class WebSocketUpgrade:
     """A valid handshake queued on its HTTP/1.1 connection until the requests pipelined before it are answered."""
 
@@ -192,8 +169,8 @@ class WebSocketSession(WriteFlowControl):
         self.fragments: bytearray | None = None
         self.decoder: codecs.IncrementalDecoder | None = None
         self.reading_paused = True  # the HTTP/1.1 side stopped reading at the upgrade
-        self.resume_at = self.settings.max_queue // 4
-        self.resume_at_bytes = self.settings.max_queue_bytes // 4
+        self.resume_at = self.settings.ws_max_queue // 4
+        self.resume_at_bytes = self.settings.ws_max_queue_bytes // 4
         self.parse_slice = 1 << 62  # _INFLATE_SLICE once permessage-deflate is on
         self.slice_above = self.parse_slice  # reads longer than this go to _receive_in_slices; 0 while holding
         # outgoing
@@ -267,7 +244,7 @@ class WebSocketSession(WriteFlowControl):
 
     def _queue_full(self) -> bool:
         return self.phase == _OPEN and (
-            len(self.messages) >= self.settings.max_queue or self.queued_bytes >= self.settings.max_queue_bytes
+            len(self.messages) >= self.settings.ws_max_queue or self.queued_bytes >= self.settings.ws_max_queue_bytes
         )
 
     def _pause_reading(self) -> None:
@@ -511,7 +488,7 @@ class WebSocketSession(WriteFlowControl):
             self.scope["subprotocols"],
         )
         settings = self.settings
-        protocol = _ServerProtocol(Side.SERVER, max_size=settings.max_size or None, logger=_PROTOCOL_LOG)
+        protocol = _ServerProtocol(Side.SERVER, max_size=settings.ws_max_size or None, logger=_PROTOCOL_LOG)
         if handshake.extension is not None:
             protocol.extensions = [handshake.extension]
             self.parse_slice = self.slice_above = _INFLATE_SLICE
@@ -520,7 +497,7 @@ class WebSocketSession(WriteFlowControl):
         self.phase = _OPEN
         self.transport.write(head)
         self._handshake_answered(101, headers, 0)
-        self.next_ping_at = self.state.clock + settings.ping_interval
+        self.next_ping_at = self.state.clock + settings.ws_ping_interval
         # Bytes the client sent behind its handshake are parsed first, as if just read.
         self.unparsed, self.rest = self.rest, b""
         if self.close_on_accept:
@@ -671,18 +648,18 @@ class WebSocketSession(WriteFlowControl):
             if self.reading_paused:
                 # The app is not reading, so neither is corral: the pong may be waiting unread. Not the peer's fault.
                 self.ping_sent_at = now
-            elif settings.ping_timeout and now - self.ping_sent_at > settings.ping_timeout:
+            elif settings.ws_ping_timeout and now - self.ping_sent_at > settings.ws_ping_timeout:
                 # 1011, as the websockets library does for a keep-alive timeout; no point waiting for a
                 # close frame from a peer that does not answer pings.
                 self._fail(CLOSE_INTERNAL_ERROR, "keepalive ping timeout")
-        elif settings.ping_interval and now >= self.next_ping_at:
+        elif settings.ws_ping_interval and now >= self.next_ping_at:
             self.pings += 1
             payload = struct.pack("!I", self.pings)
             self.protocol.send_ping(payload)
             self._write(self.protocol.data_to_send())
             self.ping_payload = payload
             self.ping_sent_at = now
-            self.next_ping_at = now + settings.ping_interval
+            self.next_ping_at = now + settings.ws_ping_interval
 
     def in_flight(self) -> None:
         """A WebSocket is not a request in flight (the loop-lag watchdog lists only those)."""

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable
 from queue import SimpleQueue
 from typing import Any
 
+from corral.core.settings import HttpSettings, WorkerSettings
 from corral.http.errors import ClientDisconnected
 from corral.http.wsgi_environ import BodyBudget, BodyWriter, ErrorStream, WSGIInput, build_environ
 
@@ -418,16 +419,18 @@ async def _lifespan(receive: Any, send: Any) -> None:
             return
 
 
-def wsgi_threads(cfg: Any) -> int:
+def wsgi_threads(worker: WorkerSettings) -> int:
     """How many requests run a WSGI app at once in one worker: Gunicorn's meaning of -k and --threads."""
-    return 1 if cfg.worker_class == "sync" else max(1, cfg.threads)
+    return 1 if worker.worker_class == "sync" else max(1, worker.threads)
 
 
-def serving_interface(app: Any, cfg: Any, logger: logging.Logger) -> Any:
+def serving_interface(app: Any, worker: WorkerSettings, http: HttpSettings, logger: logging.Logger) -> Any:
     """In the worker, after loading: give a WSGI app its pool size and timeout; note a thread worker class
     given to an ASGI app (Gunicorn would break the app; here the class only sizes a WSGI pool)."""
     if isinstance(app, WSGIApp):
-        return app.configure(threads=wsgi_threads(cfg), timeout=cfg.timeout, tmp_dir=cfg.tmp_upload_dir)
-    if cfg.worker_class in ("sync", "gthread"):
-        logger.info("The app is ASGI: serving it as ASGI (worker class %s only applies to WSGI apps)", cfg.worker_class)
+        return app.configure(threads=wsgi_threads(worker), timeout=worker.timeout, tmp_dir=http.tmp_upload_dir)
+    if worker.worker_class in ("sync", "gthread"):
+        logger.info(
+            "The app is ASGI: serving it as ASGI (worker class %s only applies to WSGI apps)", worker.worker_class
+        )
     return app

@@ -15,7 +15,7 @@ import socket
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from corral.admin.app_metrics import AppMetricsDir
 from corral.admin.backlog import listen_queue
@@ -25,6 +25,9 @@ from corral.core.privileges import Identity
 from corral.core.scoreboard import Scoreboard
 from corral.core.sockets import describe
 from corral.master.statsd import StatsdClient, parse_statsd_address
+
+if TYPE_CHECKING:
+    from corral.config import Config
 
 __all__ = ["Monitor", "exit_reason", "listener_name"]
 
@@ -62,7 +65,7 @@ class Monitor:
 
     def __init__(
         self,
-        cfg: Any,
+        cfg: Config,
         scoreboard: Scoreboard,
         listeners: list[socket.socket],
         logger: logging.Logger,
@@ -87,18 +90,18 @@ class Monitor:
 
         Returns a one-line problem (the caller exits with status 2) or None.
         """
-        cfg = self.cfg
+        cfg, metrics = self.cfg, self.cfg.settings.metrics
         self.scoreboard.master_started(time.monotonic(), time.time())
-        self.scoreboard.configure_request_metrics(bool(cfg.request_metrics), tuple(cfg.metrics_buckets))
-        if cfg.statsd_host:
+        self.scoreboard.configure_request_metrics(metrics.request_metrics, metrics.metrics_buckets)
+        if metrics.statsd_host:
             try:
-                address = parse_statsd_address(cfg.statsd_host)
+                address = parse_statsd_address(metrics.statsd_host)
                 self.statsd = StatsdClient(
-                    address, cfg.statsd_prefix, cfg.dogstatsd_tags, self.listener_names, self.log
+                    address, metrics.statsd_prefix, metrics.dogstatsd_tags, self.listener_names, self.log
                 )
             except (OSError, ValueError) as exc:
-                return f"statsd_host {cfg.statsd_host!r}: {getattr(exc, 'strerror', None) or exc}"
-        if cfg.admin_bind:
+                return f"statsd_host {metrics.statsd_host!r}: {getattr(exc, 'strerror', None) or exc}"
+        if metrics.admin_bind:
 
             def in_child() -> None:
                 close_in_child()

@@ -22,7 +22,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from corral.admin.app_metrics import AppMetricsDir, prepare_app_metrics
 from corral.core import sizing
@@ -30,6 +30,7 @@ from corral.core.contract import BOOT_FAILURES, MASTER_SIGNALS, ExitCode, Master
 from corral.core.open_files import raise_open_files_limit
 from corral.core.privileges import Identity, resolve_identity
 from corral.core.scoreboard import MasterState, Scoreboard, Slot, WorkerState
+from corral.core.settings import ApplicationSettings
 from corral.core.sockets import (
     BindError,
     create_listeners,
@@ -45,6 +46,9 @@ from corral.master.reloader import Reloader, check_reload_setup, start_reloader
 from corral.master.systemd import PoolView, SystemdNotifier, SystemdReporter
 from corral.proctitle import set_title
 from corral.tls import TLSConfigError, server_context
+
+if TYPE_CHECKING:
+    from corral.config import Config
 
 __all__ = ["Arbiter", "run"]
 
@@ -104,28 +108,29 @@ def _raise_open_files_limit(worker_connections: int, logger: logging.Logger) -> 
         )
 
 
-def run(cfg: Any, reload_config: Callable[[], Any] | None = None, *, app: Any = None) -> int:
+def run(cfg: Config, reload_config: Callable[[], Config] | None = None, *, app: Any = None) -> int:
     """Bind, start the pool and supervise it until told to stop; the exit status says how it ended.
 
     `app`: an app object given to corral.run() instead of an import string; the workers are forked with it
     (as with preload_app), so it is never imported again."""
     from corral.logging import LogConfigError, configure_logging
 
+    settings = cfg.settings
     try:
-        logger = configure_logging(cfg)  # before anything is bound; the workers inherit it
+        logger = configure_logging(settings.logging)  # before anything is bound; the workers inherit it
     except LogConfigError as exc:
         print(f"corral: error: {exc}", file=sys.stderr)
         return ExitCode.CONFIG
     log_output.guard_master_log()  # a log reader that stalls must never stall supervision
-    _raise_open_files_limit(cfg.worker_connections, logger)
+    _raise_open_files_limit(settings.worker.worker_connections, logger)
     server = ServerView(cfg, logger, os.getpid(), lambda: 0)
     start_cwd = os.getcwd()  # where a USR2 re-exec starts again, whatever chdir says
     upgrade_from = upgrade.upgrade_parent()
     try:
-        if cfg.chdir:
-            os.chdir(cfg.chdir)
-        apply_process_environment(cfg)
-        run_on_starting(cfg, server)
+        if settings.application.chdir:
+            os.chdir(settings.application.chdir)
+        apply_process_environment(settings.application)
+        run_on_starting(settings.hooks, server)
     except OSError as exc:
         print(f"corral: error: {_one_line(exc)}", file=sys.stderr)
         return ExitCode.CONFIG
@@ -141,16 +146,23 @@ def run(cfg: Any, reload_config: Callable[[], Any] | None = None, *, app: Any = 
         return ExitCode.CONFIG
     app_metrics: AppMetricsDir | None = None
     try:
-        if cfg.reload:
+        if settings.development.reload:
             check_reload_setup(cfg)  # after chdir: relative reload paths mean what they will mean when watched
-        identity = resolve_identity(cfg.user, cfg.group, cfg.initgroups)
+        process, socket_settings = settings.process, settings.socket
+        identity = resolve_identity(process.user, process.group, process.initgroups)
         owner = (identity.uid, identity.gid) if identity is not None else None
         # Before a preloaded app creates its first metric, and before anything is bound.
-        app_metrics = prepare_app_metrics(cfg, identity)
+        app_metrics = prepare_app_metrics(settings.metrics, identity)
         listeners = (
             upgrade.inherited_listeners()
             or systemd_listeners()
-            or create_listeners(list(cfg.bind), cfg.backlog, umask=cfg.umask, owner=owner, reuse_port=cfg.reuse_port)
+            or create_listeners(
+                list(socket_settings.bind),
+                socket_settings.backlog,
+                umask=process.umask,
+                owner=owner,
+                reuse_port=socket_settings.reuse_port,
+            )
         )
     except (BindError, ValueError, OSError) as exc:
         if app_metrics is not None:
@@ -158,7 +170,8 @@ def run(cfg: Any, reload_config: Callable[[], Any] | None = None, *, app: Any = 
         print(f"corral: error: {_one_line(exc)}", file=sys.stderr)
         return ExitCode.CONFIG
     # A master started by a binary upgrade writes <pidfile>.2 until the old master is gone (Gunicorn's way).
-    pidfile = Pidfile(cfg.pidfile + (".2" if upgrade_from else "")) if cfg.pidfile else None
+    pid_path = settings.process.pidfile
+    pidfile = Pidfile(pid_path + (".2" if upgrade_from else "")) if pid_path else None
     server.reexec_pid = 0
     server.master_pid = upgrade_from or 0
     try:
@@ -181,20 +194,20 @@ def run(cfg: Any, reload_config: Callable[[], Any] | None = None, *, app: Any = 
                 sock.close()
 
 
-def apply_process_environment(cfg: Any) -> None:
+def apply_process_environment(application: ApplicationSettings) -> None:
     """raw_env (KEY=VALUE) into the environment and pythonpath onto sys.path, as Gunicorn does at start and
     again on HUP: the app, its workers and the hooks all see them. env_file's variables fill in what is unset."""
-    if getattr(cfg, "env_file", None):
+    if application.env_file:
         from corral.envfile import apply_env_file
 
         try:
-            apply_env_file(cfg.env_file)
+            apply_env_file(application.env_file)
         except ValueError as exc:  # checked when the config was loaded; changed since
             raise OSError(f"env_file: {exc}") from None
-    for item in cfg.raw_env:
+    for item in application.raw_env:
         key, _, value = item.partition("=")
         os.environ[key] = value
-    for path in reversed((cfg.pythonpath or "").split(",")):
+    for path in reversed((application.pythonpath or "").split(",")):
         path = os.path.abspath(path.strip()) if path.strip() else ""
         if path and path not in sys.path:
             sys.path.insert(0, path)
@@ -217,34 +230,37 @@ class UpgradeState:
 
 
 def _run_pool(
-    cfg: Any,
+    cfg: Config,
     listeners: list[socket.socket],
     logger: logging.Logger,
     identity: Identity | None,
-    reload_config: Callable[[], Any] | None,
+    reload_config: Callable[[], Config] | None,
     server: ServerView,
     ssl_context: ssl.SSLContext | None = None,
     upgrading: UpgradeState | None = None,
     app_metrics: AppMetricsDir | None = None,
     app: Any = None,
 ) -> int:
-    if cfg.reuse_port and tcp_migrate_req_enabled() is False:
+    application = cfg.settings.application
+    if cfg.settings.socket.reuse_port and tcp_migrate_req_enabled() is False:
         logger.warning(
             "reuse_port: net.ipv4.tcp_migrate_req is 0, so connections still queued on a replaced worker's "
             "own socket are reset; set it to 1 (sysctl -w net.ipv4.tcp_migrate_req=1)"
         )
     # Taken from the environment before a preloaded app is imported: the app must not notify in our name.
     systemd = SystemdNotifier.from_environ()
-    if app is not None or getattr(cfg, "preload_app", False):
+    if app is not None or application.preload_app:
         from corral.http import eager
         from corral.loading import AppLoadError, app_as_asgi3, load_app
 
         eager.install()
         try:
             if app is not None:
-                app = app_as_asgi3(app, cfg.interface)
+                app = app_as_asgi3(app, application.interface)
             else:
-                app = load_app(cfg.app, factory=cfg.factory, app_dir=cfg.app_dir, interface=cfg.interface)
+                assert cfg.app is not None, "corral runs only with an app"
+                app = load_app(cfg.app, factory=application.factory, app_dir=application.app_dir,
+                               interface=application.interface)  # fmt: skip
         except AppLoadError as exc:
             print(f"corral: error: {exc}", file=sys.stderr)
             return ExitCode.APP
@@ -269,12 +285,12 @@ class Arbiter:
 
     def __init__(
         self,
-        cfg: Any,
+        cfg: Config,
         listeners: list[socket.socket],
         logger: logging.Logger,
         *,
         app: Any = None,
-        reload_config: Callable[[], Any] | None = None,
+        reload_config: Callable[[], Config] | None = None,
         identity: Identity | None = None,
         server: ServerView | None = None,
         systemd: SystemdNotifier | None = None,
@@ -341,7 +357,7 @@ class Arbiter:
         self._hook("when_ready", self.server)
         self.log.info("Starting %d worker%s (pid %d)", self.target, "s" * (self.target != 1), self.pid)
         try:
-            if self.cfg.reload:
+            if self.cfg.settings.development.reload:
                 self.reloader = start_reloader(self.cfg, self.log, self._reload_on_change)
             while self.stopping is None:
                 self._spawn_missing()
@@ -466,11 +482,12 @@ class Arbiter:
                 return
             if not self._reload_tls(cfg):
                 return
-            if list(cfg.bind) != list(self.cfg.bind):
+            new, old = cfg.settings, self.cfg.settings
+            if new.socket.bind != old.socket.bind:
                 self.log.warning("bind changed in the configuration: a restart is needed to apply it")
-            workers_changed = cfg.workers != self.cfg.workers
+            workers_changed = new.worker.workers != old.worker.workers
             self.cfg = self.server.cfg = cfg
-            apply_process_environment(cfg)
+            apply_process_environment(new.application)
             if workers_changed:
                 self._set_target(self._initial_target())
         if self.target == 0:  # workers stopped by WINCH during an upgrade: HUP brings them back (roll back)
@@ -482,7 +499,7 @@ class Arbiter:
         self.next_spawn_at = 0.0
         self.scoreboard.set_master(self.pid, MasterState.RELOADING, self.generation)
 
-    def _reload_tls(self, cfg: Any) -> bool:
+    def _reload_tls(self, cfg: Config) -> bool:
         """Re-read the certificate files for the workers started from now on; False aborts the reload."""
         try:
             self.ssl_context = server_context(cfg)
@@ -526,9 +543,10 @@ class Arbiter:
         self.log.info("The old master (pid %d) has exited: this master takes over", state.upgrade_from)
         state.upgrade_from = None
         self.server.master_pid = 0
-        if state.pidfile is not None and self.cfg.pidfile:
+        pid_path = self.cfg.settings.process.pidfile
+        if state.pidfile is not None and pid_path:
             try:
-                state.pidfile.rename(self.cfg.pidfile)
+                state.pidfile.rename(pid_path)
             except PidfileError as exc:
                 self.log.error("%s", exc)
 
@@ -552,7 +570,7 @@ class Arbiter:
     # --- hooks ----------------------------------------------------------------------------------
 
     def _hook(self, name: str, *args: Any) -> None:
-        call_hook(self.cfg, name, *args, log=self.log)
+        call_hook(self.cfg.settings.hooks, name, *args, log=self.log)
 
     def _set_target(self, target: int) -> None:
         old, self.target = self.target, target
@@ -575,7 +593,7 @@ class Arbiter:
     # --- spawning -------------------------------------------------------------------------------
 
     def _initial_target(self) -> int:
-        workers = self.cfg.workers
+        workers = self.cfg.settings.worker.workers
         if workers != "auto":
             return int(workers)
         self.cpu_budget = sizing.cpu_budget()
@@ -607,8 +625,9 @@ class Arbiter:
             self.workers.values(), reloading=self.rollout_from is not None, ever_ready=self.ever_ready
         )
         slot.claim(0, self.generation, now, reason)
-        cfg = self.cfg
-        max_requests = cfg.max_requests + random.randint(0, cfg.max_requests_jitter) if cfg.max_requests else 0
+        cfg, worker_settings = self.cfg, self.cfg.settings.worker
+        max_requests = worker_settings.max_requests
+        max_requests += random.randint(0, worker_settings.max_requests_jitter) if max_requests else 0
         self.spawned += 1
         view = WorkerView(self.spawned, self.pid, cfg, self.log, self.listeners, max_requests, app=self.app)
         self._hook("pre_fork", self.server, view)
@@ -622,7 +641,7 @@ class Arbiter:
                 self._become_worker(slot, max_requests, view)
         finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, self._HANDLED)
-        lifetime = float(cfg.max_worker_lifetime or 0)
+        lifetime = worker_settings.max_worker_lifetime
         deadline = now + lifetime + random.uniform(0, lifetime * 0.1) if lifetime else None
         view.became(pid)
         self.server.WORKERS[pid] = view
@@ -789,43 +808,43 @@ class Arbiter:
             self.cpu_budget = None
 
     def _check_liveness(self, worker: WorkerHandle, snapshot: Any, now: float) -> None:
-        cfg = self.cfg
+        timeouts = self.cfg.settings.worker
         if worker.abort_sent_at is not None:
             if not worker.kill_sent and now - worker.abort_sent_at > ABORT_GRACE:
                 self._kill(worker)
             return
         if worker.term_sent_at is not None:
-            if not worker.kill_sent and now - worker.term_sent_at > cfg.graceful_timeout + DRAIN_MARGIN:
+            if not worker.kill_sent and now - worker.term_sent_at > timeouts.graceful_timeout + DRAIN_MARGIN:
                 self.log.warning("Worker pid %d did not finish draining in time: killing it", worker.pid)
                 self._kill(worker)
             return
         if not worker.ready:
-            if cfg.boot_timeout and now - worker.started > cfg.boot_timeout:
-                worker.boot_failed = f"it did not boot within boot_timeout ({cfg.boot_timeout:g} s)"
+            if timeouts.boot_timeout and now - worker.started > timeouts.boot_timeout:
+                worker.boot_failed = f"it did not boot within boot_timeout ({timeouts.boot_timeout:g} s)"
                 self._kill(worker)
             return
         silent = now - snapshot.heartbeat
-        if cfg.timeout and silent > cfg.timeout:
+        if timeouts.timeout and silent > timeouts.timeout:
             self.log.error(
                 "Worker pid %d silent for %.1f s (timeout %g s): sending SIGABRT; its traceback follows in the "
                 "error log, then it is replaced",
                 worker.pid,
                 silent,
-                cfg.timeout,
+                timeouts.timeout,
             )
             worker.abort_sent_at = now
             worker.retire_reason = RestartReason.TIMEOUT
             self._send(worker, signal.SIGABRT)
 
     def _check_recycling(self, worker: WorkerHandle, snapshot: Any, now: float) -> None:
-        cfg = self.cfg
+        max_worker_memory = self.cfg.settings.worker.max_worker_memory
         if snapshot.retire_requested:
             worker.retire_reason = RestartReason.MAX_REQUESTS
         elif worker.lifetime_deadline is not None and now > worker.lifetime_deadline:
             worker.retire_reason = RestartReason.LIFETIME
-        elif cfg.max_worker_memory and snapshot.heartbeat != worker.last_rss_sample:
+        elif max_worker_memory and snapshot.heartbeat != worker.last_rss_sample:
             worker.last_rss_sample = snapshot.heartbeat
-            worker.memory_strikes = worker.memory_strikes + 1 if snapshot.rss > cfg.max_worker_memory else 0
+            worker.memory_strikes = worker.memory_strikes + 1 if snapshot.rss > max_worker_memory else 0
             if worker.memory_strikes >= MEMORY_STRIKES:
                 worker.retire_reason = RestartReason.MEMORY
         if worker.retire_reason is not None:
@@ -871,8 +890,9 @@ class Arbiter:
         self._stop_reloader()
         graceful = self.stopping == "graceful"
         self.scoreboard.set_master(self.pid, MasterState.DRAINING if graceful else MasterState.STOPPING, 0)
-        if graceful and self.cfg.drain_delay:
-            self._drain_delay(float(self.cfg.drain_delay))
+        drain_delay = self.cfg.settings.worker.drain_delay
+        if graceful and drain_delay:
+            self._drain_delay(drain_delay)
             graceful = self.stopping == "graceful"
         # The workers hold their own copies of the listeners: once they have taken what is queued,
         # nothing else may accept, so new connections are refused rather than left waiting.
@@ -885,7 +905,7 @@ class Arbiter:
             else:
                 self._send(worker, signal.SIGQUIT)
                 worker.term_sent_at = time.monotonic()
-        limit = (self.cfg.graceful_timeout + DRAIN_MARGIN) if graceful else 3.0
+        limit = (self.cfg.settings.worker.graceful_timeout + DRAIN_MARGIN) if graceful else 3.0
         deadline = time.monotonic() + limit
         while self.workers and time.monotonic() < deadline:
             self._wait(min(IDLE_WAIT, deadline - time.monotonic()))  # a worker's exit (SIGCHLD) wakes it

@@ -13,7 +13,10 @@ import time
 from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from corral.config import Config
 
 __all__ = [
     "DEFAULT_INCLUDE",
@@ -110,30 +113,31 @@ def _config_file_path(spec: str | None, cwd: str) -> str | None:
     return os.path.normpath(os.path.join(cwd, spec.removeprefix("file:")))
 
 
-def plan_watch(cfg: Any, cwd: str) -> WatchPlan:
+def plan_watch(cfg: Config, cwd: str) -> WatchPlan:
     """The WatchPlan for cfg, relative paths resolved against cwd; ValueError names a missing directory."""
-    for directory in cfg.reload_dirs:
+    development, app_dir = cfg.settings.development, cfg.settings.application.app_dir
+    for directory in development.reload_dirs:
         if not os.path.isdir(os.path.join(cwd, directory)):
             raise ValueError(f"reload_dirs: no such directory: {directory!r}")
-    for file in cfg.reload_extra_files:
+    for file in development.reload_extra_files:
         if not os.path.isdir(os.path.dirname(os.path.join(cwd, file))):
             raise ValueError(f"reload_extra_files: the directory of {file!r} does not exist")
-    if cfg.reload_dirs:
-        roots = [os.path.join(cwd, d) for d in cfg.reload_dirs]
+    if development.reload_dirs:
+        roots = [os.path.join(cwd, d) for d in development.reload_dirs]
     else:
-        roots = [cwd, *([os.path.join(cwd, cfg.app_dir)] if os.path.isdir(os.path.join(cwd, cfg.app_dir)) else [])]
-    config_file = _config_file_path(getattr(cfg, "config_file", None), cwd)
-    files = [os.path.join(cwd, f) for f in cfg.reload_extra_files] + ([config_file] if config_file else [])
+        roots = [cwd, *([os.path.join(cwd, app_dir)] if os.path.isdir(os.path.join(cwd, app_dir)) else [])]
+    config_file = _config_file_path(cfg.config_file, cwd)
+    files = [os.path.join(cwd, f) for f in development.reload_extra_files] + ([config_file] if config_file else [])
     return WatchPlan(
         roots=_outermost(os.path.normpath(root) for root in roots),
         files=tuple(dict.fromkeys(os.path.normpath(f) for f in files)),
-        include=(*DEFAULT_INCLUDE, *cfg.reload_include),
-        exclude=(*NOISE, *cfg.reload_exclude),
-        force_polling=_ENGINES[cfg.reload_engine],
+        include=(*DEFAULT_INCLUDE, *development.reload_include),
+        exclude=(*NOISE, *development.reload_exclude),
+        force_polling=_ENGINES[development.reload_engine],
     )
 
 
-def check_reload_setup(cfg: Any) -> None:
+def check_reload_setup(cfg: Config) -> None:
     """Everything --reload needs that can be checked before binding; ValueError is one line naming the setting."""
     _require_watchfiles()
     plan_watch(cfg, os.getcwd())
@@ -336,7 +340,7 @@ class Reloader:
 
     def _watch(self, directories: list[str]) -> Generator[set[tuple[Any, str]], None, None]:
         watchfiles = _require_watchfiles()
-        return watchfiles.watch(
+        changes: Generator[set[tuple[Any, str]], None, None] = watchfiles.watch(
             *directories,
             watch_filter=None,  # filtered in follow(): every batch, even of noise, gives the debouncer a turn
             debounce=_TICK_MS * 2,
@@ -349,6 +353,7 @@ class Reloader:
             recursive=False,
             ignore_permission_denied=True,
         )
+        return changes
 
     def follow(self, batches: Iterable[Iterable[tuple[Any, str]]], clock: Callable[[], float] = time.monotonic) -> bool:
         """Feed batches of watchfiles changes through the filter and the debouncer, calling on_change when a
@@ -387,15 +392,15 @@ class Reloader:
             self.on_change(paths)
 
 
-def start_reloader(cfg: Any, log: logging.Logger, on_change: Callable[[list[str]], None]) -> Reloader:
+def start_reloader(cfg: Config, log: logging.Logger, on_change: Callable[[list[str]], None]) -> Reloader:
     """Start watching for cfg (which has reload on); on_change is called from the watching thread."""
     plan = plan_watch(cfg, os.getcwd())
-    if cfg.preload_app:
+    if cfg.settings.application.preload_app:
         log.warning(
             "reload: preload_app is on, so the app is imported once in the master: code changes need a restart "
             "(config file changes still reload)"
         )
-    quiet = cfg.reload_delay
+    quiet = cfg.settings.development.reload_delay
     reloader = Reloader(plan, on_change, log, debouncer=Debouncer(quiet=quiet, longest=max(LONGEST_BURST, quiet)))
     reloader.start()
     # So that the log line below is true: an edit made after it is seen (a test or a developer may act on it).

@@ -17,11 +17,12 @@ import ssl
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from corral.core.contract import MASTER_SIGNALS, WorkerExit
 from corral.core.privileges import Identity, drop_privileges
 from corral.core.scoreboard import MasterState, Scoreboard, Slot
+from corral.core.settings import HooksSettings
 from corral.core.sockets import worker_listeners
 from corral.hooks import ServerView, WorkerView, call_hook
 from corral.http import eager
@@ -30,6 +31,9 @@ from corral.http.wsgi import serving_interface
 from corral.proctitle import set_title
 from corral.worker.server import Worker, new_event_loop
 
+if TYPE_CHECKING:
+    from corral.config import Config
+
 __all__ = ["WorkerLaunch", "run_worker_process"]
 
 
@@ -37,7 +41,7 @@ __all__ = ["WorkerLaunch", "run_worker_process"]
 class WorkerLaunch:
     """Everything a freshly forked worker needs from the master."""
 
-    cfg: Any
+    cfg: Config
     listeners: list[socket.socket]
     scoreboard: Scoreboard
     slot: Slot
@@ -62,20 +66,21 @@ def run_worker_process(launch: WorkerLaunch) -> NoReturn:
     finally:
         if launch.view is not None:
             launch.view.alive = False
-        call_hook(launch.cfg, "worker_exit", launch.server, launch.view)
+        call_hook(launch.cfg.settings.hooks, "worker_exit", launch.server, launch.view)
         _flush_std_streams()
     os._exit(code)
 
 
 def _serve(launch: WorkerLaunch) -> int:
     cfg, slot, app, view = launch.cfg, launch.slot, launch.app, launch.view
+    settings, hooks = cfg.settings, cfg.settings.hooks
     _reset_signals()
     slot.claim(os.getpid(), launch.generation, time.monotonic())
     logger = logging.getLogger("corral.error")
     if view is not None:
         view.became(os.getpid())
     # Before dropping privileges, as in Gunicorn: post_fork hooks may need what only the master's user can do.
-    call_hook(cfg, "post_fork", launch.server, view, log=logger)
+    call_hook(hooks, "post_fork", launch.server, view, log=logger)
     if launch.identity is not None:
         drop_privileges(launch.identity)
     # On SIGABRT (the master's timeout) print every thread's Python stack to the error log, so the operator
@@ -86,23 +91,27 @@ def _serve(launch: WorkerLaunch) -> int:
     if app is None:
         from corral.loading import AppLoadError, load_app
 
+        assert cfg.app is not None, "the master starts workers only for an app"
+        application = settings.application
         try:
-            app = load_app(cfg.app, factory=cfg.factory, app_dir=cfg.app_dir, interface=cfg.interface)
+            app = load_app(cfg.app, factory=application.factory, app_dir=application.app_dir,
+                           interface=application.interface)  # fmt: skip
         except AppLoadError as exc:
             logger.error("Worker could not load the app: %s", exc)
             return WorkerExit.APP_LOAD
     if view is not None:
         view.app = app
-    call_hook(cfg, "post_worker_init", view, log=logger)
+    call_hook(hooks, "post_worker_init", view, log=logger)
     if view is not None:
         view.booted = True
-    app = with_request_hooks(serving_interface(app, cfg, logger), cfg, view, logger)
-    if cfg.worker_abort is not None:
-        _call_worker_abort_on_sigabrt(cfg, view, logger)
-    loop = new_event_loop(cfg.loop)
+    app = with_request_hooks(serving_interface(app, settings.worker, settings.http, logger), hooks, view, logger)
+    if hooks.worker_abort is not None:
+        _call_worker_abort_on_sigabrt(hooks, view, logger)
+    loop = new_event_loop(settings.application.loop)
     asyncio.set_event_loop(loop)
 
-    own_sockets = worker_listeners(launch.listeners, cfg.backlog, cfg.reuse_port)
+    reuse_port = settings.socket.reuse_port
+    own_sockets = worker_listeners(launch.listeners, settings.socket.backlog, reuse_port)
 
     def server_stopping() -> bool:
         # The master is shutting down, not replacing this worker (reload, recycling, TTOU).
@@ -110,15 +119,15 @@ def _serve(launch: WorkerLaunch) -> int:
 
     def final_shutdown() -> bool:
         # With reuse_port the queue is this worker's own: whatever waits in it must be answered now.
-        return cfg.reuse_port or server_stopping()
+        return reuse_port or server_stopping()
 
     def on_quit() -> None:
         if view is not None:
             view.alive = False
-        call_hook(cfg, "worker_int", view, log=logger)
+        call_hook(hooks, "worker_int", view, log=logger)
 
     worker = Worker(
-        cfg,
+        settings,
         app,
         own_sockets,
         loop,
@@ -139,7 +148,7 @@ def _serve(launch: WorkerLaunch) -> int:
     return WorkerExit.LIFESPAN if code == WorkerExit.LIFESPAN else WorkerExit.OK
 
 
-def _call_worker_abort_on_sigabrt(cfg: Any, view: WorkerView | None, logger: logging.Logger) -> None:
+def _call_worker_abort_on_sigabrt(hooks: HooksSettings, view: WorkerView | None, logger: logging.Logger) -> None:
     """With a worker_abort hook, SIGABRT (the master's timeout) runs Python code: print the tracebacks as
     faulthandler would, call the hook, then die of SIGABRT as without it. Python handlers only run between
     bytecodes, so a worker stuck inside C code gets no traceback this way; the master kills it anyway."""
@@ -149,7 +158,7 @@ def _call_worker_abort_on_sigabrt(cfg: Any, view: WorkerView | None, logger: log
         if view is not None:
             view.aborted = True
             view.alive = False
-        call_hook(cfg, "worker_abort", view, log=logger)
+        call_hook(hooks, "worker_abort", view, log=logger)
         _flush_std_streams()
         faulthandler.disable()
         signal.signal(signal.SIGABRT, signal.SIG_DFL)

@@ -19,12 +19,13 @@ from typing import Any
 
 from corral.core.contract import WorkerExit
 from corral.core.scoreboard import Slot, WorkerCounters, WorkerState
+from corral.core.settings import Settings
 from corral.core.sizing import rss_bytes
 from corral.core.sockets import describe
 from corral.http.h1 import H1Protocol
 from corral.http.proxy import ProxyTrust
 from corral.http.state import ServerState
-from corral.http.websocket import CLOSE_GOING_AWAY, CLOSE_SERVICE_RESTART, WebSocketSettings, close_websockets
+from corral.http.websocket import CLOSE_GOING_AWAY, CLOSE_SERVICE_RESTART, close_websockets
 from corral.logging import AccessLog, access_log_colors, access_log_target
 from corral.tls import serving_options
 from corral.worker.drain import cancel_app_calls, wait_until_drained
@@ -62,7 +63,7 @@ class Worker:
 
     def __init__(
         self,
-        cfg: Any,
+        settings: Settings,
         app: Any,
         listeners: list[socket.socket],
         loop: asyncio.AbstractEventLoop,
@@ -75,7 +76,7 @@ class Worker:
         on_quit: Callable[[], None] | None = None,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
-        self.cfg = cfg
+        self.settings = settings
         self.app = app
         self.listeners = listeners
         self.loop = loop
@@ -86,8 +87,8 @@ class Worker:
         self.max_requests = max_requests
         self.on_quit = on_quit  # the worker_int hook, on INT or QUIT
         # ssl= and a handshake bound for every server and accepted socket; empty for plain HTTP.
-        self.tls_options = serving_options(ssl_context, cfg.header_timeout)
-        self.counters = WorkerCounters.for_worker(cfg, slot)
+        self.tls_options = serving_options(ssl_context, settings.security.header_timeout)
+        self.counters = WorkerCounters.for_worker(settings.metrics.request_metrics, slot)
         self.servers: list[asyncio.AbstractServer] = []
         self.stop_requested: asyncio.Future[bool] = loop.create_future()
         self.hurry: asyncio.Future[None] = loop.create_future()  # INT or QUIT during a drain: stop waiting
@@ -97,10 +98,10 @@ class Worker:
         self.watchdog: Any = None
 
     async def serve(self) -> int:
-        cfg = self.cfg
+        logs = self.settings.logging
         self._install_signals()
         self._schedule_tick()  # the heartbeat runs while booting too: a slow lifespan is not a dead loop
-        lifespan = Lifespan(self.app, cfg.lifespan, self.logger)
+        lifespan = Lifespan(self.app, self.settings.application.lifespan, self.logger)
         try:
             await lifespan.startup()
         except LifespanFailure as exc:
@@ -110,11 +111,11 @@ class Worker:
             await lifespan.shutdown()
             return WorkerExit.OK
         self.access_log = AccessLog.open(
-            access_log_target(cfg),
-            cfg.access_log_format,
-            log_format=cfg.log_format,
-            request_id_header=cfg.request_id_header,
-            colors=access_log_colors(cfg),
+            access_log_target(logs),
+            logs.access_log_format,
+            log_format=logs.log_format,
+            request_id_header=logs.request_id_header,
+            colors=access_log_colors(logs),
         )
         self.state = self._make_state(lifespan.state)
         await self._start_servers()
@@ -155,38 +156,16 @@ class Worker:
             )
 
     def _make_state(self, app_state: dict[str, Any]) -> ServerState:
-        cfg = self.cfg
         return ServerState(
+            self.settings,
             loop=self.loop,
             app=self.app,
             logger=self.logger,
             access_log=self.access_log,
-            proxy_trust=(
-                ProxyTrust.from_setting(cfg.forwarded_allow_ips, cfg.secure_scheme_headers)
-                if cfg.proxy_headers
-                else None
-            ),
-            root_path=cfg.root_path,
-            server_header=cfg.server_header,
-            date_header=cfg.date_header,
-            headers=cfg.headers,
-            limit_concurrency=cfg.limit_concurrency,
-            websocket=cfg.ws != "none",
-            keepalive=cfg.keepalive,
-            header_timeout=cfg.header_timeout,
-            body_timeout=cfg.body_timeout,
-            send_timeout=cfg.send_timeout,
-            limit_request_line=cfg.limit_request_line,
-            limit_request_fields=cfg.limit_request_fields,
-            limit_request_field_size=cfg.limit_request_field_size,
-            limit_request_body=cfg.limit_request_body,
-            worker_connections=cfg.worker_connections,
             app_state=app_state,
             counters=self.counters,
             max_requests=self.max_requests,
             on_max_requests=self._max_requests_reached,
-            ws_settings=WebSocketSettings.from_config(cfg),
-            request_id_header=cfg.request_id_header,
         )
 
     async def _start_servers(self) -> None:
@@ -200,11 +179,11 @@ class Worker:
             served = sock.dup()
             if sock.family == socket.AF_UNIX:
                 server = await self.loop.create_unix_server(
-                    protocol_factory, sock=served, backlog=self.cfg.backlog, **self.tls_options
+                    protocol_factory, sock=served, backlog=self.settings.socket.backlog, **self.tls_options
                 )
             else:
                 server = await self.loop.create_server(
-                    protocol_factory, sock=served, backlog=self.cfg.backlog, **self.tls_options
+                    protocol_factory, sock=served, backlog=self.settings.socket.backlog, **self.tls_options
                 )
             self.servers.append(server)
             self.logger.debug("Listening on %s", describe(sock))
@@ -215,15 +194,15 @@ class Worker:
         def protocol_factory() -> H1Protocol:
             return H1Protocol(state)
 
-        if not getattr(self.cfg, "proxy_protocol", False):
+        if not self.settings.proxy.proxy_protocol:
             return protocol_factory
         from corral.http.proxy_protocol import gate_factory
 
-        trust = ProxyTrust.from_setting(self.cfg.proxy_allow_ips, {})
+        trust = ProxyTrust.from_setting(self.settings.proxy.proxy_allow_ips, {})
         return gate_factory(protocol_factory, trust)
 
     def _start_watchdog(self) -> None:
-        threshold = float(getattr(self.cfg, "loop_lag_warn", 0) or 0)
+        threshold = self.settings.worker.loop_lag_warn
         if not threshold:
             return
         from corral.worker.watchdog import LoopWatchdog
@@ -305,11 +284,12 @@ class Worker:
             state.drain_started = state.clock
             # Idle keep-alive connections stay until their keep-alive timeout (the tick's sweep), their next
             # request (answered with Connection: close), or the peer's close.
-            drained = await wait_until_drained(state, self.cfg.graceful_timeout, self.logger, self.hurry)
+            graceful_timeout = self.settings.worker.graceful_timeout
+            drained = await wait_until_drained(state, graceful_timeout, self.logger, self.hurry)
             if self.hurry.done():
                 why = "fast shutdown during the drain"
             else:
-                why = f"graceful_timeout ({self.cfg.graceful_timeout:g}s) expired"
+                why = f"graceful_timeout ({graceful_timeout:g}s) expired"
             if state.connections and not drained:
                 self.logger.warning("%s with %d connection(s) still open: closing them", why, len(state.connections))
         self._abort_connections()
