@@ -433,13 +433,12 @@ class RequestCycle:
             conn.state.logger.error("ASGI app returned without completing the response")
         if self.response_complete or self.disconnected:
             return
-        if conn.cycle is self and not conn.closing:
-            # Answered for the app (a 500) or cut off: counted like a finished response, so the figures add up.
-            status = 500 if not self.response_started or self.head is not None else self.status
-            conn.state.counters.count_response(status, self.response_bytes, self.scope["method"], self.start_ns)
         if not self.response_started or self.head is not None:
-            headers = conn.state.default_headers + self.request_id_line  # the id the operator will search for
-            conn.refuse_with(self, error_response(500, server_headers=headers))
+            # Nothing of the response is on the wire yet: a 500 goes out instead, and is what the request ledger
+            # records (with the id the operator will search for in the access log).
+            self.status = 500
+            self.response_headers = ()
+            headers = conn.state.default_headers + self.request_id_line
+            conn.answer_for_app(self, error_response(500, server_headers=headers))
         else:
             conn.abort_response(self)
-

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-from bisect import bisect_left
 from collections import deque
 from time import perf_counter_ns
 from typing import Any
@@ -17,7 +16,6 @@ from urllib.parse import unquote_to_bytes
 
 import httptools
 
-from corral.core.scoreboard import GET, METHOD_INDEX, OTHER_METHOD
 from corral.http.asgi import BODY_HIGH_WATER, RequestCycle
 from corral.http.eager import run_eagerly
 from corral.http.errors import (
@@ -31,6 +29,7 @@ from corral.http.errors import (
     error_response,
 )
 from corral.http.flow import WriteFlowControl
+from corral.http.ledger import Refusal
 from corral.http.proxy import apply_proxy_headers
 from corral.http.state import ServerState
 from corral.http.websocket import (
@@ -136,7 +135,7 @@ class H1Protocol(WriteFlowControl):
             # queue we will not serve.
             state.logger.warning("worker_connections (%d) reached: refusing a connection", state.worker_connections)
             transport.write(error_response(503, "too many connections", state.default_headers))  # type: ignore[attr-defined]
-            state.counters.count_refusal(503)
+            state.ledger.finished(Refusal(503))
             transport.close()
             self.closing = True
             state.connections.discard(self)
@@ -565,31 +564,7 @@ class H1Protocol(WriteFlowControl):
 
     def response_complete(self, cycle: RequestCycle) -> None:
         state = self.state
-        counters = state.counters
-        counters.requests += 1
-        counters.responses[cycle.status // 100 - 1] += 1
-        counters.bytes_out += cycle.response_bytes
-        if counters.timed:
-            # Plain int and list updates, one clock read: the tick publishes them to the scoreboard. Most requests
-            # of a fast server land in the first bucket and most are GETs, which WorkerCounters.method_counts
-            # derives: both skip a lookup.
-            elapsed = perf_counter_ns() - cycle.start_ns
-            bounds = counters.latency_bounds_ns
-            counters.latency[0 if elapsed <= bounds[0] else bisect_left(bounds, elapsed)] += 1
-            counters.duration_ns += elapsed
-            method = cycle.scope["method"]
-            if method is not GET and method != GET:
-                counters.methods[METHOD_INDEX.get(method, OTHER_METHOD)] += 1
-        if counters.requests >= state.max_requests and state.on_max_requests is not None:
-            state.max_requests_reached()
-        if state.access_log is not None:
-            state.access_log.log(
-                cycle.scope,
-                cycle.status,
-                cycle.response_headers,
-                cycle.response_bytes,
-                elapsed if counters.timed else perf_counter_ns() - cycle.start_ns,
-            )
+        state.ledger.finished(cycle)
         if cycle is not self.cycle:
             return
         self.cycle = None
@@ -617,7 +592,7 @@ class H1Protocol(WriteFlowControl):
     def _refuse(self, status: int, reason: str, headers: bytes = b"") -> None:
         """Answer a bad request with `status` and close; earlier pipelined responses go out first."""
         response = error_response(status, reason, self.state.default_headers + headers)
-        self.state.counters.count_refusal(status)
+        self.state.ledger.finished(Refusal(status))
         self.in_head = False
         self.failed = True
         self.unparsed = b""
@@ -639,10 +614,11 @@ class H1Protocol(WriteFlowControl):
         else:
             self.queue.append(response)
 
-    def refuse_with(self, cycle: RequestCycle, response: bytes) -> None:
-        """The app failed before answering: send `response` (a 500) for it and close."""
+    def answer_for_app(self, cycle: RequestCycle, response: bytes) -> None:
+        """The app failed before any of its response went out: send `response` (a 500) for it and close."""
         if cycle is self.cycle and not self.closing:
             self.cycle = None
+            self.state.ledger.finished(cycle)
             self.transport.write(response)
             self._close()
 
@@ -650,6 +626,8 @@ class H1Protocol(WriteFlowControl):
         """The app stopped mid-response: close so the client sees the response is incomplete."""
         if cycle is self.cycle:
             self.cycle = None
+            if not self.closing:
+                self.state.ledger.finished(cycle)  # cut off, but a finished request like the others
             cycle.release_held()  # the parts it did send go out before the close
             self._close()
 

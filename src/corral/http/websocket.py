@@ -15,7 +15,6 @@ import logging
 import struct
 from collections import deque
 from dataclasses import dataclass
-from time import perf_counter_ns
 from typing import TYPE_CHECKING, Any
 
 from websockets.exceptions import ProtocolError
@@ -174,6 +173,10 @@ class WebSocketSession(WriteFlowControl):
         self.handshake: Handshake | None = upgrade.handshake
         self.rest = upgrade.rest
         self.start_ns = upgrade.start_ns
+        # The handshake's answer, for the request ledger (set when the app accepts or refuses).
+        self.status = 0
+        self.response_headers: list[Any] = []
+        self.response_bytes = 0
         self.protocol: _ServerProtocol = None  # type: ignore[assignment]  # made when the app accepts
         self.phase = _HANDSHAKE
         self.gone = False
@@ -573,13 +576,11 @@ class WebSocketSession(WriteFlowControl):
         self._set_disconnect(code, "")
 
     def _handshake_answered(self, status: int, headers: list[Any], length: int) -> None:
-        """Count the handshake as a request and log it, as the HTTP/1.1 side does for its responses."""
-        state = self.state
-        self.counters.count_response(status, length, "GET", self.start_ns)  # a handshake is always a GET
-        if self.counters.requests >= state.max_requests and state.on_max_requests is not None:
-            state.max_requests_reached()
-        if state.access_log is not None:
-            state.access_log.log(self.scope, status, headers, length, perf_counter_ns() - self.start_ns)
+        """The handshake is a request: it goes to the ledger once, with the answer it got (101 or a refusal)."""
+        self.status = status
+        self.response_headers = headers
+        self.response_bytes = length
+        self.state.ledger.finished(self)
 
     # --- closing --------------------------------------------------------------------------------
 
