@@ -263,7 +263,7 @@ class WebSocketSession(WriteFlowControl):
             if self._queue_full():
                 self.unparsed = data[offset:]  # at most one read: reading is paused from here on
                 self.slice_above = 0
-                self._pause_reading()
+                self._update_reading()
                 return
             self._receive(data[offset : offset + size])
             offset += size
@@ -273,10 +273,41 @@ class WebSocketSession(WriteFlowControl):
             len(self.messages) >= self.settings.max_queue or self.queued_bytes >= self.settings.max_queue_bytes
         )
 
-    def _pause_reading(self) -> None:
-        if not self.reading_paused:
-            self.reading_paused = True
-            self.transport.pause_reading()
+    def _must_stop_reading(self) -> bool:
+        """Whether reading must stop, bytes held unparsed aside: the handshake is not answered yet (nothing
+        may be read until the app accepts), or the app's queue is over its bound (pausing when it is full,
+        resuming only once the app has taken it down to a quarter, so a busy queue does not toggle). Never
+        while closing: the peer's close frame must get through even if the app stopped reading."""
+        phase = self.phase
+        if phase < _OPEN:
+            return True
+        if phase == _OPEN:
+            if self.reading_paused:
+                return len(self.messages) > self.resume_at or self.queued_bytes > self.resume_at_bytes
+            return self._queue_full()
+        if phase == _CLOSING:
+            return False
+        return self.reading_paused  # failing this loop turn, or ended: no change
+
+    def _update_reading(self) -> None:
+        """The one place reading is paused or resumed: whenever a reason may have come or gone, and the
+        transport is told only of a change."""
+        if self.gone:
+            return
+        stop = self._must_stop_reading()
+        if not stop and self.unparsed:
+            # What was read before the pause comes first; it may fill the queue again (reading stays paused).
+            held, self.unparsed = self.unparsed, b""
+            self._receive_in_slices(held)
+            if self.unparsed or self.gone:
+                return
+            stop = self._must_stop_reading()
+        if stop is not self.reading_paused:
+            self.reading_paused = stop
+            if stop:
+                self.transport.pause_reading()
+            else:
+                self.transport.resume_reading()
 
     def _receive(self, data: bytes) -> None:
         protocol = self.protocol
@@ -348,9 +379,9 @@ class WebSocketSession(WriteFlowControl):
         messages = self.messages
         messages.append(message)
         self.queued_bytes += _payload_size(message)
-        if self._queue_full():
+        if not self.reading_paused and self._queue_full():
             # The app is not keeping up: stop reading, so the client's TCP window closes (back-pressure).
-            self._pause_reading()
+            self._update_reading()
 
     def _fail_after_answers(self, writes: list[bytes]) -> None:
         """The client broke the protocol in the same read as messages the app has not answered yet.
@@ -387,13 +418,8 @@ class WebSocketSession(WriteFlowControl):
         if messages:
             message = messages.popleft()
             self.queued_bytes -= _payload_size(message)
-            if (
-                self.reading_paused
-                and len(messages) <= self.resume_at
-                and self.queued_bytes <= self.resume_at_bytes
-                and self.phase == _OPEN
-            ):
-                self._resume_reading()
+            if self.reading_paused:
+                self._update_reading()
             return message
         if not self.connect_delivered:
             self.connect_delivered = True
@@ -528,7 +554,7 @@ class WebSocketSession(WriteFlowControl):
         self.unparsed, self.rest = self.rest, b""
         if self.close_on_accept:
             self._server_close(self.close_on_accept)
-        self._resume_reading()
+        self._update_reading()
 
     def _app_close(self, message: dict[str, Any]) -> None:
         code = message.get("code")
@@ -603,18 +629,7 @@ class WebSocketSession(WriteFlowControl):
         self.closing_since = self.state.clock
         self.fragments = self.decoder = None
         self._set_disconnect(code, reason)
-        self._resume_reading()  # the peer's close frame must get through even if the app stopped reading
-
-    def _resume_reading(self) -> None:
-        if self.reading_paused and not self.gone:
-            if self.unparsed:
-                # What was read before the pause comes first; it may fill the queue again (reading stays paused).
-                held, self.unparsed = self.unparsed, b""
-                self._receive_in_slices(held)
-                if self.unparsed or self.gone or not self.reading_paused:
-                    return  # still full, or resumed already (a close frame in what was held)
-            self.reading_paused = False
-            self.transport.resume_reading()
+        self._update_reading()  # the peer's close frame must get through even if the app stopped reading
 
     def going_away(self, code: int) -> None:
         """The worker is stopping: close with `code` now, or as soon as the app accepts."""
