@@ -422,6 +422,8 @@ class RequestCycle:
         conn = self.conn
         if self.task is not None:
             conn.state.app_call_finished(self)
+        if exc is None and self.response_complete:
+            return  # the common case: answered in full
         if exc is not None:
             if self.disconnected or isinstance(exc, ClientDisconnected):
                 conn.state.logger.debug("ASGI app raised after the client disconnected: %r", exc)

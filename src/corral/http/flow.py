@@ -13,6 +13,8 @@ class WriteFlowControl(asyncio.Protocol):
     `drain_waiters` in their __init__, call `_release_writers()` when the connection is lost, and say in
     `_writes_abandoned()` when waiting would be pointless."""
 
+    __slots__ = ("drain_waiters", "writing_paused")  # slots, so that a subclass may use them (H1Protocol does)
+
     loop: asyncio.AbstractEventLoop
     writing_paused: bool
     drain_waiters: list[asyncio.Future[None]]

@@ -124,6 +124,46 @@ _TARGET_FORBIDDEN = re.compile(rb'[#"\x80-\xff]')
 class H1Protocol(WriteFlowControl):
     """One HTTP/1.1 connection."""
 
+    # Slots, not an instance dict: a connection has more attributes than CPython's shared-key dicts hold, so
+    # every attribute access on the request path would otherwise go through a dict lookup.
+    __slots__ = (
+        "accepted_at",
+        "after_slice",
+        "app",
+        "body_seen_at",
+        "client",
+        "content_length",
+        "cycle",
+        "expect_continue",
+        "field_limit",
+        "head_bytes",
+        "head_started",
+        "headers",
+        "host_count",
+        "idle_since",
+        "loop",
+        "parser",
+        "parsing",
+        "phase",
+        "proxy_seen",
+        "queue",
+        "reading_paused",
+        "request_id_sent",
+        "scheme",
+        "server",
+        "slice_above",
+        "state",
+        "tls",
+        "transfer_encoding",
+        "transport",
+        "trusted",
+        "unparsed",
+        "upgrade",
+        "url",
+        "watched",
+        "websocket_upgrade",
+    )
+
     def __init__(self, state: ServerState) -> None:
         self.state = state
         self.loop = state.loop
@@ -269,12 +309,13 @@ class H1Protocol(WriteFlowControl):
         if size > self.slice_above:
             self._receive_in_slices(data)
             return
-        self.state.counters.bytes_in += size
+        state = self.state
+        state.counters.bytes_in += size
         if self.phase is _HEAD:
             if not self.head_bytes:
-                self.head_started = self.state.clock
+                self.head_started = state.clock
             self.head_bytes += size
-            if self.head_bytes > self.state.limit_head_bytes:
+            if self.head_bytes > state.limit_head_bytes:
                 self._refuse(431, "request header section too large")
                 return
         try:

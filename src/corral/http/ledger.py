@@ -58,6 +58,8 @@ class RequestLedger:
 
     __slots__ = ("access_log", "counters", "max_requests", "on_max_requests")
 
+    _NEVER = 1 << 62
+
     def __init__(
         self,
         counters: WorkerCounters,
@@ -67,8 +69,10 @@ class RequestLedger:
     ) -> None:
         self.counters = counters
         self.access_log = access_log
-        self.max_requests = max_requests  # 0: never (the count starts at 1)
-        self.on_max_requests = on_max_requests if max_requests else None  # 0: never, so never asked
+        # The count that asks for a successor; off (0, or no one to ask) it is never reached, so the hot path
+        # makes one comparison.
+        self.max_requests = max_requests if max_requests and on_max_requests is not None else self._NEVER
+        self.on_max_requests = on_max_requests
 
     def finished(self, request: FinishedRequest) -> None:
         """Account one finished request; called exactly once per request, by whoever saw it end.
@@ -94,12 +98,13 @@ class RequestLedger:
             access_log = self.access_log
             if access_log is not None:
                 access_log.log(request.scope, request.status, request.response_headers, request.response_bytes, elapsed)
-        if counters.requests >= self.max_requests and self.on_max_requests is not None:
+        if counters.requests >= self.max_requests:
             self._max_requests_reached()
 
     def _max_requests_reached(self) -> None:
         """Ask for a successor, once: >= rather than == above, since refusals count too and may step over the
         exact number."""
+        self.max_requests = self._NEVER
         on_max_requests, self.on_max_requests = self.on_max_requests, None
         if on_max_requests is not None:
             on_max_requests()
