@@ -617,16 +617,10 @@ class H1Protocol(WriteFlowControl):
 
     def on_body(self, body: bytes) -> None:
         cycle = self.parsing
-        if cycle is None:
-            return
-        if cycle.body_limit and cycle.body_received + len(body) > cycle.body_limit:
-            raise PayloadTooLarge("request body too large")
-        if cycle.disconnected or cycle.finished_receiving:
-            return  # the app is done with this request: discard the rest of its body
-        cycle.feed_body(body)
-        self.body_seen_at = self.state.clock
-        if cycle.buffered_bytes > BODY_HIGH_WATER and not self.reading_paused:
-            self._update_reading()
+        if cycle is not None and cycle.feed_body(body):
+            self.body_seen_at = self.state.clock
+            if cycle.buffered_bytes > BODY_HIGH_WATER and not self.reading_paused:
+                self._update_reading()
 
     def on_message_complete(self) -> None:
         self.phase = _HEAD  # message_complete (the table's second row, as a plain store)
