@@ -24,6 +24,7 @@ class FakeTransport(asyncio.Transport):
         self.reading = True
         self.peer = peer
         self.unsent = 0  # what a real transport would still hold for a client that is not reading
+        self.protocol: asyncio.BaseProtocol | None = None  # set only when a protocol hands the transport over
 
     def write(self, data: bytes) -> None:  # type: ignore[override]
         assert not self.closed, "write after close"
@@ -47,6 +48,9 @@ class FakeTransport(asyncio.Transport):
 
     def resume_reading(self) -> None:
         self.reading = True
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self.protocol = protocol
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return {"peername": self.peer, "sockname": ("127.0.0.1", 8000)}.get(name, default)

@@ -106,6 +106,10 @@ class FakeConnection:
         self.head_started = head_started
         self.idle_since = idle_since
 
+    def close(self) -> None:
+        self.closing = True
+        self.transport.close()
+
 
 def test_the_longest_idle_connection_is_shed_first_then_the_oldest_slow_head_never_a_busy_one() -> None:
     busy = FakeConnection(busy=True)

@@ -381,7 +381,6 @@ def shed_one(connections: set[Any]) -> bool:
         victim = min(slow, key=lambda conn: conn.head_started)
     else:
         return False
-    victim.closing = True
     connections.discard(victim)  # now: connection_lost comes a loop turn later, after the newcomer's check
-    victim.transport.close()
+    victim.close()
     return True

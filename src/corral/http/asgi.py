@@ -1,4 +1,12 @@
-"""The ASGI `http` request cycle: one request's `receive`/`send`, and how its response is framed on the wire."""
+"""The ASGI `http` request cycle: one request's `receive`/`send`, and how its response is framed on the wire.
+
+The connection (http/h1.py) gives the app `receive` and `send`, drives the cycle through `feed_body()`,
+`message_complete()`, `client_gone()`, `complete_if_sent()`, `release_held()` and `app_finished()`, sets
+`request_id_line` and `task`, and reads `scope`, `keep_alive`, `more_body`, `response_started`,
+`disconnected`, `buffered_bytes` and `started`. The request ledger (http/ledger.py) reads `scope`, `status`,
+`response_headers`, `response_bytes` and `start_ns`. What the cycle uses of its connection is listed in
+http/h1.py's docstring.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +16,7 @@ from http import HTTPStatus
 from time import perf_counter_ns
 from typing import TYPE_CHECKING, Any
 
-from corral.http.errors import ClientDisconnected, error_response
+from corral.http.errors import ClientDisconnected, PayloadTooLarge, error_response
 
 if TYPE_CHECKING:
     from corral.http.h1 import H1Protocol
@@ -150,12 +158,19 @@ class RequestCycle:
 
     # --- fed by the connection ------------------------------------------------------------------
 
-    def feed_body(self, chunk: bytes) -> None:
+    def feed_body(self, chunk: bytes) -> bool:
+        """A piece of the body from the parser: buffered for the app (True), or dropped (False) once the app is
+        done with the request. Raises PayloadTooLarge (413) past the body limit."""
+        if self.body_limit and self.body_received + len(chunk) > self.body_limit:
+            raise PayloadTooLarge("request body too large")
+        if self.disconnected or self.finished_receiving:
+            return False
         self.chunks.append(chunk)
         self.body_received += len(chunk)
         self.buffered_bytes += len(chunk)
         if self.waiter is not None:
             self._wake()
+        return True
 
     def message_complete(self) -> None:
         self.more_body = False
@@ -422,6 +437,8 @@ class RequestCycle:
         conn = self.conn
         if self.task is not None:
             conn.state.app_call_finished(self)
+        if exc is None and self.response_complete:
+            return  # the common case: answered in full
         if exc is not None:
             if self.disconnected or isinstance(exc, ClientDisconnected):
                 conn.state.logger.debug("ASGI app raised after the client disconnected: %r", exc)
@@ -433,13 +450,12 @@ class RequestCycle:
             conn.state.logger.error("ASGI app returned without completing the response")
         if self.response_complete or self.disconnected:
             return
-        if conn.cycle is self and not conn.closing:
-            # Answered for the app (a 500) or cut off: counted like a finished response, so the figures add up.
-            status = 500 if not self.response_started or self.head is not None else self.status
-            conn.state.counters.count_response(status, self.response_bytes, self.scope["method"], self.start_ns)
         if not self.response_started or self.head is not None:
-            headers = conn.state.default_headers + self.request_id_line  # the id the operator will search for
-            conn.refuse_with(self, error_response(500, server_headers=headers))
+            # Nothing of the response is on the wire yet: a 500 goes out instead, and is what the request ledger
+            # records (with the id the operator will search for in the access log).
+            self.status = 500
+            self.response_headers = ()
+            headers = conn.state.default_headers + self.request_id_line
+            conn.answer_for_app(self, error_response(500, server_headers=headers))
         else:
             conn.abort_response(self)
-

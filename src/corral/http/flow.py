@@ -13,12 +13,15 @@ class WriteFlowControl(asyncio.Protocol):
     `drain_waiters` in their __init__, call `_release_writers()` when the connection is lost, and say in
     `_writes_abandoned()` when waiting would be pointless."""
 
+    # Slots, so that a subclass may use them (H1Protocol does).
+    __slots__ = ("drain_waiters", "write_blocked_since", "writing_paused")
+
     loop: asyncio.AbstractEventLoop
     writing_paused: bool
     drain_waiters: list[asyncio.Future[None]]
     # Since when the client has taken none of our output (loop time): set when the transport pauses us, and by
     # a protocol that closes with output still unsent. Rare paths only, so the clock read costs nothing.
-    write_blocked_since: float = 0.0
+    write_blocked_since: float
 
     def pause_writing(self) -> None:
         self.writing_paused = True

@@ -3,13 +3,37 @@
 One `H1Protocol` per connection. It turns parser callbacks into `RequestCycle`s (http/asgi.py), runs the
 app for each in order, and owns everything about the connection itself: timeouts, back-pressure in both
 directions, and refusing bad requests with the right status and a close.
+
+The connection's phase says where it is in the client's byte stream (`H1Protocol.phase`, a `Phase`):
+
+    phase         event              next          when
+    HEAD          head_complete      BODY          a request head is parsed (its RequestCycle is queued)
+    BODY          message_complete   HEAD          its body ended (perhaps empty): the next head may follow
+    HEAD          upgrade            UPGRADING     llhttp stopped behind a WebSocket handshake: nothing more is parsed
+    UPGRADING     hand_over          HANDED_OVER   every earlier request is answered: the session owns the transport
+    HEAD, BODY    refuse             FAILED        a bad request: nothing more is parsed; its refusal goes out after
+                                                   the responses before it, then the connection closes
+    all but HANDED_OVER   close      CLOSED        closed by us or by the peer (CLOSED, close: stays CLOSED)
+
+`_advance` checks each transition against this table (`_TRANSITIONS`); the two every request takes
+(head_complete, message_complete) are plain attribute stores on the hot path, the table's first two rows.
+
+What is being answered is not a phase but data, since pipelining lets it run behind the parser: `cycle` (the
+request whose app runs) and `queue` (requests parsed behind it, a WebSocket handshake or a refusal waiting for
+its turn). Orthogonal facts stay flags: `writing_paused` (the transport's, for every phase), `reading_paused`
+(what `_update_reading`, the one place that pauses or resumes reading, last told the transport) and a
+request's own `keep_alive`.
+
+The request cycle talks to its connection only through: `state`, `loop`, `transport` (to write),
+`writing_paused` and `drain()` (write back-pressure), `reading_paused` with `body_consumed()` (read
+back-pressure), `response_complete()`, `answer_for_app()` and `abort_response()`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import re
-from bisect import bisect_left
 from collections import deque
 from time import perf_counter_ns
 from typing import Any
@@ -17,7 +41,6 @@ from urllib.parse import unquote_to_bytes
 
 import httptools
 
-from corral.core.scoreboard import GET, METHOD_INDEX, OTHER_METHOD
 from corral.http.asgi import BODY_HIGH_WATER, RequestCycle
 from corral.http.eager import run_eagerly
 from corral.http.errors import (
@@ -31,6 +54,7 @@ from corral.http.errors import (
     error_response,
 )
 from corral.http.flow import WriteFlowControl
+from corral.http.ledger import Refusal
 from corral.http.proxy import apply_proxy_headers
 from corral.http.state import ServerState
 from corral.http.websocket import (
@@ -63,6 +87,30 @@ _HEAD_SLICE = 2 * 1024
 _BODY_SLICE = 64 * 1024
 _NEVER = 1 << 62
 
+
+
+class Phase(enum.Enum):
+    """Where a connection is in the client's byte stream (see the module docstring for the transitions)."""
+
+    HEAD = "reading a request head (or waiting for one)"
+    BODY = "reading a request body"
+    UPGRADING = "waiting to hand the connection over to a WebSocket session"
+    FAILED = "refused a request: nothing more is read"
+    HANDED_OVER = "handed over to a WebSocket session"
+    CLOSED = "closed"
+
+
+_HEAD, _BODY, _UPGRADING, _FAILED, _HANDED_OVER, _CLOSED = Phase
+_TRANSITIONS: dict[tuple[Phase, str], Phase] = {
+    (_HEAD, "head_complete"): _BODY,
+    (_BODY, "message_complete"): _HEAD,
+    (_HEAD, "upgrade"): _UPGRADING,
+    (_UPGRADING, "hand_over"): _HANDED_OVER,
+    (_HEAD, "refuse"): _FAILED,
+    (_BODY, "refuse"): _FAILED,
+    **{(phase, "close"): _CLOSED for phase in Phase if phase is not _HANDED_OVER},
+}
+
 _HOST = b"host"
 _EXPECT = b"expect"
 _TRANSFER_ENCODING = b"transfer-encoding"
@@ -75,6 +123,46 @@ _TARGET_FORBIDDEN = re.compile(rb'[#"\x80-\xff]')
 
 class H1Protocol(WriteFlowControl):
     """One HTTP/1.1 connection."""
+
+    # Slots, not an instance dict: a connection has more attributes than CPython's shared-key dicts hold, so
+    # every attribute access on the request path would otherwise go through a dict lookup.
+    __slots__ = (
+        "accepted_at",
+        "after_slice",
+        "app",
+        "body_seen_at",
+        "client",
+        "content_length",
+        "cycle",
+        "expect_continue",
+        "field_limit",
+        "head_bytes",
+        "head_started",
+        "headers",
+        "host_count",
+        "idle_since",
+        "loop",
+        "parser",
+        "parsing",
+        "phase",
+        "proxy_seen",
+        "queue",
+        "reading_paused",
+        "request_id_sent",
+        "scheme",
+        "server",
+        "slice_above",
+        "state",
+        "tls",
+        "transfer_encoding",
+        "transport",
+        "trusted",
+        "unparsed",
+        "upgrade",
+        "url",
+        "watched",
+        "websocket_upgrade",
+    )
 
     def __init__(self, state: ServerState) -> None:
         self.state = state
@@ -99,9 +187,8 @@ class H1Protocol(WriteFlowControl):
         self.content_length: bytes | None = None
         self.upgrade: bytes | None = None  # the Upgrade header, when the request has one
         self.request_id_sent: bytes | None = None  # the client's request id, when ids are on and it sent one
-        # Between requests and while a head arrives; head_bytes > 0 once its first bytes came.
-        self.in_head = True
-        self.head_bytes = 0
+        self.phase = _HEAD
+        self.head_bytes = 0  # of the head arriving (HEAD phase): 0 until its first bytes came
         self.head_started = 0.0
         self.body_seen_at = 0.0
         self.parsing: RequestCycle | None = None
@@ -110,15 +197,14 @@ class H1Protocol(WriteFlowControl):
         self.queue: deque[RequestCycle | WebSocketUpgrade | bytes] = deque()
         self.websocket_upgrade: WebSocketUpgrade | None = None  # parsed, until llhttp stops at its end
         self.idle_since = state.clock
-        self.closing = False
-        self.reading_paused = False
+        self.reading_paused = False  # as last told to the transport, by _update_reading only
         self.unparsed = b""  # read but held back unparsed (see PIPELINE_AHEAD); reading is paused meanwhile
         self.after_slice = b""  # while a read is parsed in slices: the bytes behind the current slice
         # Reads longer than this are parsed in slices; 0 while bytes are held in `unparsed`, so that one check
         # on the common path sends both cases to _receive_in_slices.
         self.slice_above = _PARSE_SLICE
-        self.failed = False  # a request was refused: the parser stopped, nothing more is parsed
         self.writing_paused = False
+        self.write_blocked_since = 0.0
         self.drain_waiters: list[asyncio.Future[None]] = []
         # Counted from the moment the connection is accepted, not from connection_made a loop turn later:
         # a draining worker must see a connection it has accepted but not yet started, or it would exit
@@ -136,9 +222,9 @@ class H1Protocol(WriteFlowControl):
             # queue we will not serve.
             state.logger.warning("worker_connections (%d) reached: refusing a connection", state.worker_connections)
             transport.write(error_response(503, "too many connections", state.default_headers))  # type: ignore[attr-defined]
-            state.counters.count_refusal(503)
+            state.ledger.finished(Refusal(503))
             transport.close()
-            self.closing = True
+            self._advance("close")
             state.connections.discard(self)
             return
         self.transport = transport  # type: ignore[assignment]
@@ -183,8 +269,26 @@ class H1Protocol(WriteFlowControl):
     def refuse_connection(self, status: int, reason: str) -> None:
         self._refuse(status, reason)
 
+    @property
+    def closing(self) -> bool:
+        """Nothing more for this object to do on the connection: closed, or handed over (for other modules)."""
+        return self.phase is _CLOSED or self.phase is _HANDED_OVER
+
+    @property
+    def in_head(self) -> bool:
+        """Between requests or reading a head (for other modules; this one reads `phase`)."""
+        return self.phase is _HEAD
+
+    def _advance(self, event: str) -> None:
+        """Take `event` by the transition table; an event the table does not allow for the phase is a bug."""
+        phase = self.phase
+        following = _TRANSITIONS.get((phase, event))
+        if following is None:
+            raise RuntimeError(f"HTTP/1.1 connection: no {event!r} transition from phase {phase.name}")
+        self.phase = following
+
     def connection_lost(self, exc: Exception | None) -> None:
-        self.closing = True
+        self._advance("close")
         answering = self.cycle
         if answering is not None:
             answering.complete_if_sent()  # counted and logged as answered, before the app hears of the close
@@ -199,19 +303,20 @@ class H1Protocol(WriteFlowControl):
         self._release_writers()
 
     def _writes_abandoned(self) -> bool:
-        return self.closing
+        return self.phase is _CLOSED
 
     def data_received(self, data: bytes) -> None:
         size = len(data)
         if size > self.slice_above:
             self._receive_in_slices(data)
             return
-        self.state.counters.bytes_in += size
-        if self.in_head:
+        state = self.state
+        state.counters.bytes_in += size
+        if self.phase is _HEAD:
             if not self.head_bytes:
-                self.head_started = self.state.clock
+                self.head_started = state.clock
             self.head_bytes += size
-            if self.head_bytes > self.state.limit_head_bytes:
+            if self.head_bytes > state.limit_head_bytes:
                 self._refuse(431, "request header section too large")
                 return
         try:
@@ -229,8 +334,11 @@ class H1Protocol(WriteFlowControl):
             self._refuse(_unknown_method_status(data), "unknown or invalid method")
         except httptools.HttpParserError as exc:
             self._refuse(400, _parser_reason(exc))
-        if self.cycle is None and self.queue and not self.closing:
-            self._start_next()
+        if self.cycle is None:
+            if self.queue and self.phase is not _CLOSED:
+                self._start_next()
+        elif self.queue and not self.reading_paused:
+            self._update_reading()  # a request waits behind the one being answered (pipelining)
 
     def _receive_in_slices(self, data: bytes) -> None:
         """A big read (a pipelining burst, a large body), or one behind bytes held back: parse it a slice at a
@@ -238,11 +346,11 @@ class H1Protocol(WriteFlowControl):
         if self.unparsed:
             data, self.unparsed = self.unparsed + data, b""
         self.slice_above = _PARSE_SLICE
-        while data and not self.closing and not self.failed:
+        while data and (self.phase is _HEAD or self.phase is _BODY):
             if self._parse_blocked():
                 self.unparsed = data  # at most one read and a slice: reading is paused until it is parsed
                 self.slice_above = 0
-                self._pause_reading()
+                self._update_reading()
                 return
             size = _HEAD_SLICE if self.parsing is None else _BODY_SLICE
             self.after_slice = data[size:]
@@ -262,53 +370,57 @@ class H1Protocol(WriteFlowControl):
         return parsing.buffered_bytes > BODY_HIGH_WATER or len(self.queue) > PIPELINE_AHEAD
 
     def _parse_unparsed(self) -> None:
-        """Parse what was held back (called soon after reading could resume); then read again if nothing is
-        left to answer."""
-        if self.closing or not self.unparsed:
-            return
+        """Parse what was held back (called soon after nothing else kept reading paused); reading resumes
+        if nothing new stops it."""
+        if not self.unparsed or self._must_stop_reading():
+            return  # closed, or stopped again meanwhile: parsed when that clears
         self._receive_in_slices(b"")
-        if self.unparsed or self.closing or self.queue or not self.reading_paused:
-            return  # held back again, or requests to answer first: reading resumes once they are
-        cycle = self.cycle
-        if cycle is None or (cycle is self.parsing and cycle.buffered_bytes <= BODY_HIGH_WATER):
-            self.reading_paused = False
-            self.transport.resume_reading()
+        self._update_reading()
 
-    def _pause_reading(self) -> None:
-        if not self.reading_paused:
-            self.reading_paused = True
-            self.transport.pause_reading()
+    def _must_stop_reading(self) -> bool:
+        """Whether reading must stop, bytes held unparsed aside. Each reason lets the client's own socket buffers
+        hold what it sends rather than our memory: no request is read any more in this phase (a refusal or a
+        WebSocket hand-over pending, closed), the client does not read its responses (writing paused),
+        requests wait behind the one being answered (pipelining), or a request body is over its high water."""
+        phase = self.phase
+        if phase is not _HEAD and phase is not _BODY:
+            return True
+        if self.writing_paused or self.queue:
+            return True
+        parsing = self.parsing
+        return parsing is not None and parsing.buffered_bytes > BODY_HIGH_WATER
 
-    def _resume_reading(self) -> None:
-        if self.unparsed:
-            # Not from here: this may run inside the app's send(), and the held requests start apps of their own.
+    def _update_reading(self) -> None:
+        """The one place reading is paused or resumed: whenever a reason may have come or gone, and the
+        transport is told only of a change."""
+        phase = self.phase
+        if phase is _CLOSED or phase is _HANDED_OVER:
+            return  # the transport is closed, or the WebSocket session's now
+        stop = self._must_stop_reading()
+        if not stop and self.unparsed:
+            # Bytes read earlier come before any new ones: parse them soon, not from here (this may run inside an
+            # app's send(), and the held requests start apps of their own). Reading stays paused meanwhile.
             self.loop.call_soon(self._parse_unparsed)
-            return
-        self.reading_paused = False
-        self.transport.resume_reading()
+            stop = True
+        if stop is not self.reading_paused:
+            self.reading_paused = stop
+            if stop:
+                self.transport.pause_reading()
+            else:
+                self.transport.resume_reading()
 
     def pause_writing(self) -> None:
         """The client is not reading its responses as fast as they come: read no more requests until it does.
         Its own socket buffers then hold what it sends, and no request is started for an answer nobody reads
         (_start_queued waits too). Done here, not per request, so the common path pays nothing for it."""
         super().pause_writing()
-        if not self.closing:
-            self._pause_reading()
+        self._update_reading()
 
     def resume_writing(self) -> None:
         super().resume_writing()
-        if self.closing:
-            return
-        if self.unparsed:
-            self.loop.call_soon(self._parse_unparsed)
-        elif self.queue:
-            if self.cycle is None:
-                self.loop.call_soon(self._start_queued)  # pipelined requests waited for the client to read
-        elif self.reading_paused and not self.failed:
-            parsing = self.parsing
-            if parsing is None or parsing.buffered_bytes <= BODY_HIGH_WATER:
-                self.reading_paused = False
-                self.transport.resume_reading()
+        if self.queue and self.cycle is None and self.phase is not _CLOSED:
+            self.loop.call_soon(self._start_queued)  # pipelined requests waited for the client to read
+        self._update_reading()
 
     def _continue_after_upgrade(self, data: bytes, upgrade: httptools.HttpParserUpgrade) -> None:
         """llhttp stops at the end of an Upgrade request. A WebSocket handshake keeps the bytes after it
@@ -323,7 +435,8 @@ class H1Protocol(WriteFlowControl):
             self.websocket_upgrade = None
             pending.rest = data[offset:] + self.after_slice
             self.after_slice = b""
-            self._pause_reading()
+            self._advance("upgrade")
+            self._update_reading()
             return
         self.parser = httptools.HttpRequestParser(self)
         rest = data[offset:]
@@ -349,7 +462,7 @@ class H1Protocol(WriteFlowControl):
         # checked once the head is complete: data_received already bounds the head's bytes.
         if len(name) + len(value) > self.field_limit:
             raise HeaderFieldsTooLarge("header field too large")
-        if not self.in_head:
+        if self.phase is not _HEAD:
             self._trailer(name.lower())
             return
         name = name.lower()
@@ -386,7 +499,7 @@ class H1Protocol(WriteFlowControl):
             self.proxy_seen = True
 
     def on_headers_complete(self) -> None:
-        self.in_head = False
+        self.phase = _BODY  # head_complete (the table's first row, as a plain store: every request takes it)
         state = self.state
         if len(self.headers) > state.limit_request_fields:
             raise HeaderFieldsTooLarge("too many header fields")
@@ -505,20 +618,13 @@ class H1Protocol(WriteFlowControl):
 
     def on_body(self, body: bytes) -> None:
         cycle = self.parsing
-        if cycle is None:
-            return
-        if cycle.body_limit and cycle.body_received + len(body) > cycle.body_limit:
-            raise PayloadTooLarge("request body too large")
-        if cycle.disconnected or cycle.finished_receiving:
-            return  # the app is done with this request: discard the rest of its body
-        cycle.feed_body(body)
-        self.body_seen_at = self.state.clock
-        if not self.reading_paused and cycle.buffered_bytes > BODY_HIGH_WATER:
-            self.reading_paused = True
-            self.transport.pause_reading()
+        if cycle is not None and cycle.feed_body(body):
+            self.body_seen_at = self.state.clock
+            if cycle.buffered_bytes > BODY_HIGH_WATER and not self.reading_paused:
+                self._update_reading()
 
     def on_message_complete(self) -> None:
-        self.in_head = True
+        self.phase = _HEAD  # message_complete (the table's second row, as a plain store)
         self.head_bytes = 0
         cycle = self.parsing
         if cycle is not None:
@@ -533,10 +639,8 @@ class H1Protocol(WriteFlowControl):
             self._start_other(item)
             return
         self.cycle = item
-        if len(self.queue) and not self.reading_paused:
-            # More requests are pipelined behind this one: stop reading until we catch up.
-            self.reading_paused = True
-            self.transport.pause_reading()
+        if self.queue and not self.reading_paused:
+            self._update_reading()  # more requests are pipelined behind this one: read no more until we catch up
         coro = self.app(item.scope, item.receive, item.send)
         task = run_eagerly(self.loop, coro, item.app_finished, self.state.base_context.copy())
         if task is not None:  # it suspended: track it until it returns, so that a drain can wait for it
@@ -553,47 +657,23 @@ class H1Protocol(WriteFlowControl):
 
     def _hand_over(self, upgrade: WebSocketUpgrade) -> None:
         """Every earlier request is answered: the transport now belongs to a WebSocket session."""
-        self.closing = True  # nothing more for this object to do on the connection
+        self._advance("hand_over")  # reading is paused since the upgrade: the session resumes it
         self.state.connections.discard(self)
         session = WebSocketSession(self.state, self.transport, upgrade, self.writing_paused)
         self.transport.set_protocol(session)
         session.start()
 
     def body_consumed(self, cycle: RequestCycle) -> None:
-        if self.reading_paused and cycle is self.cycle and len(self.queue) == 0 and not self.closing:
-            self._resume_reading()
+        """The app took the buffered body of `cycle` (called only while reading is paused)."""
+        self._update_reading()
 
     def response_complete(self, cycle: RequestCycle) -> None:
         state = self.state
-        counters = state.counters
-        counters.requests += 1
-        counters.responses[cycle.status // 100 - 1] += 1
-        counters.bytes_out += cycle.response_bytes
-        if counters.timed:
-            # Plain int and list updates, one clock read: the tick publishes them to the scoreboard. Most requests
-            # of a fast server land in the first bucket and most are GETs, which WorkerCounters.method_counts
-            # derives: both skip a lookup.
-            elapsed = perf_counter_ns() - cycle.start_ns
-            bounds = counters.latency_bounds_ns
-            counters.latency[0 if elapsed <= bounds[0] else bisect_left(bounds, elapsed)] += 1
-            counters.duration_ns += elapsed
-            method = cycle.scope["method"]
-            if method is not GET and method != GET:
-                counters.methods[METHOD_INDEX.get(method, OTHER_METHOD)] += 1
-        if counters.requests >= state.max_requests and state.on_max_requests is not None:
-            state.max_requests_reached()
-        if state.access_log is not None:
-            state.access_log.log(
-                cycle.scope,
-                cycle.status,
-                cycle.response_headers,
-                cycle.response_bytes,
-                elapsed if counters.timed else perf_counter_ns() - cycle.start_ns,
-            )
+        state.ledger.finished(cycle)
         if cycle is not self.cycle:
             return
         self.cycle = None
-        if not cycle.keep_alive or cycle.more_body or self.closing or state.draining:
+        if not cycle.keep_alive or cycle.more_body or self.phase is _CLOSED or state.draining:
             # Close rather than read and discard an unread body: the client may never send it (no
             # 100 Continue was given) and the server should not spend effort on a body nobody wants.
             self._close()
@@ -602,27 +682,28 @@ class H1Protocol(WriteFlowControl):
         if self.queue:
             self.loop.call_soon(self._start_queued)
         elif self.reading_paused:
-            self._resume_reading()
+            self._update_reading()
 
     def _start_queued(self) -> None:
-        if self.cycle is None and self.queue and not self.closing:
+        if self.cycle is None and self.queue and self.phase is not _CLOSED:
             if self.writing_paused:
                 return  # resume_writing calls again once the client reads
             self._start_next()
-        elif self.reading_paused and not self.queue and not self.closing:
-            self._resume_reading()
+        else:
+            self._update_reading()
 
     # --- refusing and closing -------------------------------------------------------------------
 
     def _refuse(self, status: int, reason: str, headers: bytes = b"") -> None:
         """Answer a bad request with `status` and close; earlier pipelined responses go out first."""
+        if self.phase is not _HEAD and self.phase is not _BODY:
+            return  # refused or closed already: nothing more was to be read
         response = error_response(status, reason, self.state.default_headers + headers)
-        self.state.counters.count_refusal(status)
-        self.in_head = False
-        self.failed = True
+        self.state.ledger.finished(Refusal(status))
+        self._advance("refuse")
         self.unparsed = b""
         self.slice_above = _PARSE_SLICE
-        self._pause_reading()
+        self._update_reading()
         parsing, self.parsing = self.parsing, None
         if parsing is not None:
             parsing.client_gone()  # its app, if running, will get no more of this request
@@ -639,10 +720,11 @@ class H1Protocol(WriteFlowControl):
         else:
             self.queue.append(response)
 
-    def refuse_with(self, cycle: RequestCycle, response: bytes) -> None:
-        """The app failed before answering: send `response` (a 500) for it and close."""
-        if cycle is self.cycle and not self.closing:
+    def answer_for_app(self, cycle: RequestCycle, response: bytes) -> None:
+        """The app failed before any of its response went out: send `response` (a 500) for it and close."""
+        if cycle is self.cycle and self.phase is not _CLOSED:
             self.cycle = None
+            self.state.ledger.finished(cycle)
             self.transport.write(response)
             self._close()
 
@@ -650,6 +732,8 @@ class H1Protocol(WriteFlowControl):
         """The app stopped mid-response: close so the client sees the response is incomplete."""
         if cycle is self.cycle:
             self.cycle = None
+            if self.phase is not _CLOSED:
+                self.state.ledger.finished(cycle)  # cut off, but a finished request like the others
             cycle.release_held()  # the parts it did send go out before the close
             self._close()
 
@@ -660,7 +744,7 @@ class H1Protocol(WriteFlowControl):
             and not self.queue
             and not self.head_bytes
             and not self.unparsed
-            and not self.closing
+            and self.phase is _HEAD
             and self.transport is not None
         )
 
@@ -671,9 +755,13 @@ class H1Protocol(WriteFlowControl):
                                 self.state.worker_connections)  # fmt: skip
         self._close()
 
+    def close(self) -> None:
+        """Close the connection (a request in flight gets its disconnect when the transport reports the loss)."""
+        self._close()
+
     def _close(self) -> None:
         if not self.closing:
-            self.closing = True
+            self._advance("close")
             transport = self.transport
             if transport.get_write_buffer_size():
                 # The close waits for the client to take the rest of the response: until connection_lost the
@@ -706,12 +794,13 @@ class H1Protocol(WriteFlowControl):
             if given_up or self._drain_grace_over(now):
                 state.connections.discard(self)
             return
-        if (self.closing or self.writing_paused) and (self._send_timed_out(now) or self.closing):
-            return  # a closing connection is here only while its unsent output waits for the client
+        closed = self.phase is _CLOSED
+        if (closed or self.writing_paused) and (self._send_timed_out(now) or closed):
+            return  # a closed connection is here only while its unsent output waits for the client
         if self.cycle is not None or self.queue or self.unparsed:  # unparsed: requests wait for a slow reader
             self._check_body_timeout(now)
             return
-        if self.in_head and self.head_bytes:
+        if self.phase is _HEAD and self.head_bytes:
             if state.header_timeout and now - self.head_started > state.header_timeout:
                 self._refuse(408, "request header timeout")
         elif now - self.idle_since > state.keepalive:

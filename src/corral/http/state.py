@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeGuard
 
 from corral.core.scoreboard import WorkerCounters
 from corral.core.settings import Settings, WebSocketSettings
+from corral.http.ledger import RequestLedger
 from corral.http.proxy import PROXY_HEADER_NAMES, ProxyTrust
 from corral.http.websocket import CLOSE_GOING_AWAY
 from corral.logging import RequestIds
@@ -67,7 +68,6 @@ class ServerState:
         self.loop = loop
         self.app = app
         self.logger = logger
-        self.access_log = access_log
         self.proxy_trust = (
             ProxyTrust.from_setting(proxy.forwarded_allow_ips, proxy.secure_scheme_headers)
             if proxy.proxy_headers
@@ -100,8 +100,8 @@ class ServerState:
         self.counters = counters if counters is not None else WorkerCounters()
         # Requests are timed (one clock read at the end of the head) for the request metrics and the access log.
         self.timed = self.counters.timed or access_log is not None
-        self.max_requests = max_requests  # 0: never (the count starts at 1)
-        self.on_max_requests = on_max_requests if max_requests else None  # 0: never, so never asked
+        # Where every finished request is counted, timed, logged and weighed against max_requests.
+        self.ledger = RequestLedger(self.counters, access_log, max_requests, on_max_requests)
         # WebSocket sessions stay in `connections` (the worker_connections cap and the drain count them).
         self.connections: Connections = Connections()
         # Requests whose app suspended and has not returned yet, whether or not their response is complete
@@ -155,13 +155,6 @@ class ServerState:
         default_headers = b"".join((self.server_line, self.date_line, *self.extra_lines))
         self.default_header_lines = default_headers.count(b"\n")
         self.default_headers = default_headers
-
-    def max_requests_reached(self) -> None:
-        """Ask for a successor, once: >= rather than == at the call sites, since refused requests count too
-        and may step over the exact number."""
-        on_max_requests, self.on_max_requests = self.on_max_requests, None
-        if on_max_requests is not None:
-            on_max_requests()
 
     def app_call_finished(self, cycle: RequestCycle) -> None:
         self.app_calls.discard(cycle)

@@ -14,7 +14,6 @@ import codecs
 import logging
 import struct
 from collections import deque
-from time import perf_counter_ns
 from typing import TYPE_CHECKING, Any
 
 from websockets.exceptions import ProtocolError
@@ -151,6 +150,10 @@ class WebSocketSession(WriteFlowControl):
         self.handshake: Handshake | None = upgrade.handshake
         self.rest = upgrade.rest
         self.start_ns = upgrade.start_ns
+        # The handshake's answer, for the request ledger (set when the app accepts or refuses).
+        self.status = 0
+        self.response_headers: list[Any] = []
+        self.response_bytes = 0
         self.protocol: _ServerProtocol = None  # type: ignore[assignment]  # made when the app accepts
         self.phase = _HANDSHAKE
         self.gone = False
@@ -237,7 +240,7 @@ class WebSocketSession(WriteFlowControl):
             if self._queue_full():
                 self.unparsed = data[offset:]  # at most one read: reading is paused from here on
                 self.slice_above = 0
-                self._pause_reading()
+                self._update_reading()
                 return
             self._receive(data[offset : offset + size])
             offset += size
@@ -247,10 +250,41 @@ class WebSocketSession(WriteFlowControl):
             len(self.messages) >= self.settings.ws_max_queue or self.queued_bytes >= self.settings.ws_max_queue_bytes
         )
 
-    def _pause_reading(self) -> None:
-        if not self.reading_paused:
-            self.reading_paused = True
-            self.transport.pause_reading()
+    def _must_stop_reading(self) -> bool:
+        """Whether reading must stop, bytes held unparsed aside: the handshake is not answered yet (nothing
+        may be read until the app accepts), or the app's queue is over its bound (pausing when it is full,
+        resuming only once the app has taken it down to a quarter, so a busy queue does not toggle). Never
+        while closing: the peer's close frame must get through even if the app stopped reading."""
+        phase = self.phase
+        if phase < _OPEN:
+            return True
+        if phase == _OPEN:
+            if self.reading_paused:
+                return len(self.messages) > self.resume_at or self.queued_bytes > self.resume_at_bytes
+            return self._queue_full()
+        if phase == _CLOSING:
+            return False
+        return self.reading_paused  # failing this loop turn, or ended: no change
+
+    def _update_reading(self) -> None:
+        """The one place reading is paused or resumed: whenever a reason may have come or gone, and the
+        transport is told only of a change."""
+        if self.gone:
+            return
+        stop = self._must_stop_reading()
+        if not stop and self.unparsed:
+            # What was read before the pause comes first; it may fill the queue again (reading stays paused).
+            held, self.unparsed = self.unparsed, b""
+            self._receive_in_slices(held)
+            if self.unparsed or self.gone:
+                return
+            stop = self._must_stop_reading()
+        if stop is not self.reading_paused:
+            self.reading_paused = stop
+            if stop:
+                self.transport.pause_reading()
+            else:
+                self.transport.resume_reading()
 
     def _receive(self, data: bytes) -> None:
         protocol = self.protocol
@@ -322,9 +356,9 @@ class WebSocketSession(WriteFlowControl):
         messages = self.messages
         messages.append(message)
         self.queued_bytes += _payload_size(message)
-        if self._queue_full():
+        if not self.reading_paused and self._queue_full():
             # The app is not keeping up: stop reading, so the client's TCP window closes (back-pressure).
-            self._pause_reading()
+            self._update_reading()
 
     def _fail_after_answers(self, writes: list[bytes]) -> None:
         """The client broke the protocol in the same read as messages the app has not answered yet.
@@ -361,13 +395,8 @@ class WebSocketSession(WriteFlowControl):
         if messages:
             message = messages.popleft()
             self.queued_bytes -= _payload_size(message)
-            if (
-                self.reading_paused
-                and len(messages) <= self.resume_at
-                and self.queued_bytes <= self.resume_at_bytes
-                and self.phase == _OPEN
-            ):
-                self._resume_reading()
+            if self.reading_paused:
+                self._update_reading()
             return message
         if not self.connect_delivered:
             self.connect_delivered = True
@@ -502,7 +531,7 @@ class WebSocketSession(WriteFlowControl):
         self.unparsed, self.rest = self.rest, b""
         if self.close_on_accept:
             self._server_close(self.close_on_accept)
-        self._resume_reading()
+        self._update_reading()
 
     def _app_close(self, message: dict[str, Any]) -> None:
         code = message.get("code")
@@ -550,13 +579,11 @@ class WebSocketSession(WriteFlowControl):
         self._set_disconnect(code, "")
 
     def _handshake_answered(self, status: int, headers: list[Any], length: int) -> None:
-        """Count the handshake as a request and log it, as the HTTP/1.1 side does for its responses."""
-        state = self.state
-        self.counters.count_response(status, length, "GET", self.start_ns)  # a handshake is always a GET
-        if self.counters.requests >= state.max_requests and state.on_max_requests is not None:
-            state.max_requests_reached()
-        if state.access_log is not None:
-            state.access_log.log(self.scope, status, headers, length, perf_counter_ns() - self.start_ns)
+        """The handshake is a request: it goes to the ledger once, with the answer it got (101 or a refusal)."""
+        self.status = status
+        self.response_headers = headers
+        self.response_bytes = length
+        self.state.ledger.finished(self)
 
     # --- closing --------------------------------------------------------------------------------
 
@@ -579,18 +606,7 @@ class WebSocketSession(WriteFlowControl):
         self.closing_since = self.state.clock
         self.fragments = self.decoder = None
         self._set_disconnect(code, reason)
-        self._resume_reading()  # the peer's close frame must get through even if the app stopped reading
-
-    def _resume_reading(self) -> None:
-        if self.reading_paused and not self.gone:
-            if self.unparsed:
-                # What was read before the pause comes first; it may fill the queue again (reading stays paused).
-                held, self.unparsed = self.unparsed, b""
-                self._receive_in_slices(held)
-                if self.unparsed or self.gone or not self.reading_paused:
-                    return  # still full, or resumed already (a close frame in what was held)
-            self.reading_paused = False
-            self.transport.resume_reading()
+        self._update_reading()  # the peer's close frame must get through even if the app stopped reading
 
     def going_away(self, code: int) -> None:
         """The worker is stopping: close with `code` now, or as soon as the app accepts."""
