@@ -76,12 +76,28 @@ def commands(port: int, admin_port: int) -> dict[str, list[str]]:
 
 def get(port: int, path: str) -> bool:
     """One request on a fresh connection: True when it was answered 200."""
+    return outcome(port, path) == ANSWERED
+
+
+ANSWERED = "answered"
+
+
+def outcome(port: int, path: str) -> str:
+    """One request on a fresh connection: ANSWERED (200), or how it failed, and at which step."""
+    step = "connect"
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=REQUEST_TIMEOUT) as conn:
+            step = "send"
             conn.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
-            return conn.recv(64).startswith(b"HTTP/1.1 200")
-    except OSError:
-        return False
+            step = "receive"
+            head = conn.recv(64)
+    except TimeoutError:
+        return f"{step}: timed out"
+    except OSError as exc:
+        return f"{step}: {type(exc).__name__}"
+    if not head:
+        return "receive: closed before any byte"
+    return ANSWERED if head.startswith(b"HTTP/1.1 200") else f"answered {head[:12]!r}"
 
 
 def wait_ready(port: int, timeout: float = 30) -> bool:
@@ -131,6 +147,8 @@ def measure(
         time.sleep(1)
         stop = threading.Event()
         counts = {"answered": 0, "failed": 0, "bad sent": 0}
+        failures: dict[str, int] = {}
+        slowest = [0.0]  # the longest a healthy request took to be answered
 
         def bad() -> None:
             while not stop.is_set():
@@ -140,7 +158,14 @@ def measure(
 
         def healthy() -> None:
             while not stop.is_set():
-                counts["answered" if get(port, "/ok") else "failed"] += 1
+                began = time.monotonic()
+                result = outcome(port, "/ok")
+                if result == ANSWERED:
+                    counts["answered"] += 1
+                    slowest[0] = max(slowest[0], time.monotonic() - began)
+                else:
+                    counts["failed"] += 1
+                    failures[result] = failures.get(result, 0) + 1
                 time.sleep(HEALTHY_EVERY)
 
         threads = [threading.Thread(target=bad) for _ in range(bad_clients)] + [threading.Thread(target=healthy)]
@@ -158,7 +183,8 @@ def measure(
         late = "" if took < WHOLE_WITHIN else " (not whole: gave up)"
         print(
             f"{name}: {duration:g} s of /segv ({counts['bad sent']} sent): healthy /ok answered {counts['answered']}, "
-            f"failed {counts['failed']}; pool whole {took:.2f} s after the bad traffic stopped{late}"
+            f"failed {counts['failed']}{_explain(failures)}, slowest answer {slowest[0]:.2f} s; "
+            f"pool whole {took:.2f} s after the bad traffic stopped{late}"
         )
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -166,6 +192,10 @@ def measure(
             proc.wait(30)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def _explain(failures: dict[str, int]) -> str:
+    return " (" + ", ".join(f"{n} {why}" for why, n in sorted(failures.items())) + ")" if failures else ""
 
 
 def main() -> None:

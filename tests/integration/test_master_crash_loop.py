@@ -4,38 +4,46 @@ answered by the other worker and the replacements."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 import threading
 from pathlib import Path
 
 from tests.integration.conftest import (
     RequestLoad,
+    Server,
     ServerFactory,
     exchange,
+    ready_workers,
     wait_for_ready_workers,
+    wait_until,
 )
 
 APP = "tests.apps.master_apps:app"
 CRASH = b"GET /crash HTTP/1.1\r\nHost: corral.test\r\nConnection: close\r\n\r\n"
 GET_ROOT = b"GET / HTTP/1.1\r\nHost: corral.test\r\nConnection: close\r\n\r\n"
 CRASH_CLIENTS = 4
-CRASHES_EACH = 40
+CRASHES_EACH = 10
 CRASHES = CRASH_CLIENTS * CRASHES_EACH
 DIED = re.compile(r"Worker pid \d+ died unexpectedly \(killed by SIGKILL\)")
+ONE_AT_A_TIME = re.compile(r"\[(\d+)\] \[INFO\] The pool is crash-looping: serving one connection at a time")
+# The master declares a crash loop at the second crash within its window (CRASH_LOOP_AT in master/arbiter.py).
+CRASHES_TO_DECLARE = 2
+HEALTHY_CLIENTS = 3
 
 
-def _send_crashes(port: int) -> int:
-    """CRASH_CLIENTS clients each send CRASHES_EACH crash requests back to back; how many got no response."""
-    unanswered = [0] * CRASH_CLIENTS
+def _send_crashes(port: int, clients: int = CRASH_CLIENTS, each: int = CRASHES_EACH) -> int:
+    """`clients` clients each send `each` crash requests back to back; how many got no response."""
+    unanswered = [0] * clients
 
     def client(index: int) -> None:
-        for _ in range(CRASHES_EACH):
+        for _ in range(each):
             try:
                 unanswered[index] += not exchange(port, CRASH).final_responses()
             except (OSError, AssertionError):
                 unanswered[index] += 1
 
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(CRASH_CLIENTS)]
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -67,6 +75,41 @@ def test_a_request_that_kills_its_worker_is_replaced_at_once_and_healthy_request
     assert len(DIED.findall(log)) >= CRASH_CLIENTS
     assert "failures in a row" not in log, "workers that booted and then died must not be backed off"
     assert "Crash loop: " in log
+
+
+def _serving_one_at_a_time(server: Server) -> bool:
+    """Whether both workers are READY and each has said it serves one connection at a time."""
+    workers = ready_workers(server)
+    careful = {int(pid) for pid in ONE_AT_A_TIME.findall(server.stderr_text())}
+    return len(workers) == 2 and workers <= careful
+
+
+def test_while_the_pool_crash_loops_a_request_that_kills_its_worker_takes_no_healthy_request_with_it(
+    serve: ServerFactory,
+) -> None:
+    """Once the master has declared the crash loop and every worker serves one connection at a time, no healthy
+    request fails, however many crash requests arrive meanwhile: each worker holds only the connection it is
+    answering, and the others wait in the kernel's accept queue, which the master keeps open."""
+    server = serve(APP, "-w", "2")
+    wait_for_ready_workers(server, 2)
+    for _ in range(CRASHES_TO_DECLARE):
+        assert not exchange(server.port, CRASH).final_responses()
+        wait_for_ready_workers(server, 2)
+    # Replacements boot serving one at a time; a worker that was already serving switches at its next tick.
+    assert wait_until(lambda: _serving_one_at_a_time(server), 10.0), server.stderr_text()
+    # Several healthy clients: a worker then often holds healthy connections when a crash request reaches it.
+    loads = [RequestLoad(server.port, max_seconds=60.0) for _ in range(HEALTHY_CLIENTS)]
+    with contextlib.ExitStack() as stack:
+        for load in loads:
+            stack.enter_context(load)
+        assert all(load.wait_for_more(1) for load in loads), "the healthy load never got going"
+        unanswered = _send_crashes(server.port, clients=2, each=10)
+        assert all(load.wait_for_more(1) for load in loads), "healthy requests stopped being answered"
+    outcomes = [outcome for load in loads for outcome in load.outcomes()]
+    assert unanswered == 20, "a crash request is never answered: its worker dies"
+    failed = [o for o in outcomes if not o.ok]
+    assert not failed, f"{len(failed)} of {len(outcomes)} healthy requests failed: {failed[:3]}"
+    wait_for_ready_workers(server, 2)
 
 
 KILLED_AT_IMPORT = """

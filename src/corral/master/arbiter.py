@@ -58,9 +58,12 @@ MAX_BACKOFF = 10.0
 # boots (READY is seen only by reading its slot).
 IDLE_WAIT = 0.5
 BOOT_POLL = 0.05
-# Workers dying after READY: this many within CRASH_WINDOW seconds is logged as a crash loop (once per window).
+# Workers dying after READY: this many within CRASH_WINDOW seconds make a crash loop. It is logged (once per
+# window), and until CRASH_WINDOW passes without a crash every worker serves one connection at a time (see
+# worker/server.py): a request that kills its worker then takes no other request with it. Not at the first
+# crash: a pool that loses a worker now and then keeps its concurrency.
 CRASH_WINDOW = 10.0
-CRASH_LOOP_AT = 5
+CRASH_LOOP_AT = 2
 SCOREBOARD_SLOTS_MIN = 64
 
 
@@ -701,14 +704,20 @@ class Arbiter:
         self.crash_times.append(now)
         while self.crash_times and now - self.crash_times[0] > CRASH_WINDOW:
             self.crash_times.popleft()
-        if len(self.crash_times) >= CRASH_LOOP_AT and now >= self.crash_warned_at + CRASH_WINDOW:
+        if len(self.crash_times) < CRASH_LOOP_AT:
+            return
+        # Before the replacement is forked: it reads this as it boots.
+        self.scoreboard.set_crash_loop_until(now + CRASH_WINDOW)
+        if now >= self.crash_warned_at + CRASH_WINDOW:
             self.crash_warned_at = now
             self.log.warning(
-                "Crash loop: %d workers died after booting in the last %g s (pool of %d); each is replaced at once. "
+                "Crash loop: %d workers died after booting in the last %g s (pool of %d); each is replaced at once, "
+                "and each worker serves one connection at a time until %g s pass without a crash. "
                 'Look for the request or task that kills them (corral_worker_restarts_total{reason="crash"})',
                 len(self.crash_times),
                 CRASH_WINDOW,
                 self.target,
+                CRASH_WINDOW,
             )
 
     def _boot_failed(self, worker: WorkerHandle, why: str) -> None:
