@@ -10,6 +10,7 @@ import threading
 from pathlib import Path
 
 from tests.integration.conftest import (
+    Conn,
     RequestLoad,
     Server,
     ServerFactory,
@@ -27,6 +28,8 @@ CRASHES_EACH = 10
 CRASHES = CRASH_CLIENTS * CRASHES_EACH
 DIED = re.compile(r"Worker pid \d+ died unexpectedly \(killed by SIGKILL\)")
 ONE_AT_A_TIME = re.compile(r"\[(\d+)\] \[INFO\] The pool is crash-looping: serving one connection at a time")
+CONCURRENT_AGAIN = re.compile(r"\[(\d+)\] \[INFO\] The crash loop is over: serving connections concurrently again")
+GET_KEEP_ALIVE = b"GET / HTTP/1.1\r\nHost: corral.test\r\n\r\n"
 # The master declares a crash loop at the second crash within its window (CRASH_LOOP_AT in master/arbiter.py).
 CRASHES_TO_DECLARE = 2
 HEALTHY_CLIENTS = 3
@@ -77,11 +80,19 @@ def test_a_request_that_kills_its_worker_is_replaced_at_once_and_healthy_request
     assert "Crash loop: " in log
 
 
-def _serving_one_at_a_time(server: Server) -> bool:
-    """Whether both workers are READY and each has said it serves one connection at a time."""
+def _every_worker_logged(server: Server, line: re.Pattern[str]) -> bool:
+    """Whether both workers are READY and each has logged `line` (its pid in group 1)."""
     workers = ready_workers(server)
-    careful = {int(pid) for pid in ONE_AT_A_TIME.findall(server.stderr_text())}
-    return len(workers) == 2 and workers <= careful
+    return len(workers) == 2 and workers <= {int(pid) for pid in line.findall(server.stderr_text())}
+
+
+def _declare_a_crash_loop(server: Server) -> None:
+    """Crash workers until the master declares a crash loop, and wait until both workers serve one at a time."""
+    for _ in range(CRASHES_TO_DECLARE):
+        assert not exchange(server.port, CRASH).final_responses()
+        wait_for_ready_workers(server, 2)
+    # Replacements boot serving one at a time; a worker that was already serving switches at its next tick.
+    assert wait_until(lambda: _every_worker_logged(server, ONE_AT_A_TIME), 10.0), server.stderr_text()
 
 
 def test_while_the_pool_crash_loops_a_request_that_kills_its_worker_takes_no_healthy_request_with_it(
@@ -92,11 +103,7 @@ def test_while_the_pool_crash_loops_a_request_that_kills_its_worker_takes_no_hea
     answering, and the others wait in the kernel's accept queue, which the master keeps open."""
     server = serve(APP, "-w", "2")
     wait_for_ready_workers(server, 2)
-    for _ in range(CRASHES_TO_DECLARE):
-        assert not exchange(server.port, CRASH).final_responses()
-        wait_for_ready_workers(server, 2)
-    # Replacements boot serving one at a time; a worker that was already serving switches at its next tick.
-    assert wait_until(lambda: _serving_one_at_a_time(server), 10.0), server.stderr_text()
+    _declare_a_crash_loop(server)
     # Several healthy clients: a worker then often holds healthy connections when a crash request reaches it.
     loads = [RequestLoad(server.port, max_seconds=60.0) for _ in range(HEALTHY_CLIENTS)]
     with contextlib.ExitStack() as stack:
@@ -110,6 +117,29 @@ def test_while_the_pool_crash_loops_a_request_that_kills_its_worker_takes_no_hea
     failed = [o for o in outcomes if not o.ok]
     assert not failed, f"{len(failed)} of {len(outcomes)} healthy requests failed: {failed[:3]}"
     wait_for_ready_workers(server, 2)
+
+
+def test_once_the_crashes_stop_the_workers_keep_connections_alive_and_serve_them_concurrently_again(
+    serve: ServerFactory,
+) -> None:
+    server = serve(APP, "-w", "2")
+    wait_for_ready_workers(server, 2)
+    _declare_a_crash_loop(server)
+    with Conn(server.port) as conn:
+        conn.send(GET_KEEP_ALIVE)
+        response = conn.read_response()
+        assert (response.status, response.closes) == (200, True), "one at a time: every connection ends"
+        conn.wait_closed()
+    # The master's crash-loop window (10 s) passes without a crash; each worker notices at its next tick.
+    assert wait_until(lambda: _every_worker_logged(server, CONCURRENT_AGAIN), 30.0), server.stderr_text()
+    # More open connections than workers, each answered twice: the workers hold several at once again.
+    with contextlib.ExitStack() as stack:
+        conns = [stack.enter_context(Conn(server.port)) for _ in range(3)]
+        for _ in range(2):
+            for conn in conns:
+                conn.send(GET_KEEP_ALIVE)
+                response = conn.read_response()
+                assert (response.status, response.closes) == (200, False)
 
 
 KILLED_AT_IMPORT = """

@@ -326,6 +326,9 @@ class Worker:
         # Every response says Connection: close: an idle keep-alive connection would die with the worker too,
         # and its client may be sending its next request right then.
         state.draining = True
+        # A WebSocket lives long: it would keep this worker from serving anyone else. 1012 asks its client to
+        # come back later; so is every handshake answered until the crash loop is over.
+        close_websockets(state, CLOSE_SERVICE_RESTART)
         state.connections.on_empty = self._accept_when_idle
         state.on_app_calls_done = self._accept_when_idle
         self._accept_when_idle()
@@ -333,6 +336,7 @@ class Worker:
     def _stop_one_at_a_time(self, state: ServerState) -> None:
         self.one_at_a_time = False
         state.draining = False
+        state.websocket_close_code = CLOSE_GOING_AWAY  # what a drain closes them with unless it says otherwise
         state.connections.on_empty = None
         state.on_app_calls_done = None
         self._unwatch_listeners()
@@ -356,6 +360,8 @@ class Worker:
     def _accept_one(self, sock: socket.socket) -> None:
         state = self.state
         assert state is not None
+        if not self.watching_listeners:
+            return  # two listeners were ready at once, and the other one's connection was taken
         try:
             conn, _ = sock.accept()
         except (BlockingIOError, InterruptedError):
