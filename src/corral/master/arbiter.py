@@ -320,6 +320,7 @@ class Arbiter:
         if problem is not None:
             print(f"corral: error: {problem}", file=sys.stderr)
             return ExitCode.CONFIG
+        _import_worker_code()  # after the admin child's fork: it has no use for it
         self._install_signals()
         set_title(self.cfg, "master")
         self.scoreboard.set_master(self.pid, MasterState.STARTING, self.generation)
@@ -932,6 +933,13 @@ class Arbiter:
         except OSError as exc:
             if exc.errno != errno.ESRCH:
                 raise
+
+
+def _import_worker_code() -> None:
+    """Import the worker's modules (event loop, HTTP, ASGI) once, in the master before the first fork. Each worker
+    then starts with them loaded, shared copy-on-write, instead of importing them again: that import was most
+    of a worker's boot, which is what a pool that keeps losing workers (a crash loop) waits for."""
+    import corral.worker.process  # noqa: F401
 
 
 def _describe_exit(code: int) -> str:
