@@ -149,6 +149,7 @@ def measure(
         counts = {"answered": 0, "failed": 0, "bad sent": 0}
         failures: dict[str, int] = {}
         slowest = [0.0]  # the longest a healthy request took to be answered
+        failed_at: list[float] = []  # when each failed healthy request was sent, seconds into the bad traffic
 
         def bad() -> None:
             while not stop.is_set():
@@ -166,9 +167,11 @@ def measure(
                 else:
                     counts["failed"] += 1
                     failures[result] = failures.get(result, 0) + 1
+                    failed_at.append(began - started)
                 time.sleep(HEALTHY_EVERY)
 
         threads = [threading.Thread(target=bad) for _ in range(bad_clients)] + [threading.Thread(target=healthy)]
+        started = time.monotonic()
         for thread in threads:
             thread.start()
         time.sleep(duration)
@@ -183,7 +186,7 @@ def measure(
         late = "" if took < WHOLE_WITHIN else " (not whole: gave up)"
         print(
             f"{name}: {duration:g} s of /segv ({counts['bad sent']} sent): healthy /ok answered {counts['answered']}, "
-            f"failed {counts['failed']}{_explain(failures)}, slowest answer {slowest[0]:.2f} s; "
+            f"failed {counts['failed']}{_explain(failures, failed_at)}, slowest answer {slowest[0]:.2f} s; "
             f"pool whole {took:.2f} s after the bad traffic stopped{late}"
         )
     finally:
@@ -194,8 +197,11 @@ def measure(
             proc.kill()
 
 
-def _explain(failures: dict[str, int]) -> str:
-    return " (" + ", ".join(f"{n} {why}" for why, n in sorted(failures.items())) + ")" if failures else ""
+def _explain(failures: dict[str, int], failed_at: list[float]) -> str:
+    if not failures:
+        return ""
+    reasons = ", ".join(f"{n} {why}" for why, n in sorted(failures.items()))
+    return f" ({reasons}; sent {min(failed_at):.1f} to {max(failed_at):.1f} s into the bad traffic)"
 
 
 def main() -> None:

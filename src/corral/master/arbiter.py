@@ -292,6 +292,7 @@ class Arbiter:
         self.next_spawn_at = 0.0
         self.crash_times: deque[float] = deque()  # when workers died after READY, within CRASH_WINDOW
         self.crash_warned_at = -CRASH_WINDOW
+        self.crash_loop_until = 0.0  # monotonic; workers serve one connection at a time until then
         self.signals: list[int] = []
         self.wake_r, self.wake_w = os.pipe()
         self.exit_code: int | None = None
@@ -707,8 +708,16 @@ class Arbiter:
             self.crash_times.popleft()
         if len(self.crash_times) < CRASH_LOOP_AT:
             return
+        starts = now >= self.crash_loop_until
+        self.crash_loop_until = now + CRASH_WINDOW
         # Before the replacement is forked: it reads this as it boots.
-        self.scoreboard.set_crash_loop_until(now + CRASH_WINDOW)
+        self.scoreboard.set_crash_loop_until(self.crash_loop_until)
+        if starts:
+            # The workers serving now would see it at their next tick, up to a second of concurrent serving in
+            # which a crash takes other requests with it. WINCH tells them now; a worker ignores it until it
+            # serves (its default action), and reads the scoreboard when it starts anyway.
+            for worker in self.workers.values():
+                self._send(worker, signal.SIGWINCH)
         if now >= self.crash_warned_at + CRASH_WINDOW:
             self.crash_warned_at = now
             self.log.warning(

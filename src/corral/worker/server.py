@@ -253,6 +253,7 @@ class Worker:
         self.loop.add_signal_handler(signal.SIGINT, self._request_stop, False)
         self.loop.add_signal_handler(signal.SIGQUIT, self._request_stop, False)
         self.loop.add_signal_handler(signal.SIGUSR1, self._reopen_logs)
+        self.loop.add_signal_handler(signal.SIGWINCH, self._crash_loop_news)  # the master declared a crash loop
 
     def _reopen_logs(self) -> None:
         from corral.logging import reopen_error_log
@@ -298,12 +299,16 @@ class Worker:
 
     # --- crash loops: one connection at a time -------------------------------------------------------
 
+    def _crash_loop_news(self) -> None:
+        if self.state is not None and not self.stop_requested.done():
+            self._follow_crash_loop(self.state)
+
     def _crash_loop_on(self) -> bool:
         return self.slot is not None and self.slot.crash_loop_until() > time.monotonic()
 
     def _follow_crash_loop(self, state: ServerState) -> None:
-        """At the tick: start or stop serving one connection at a time as the master's crash loop starts or
-        ends. A worker that boots meanwhile reads it before it accepts anything."""
+        """At the tick (and when the master says so): start or stop serving one connection at a time as the
+        master's crash loop starts or ends. A worker that boots meanwhile reads it before it accepts anything."""
         if self.restarting_servers is not None and not self.restarting_servers.done():
             return  # the next tick decides
         if self._crash_loop_on() == self.one_at_a_time:
