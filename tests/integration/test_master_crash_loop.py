@@ -9,6 +9,10 @@ import re
 import threading
 from pathlib import Path
 
+import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
+
 from tests.integration.conftest import (
     Conn,
     RequestLoad,
@@ -140,6 +144,44 @@ def test_once_the_crashes_stop_the_workers_keep_connections_alive_and_serve_them
                 conn.send(GET_KEEP_ALIVE)
                 response = conn.read_response()
                 assert (response.status, response.closes) == (200, False)
+
+
+CRASH_OR_ECHO = """
+import os
+import signal
+
+
+async def app(scope, receive, send):
+    if scope["type"] == "lifespan":
+        while (await receive())["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        await send({"type": "lifespan.shutdown.complete"})
+    elif scope["type"] == "websocket":
+        await receive()
+        await send({"type": "websocket.accept"})
+        while (message := await receive())["type"] == "websocket.receive":
+            await send({"type": "websocket.send", "text": message["text"]})
+    elif scope["path"] == "/crash":
+        os.kill(os.getpid(), signal.SIGKILL)
+    else:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+"""
+
+
+def test_while_the_pool_crash_loops_a_websocket_is_closed_with_1012_so_that_its_client_comes_back_later(
+    serve: ServerFactory, tmp_path: Path
+) -> None:
+    (tmp_path / "crash_or_echo.py").write_text(CRASH_OR_ECHO)
+    server = serve("crash_or_echo:app", "-w", "2", app_dir=tmp_path)
+    wait_for_ready_workers(server, 2)
+    with connect(f"ws://127.0.0.1:{server.port}/") as ws:
+        ws.send("echo")
+        assert ws.recv(timeout=5) == "echo"  # a WebSocket is served as usual before
+    _declare_a_crash_loop(server)
+    with connect(f"ws://127.0.0.1:{server.port}/") as ws, pytest.raises(ConnectionClosed) as closed:
+        ws.recv(timeout=5)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1012
 
 
 KILLED_AT_IMPORT = """

@@ -323,6 +323,8 @@ class Worker:
         for server in self.servers:
             server.close()  # a duplicate of the listener: ours stays open, the queued connections stay queued
         self.servers.clear()
+        # The connections already open end as in a drain (their next response says Connection: close, idle
+        # ones at their keep-alive timeout); the next one is accepted once they are all gone.
         self._serve_one_at_a_time(state)
 
     def _serve_one_at_a_time(self, state: ServerState) -> None:
