@@ -6,7 +6,8 @@ Run with bench/.venv's Python (bench/run --setup-only installs it):
 For each server: 2 workers on 127.0.0.1 serving this module's `app`. `--bad-clients` clients each send
 `GET /segv` (the worker kills itself with SIGSEGV) back to back, or every `--bad-every` s, for `duration`
 seconds, while another client sends `GET /ok` every 0.1 s on a fresh connection and counts answered and
-failed requests. Then: the seconds from the end of the bad traffic
+failed requests: how each failed (refused, reset or closed before any byte, timed out after REQUEST_TIMEOUT,
+and at which step) and when it was sent. Then: the seconds from the end of the bad traffic
 until the pool is whole again (corral: every worker READY in the admin endpoint's /status; gunicorn: as many
 live worker processes as configured and one `/ok` answered).
 """
