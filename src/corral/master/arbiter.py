@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import logging
 import os
 import random
@@ -321,7 +322,6 @@ class Arbiter:
         if problem is not None:
             print(f"corral: error: {problem}", file=sys.stderr)
             return ExitCode.CONFIG
-        _import_worker_code()  # after the admin child's fork: it has no use for it
         self._install_signals()
         set_title(self.cfg, "master")
         self.scoreboard.set_master(self.pid, MasterState.STARTING, self.generation)
@@ -335,6 +335,7 @@ class Arbiter:
                 self.reloader = start_reloader(self.cfg, self.log, self._reload_on_change)
             while self.stopping is None:
                 self._spawn_missing()
+                _import_worker_code()
                 self._wait(self._next_timeout())
                 self._handle_signals()
                 self._reap()
@@ -944,10 +945,12 @@ class Arbiter:
                 raise
 
 
+@functools.cache
 def _import_worker_code() -> None:
-    """Import the worker's modules (event loop, HTTP, ASGI) once, in the master before the first fork. Each worker
-    then starts with them loaded, shared copy-on-write, instead of importing them again: that import was most
-    of a worker's boot, which is what a pool that keeps losing workers (a crash loop) waits for."""
+    """Import the worker's modules (HTTP, ASGI, the event loop's) into the master once its first workers are
+    forked (they import them themselves, so the start is not delayed). Every later worker then starts with them
+    loaded, shared copy-on-write, instead of importing them again: that import was most of a worker's boot,
+    which is what a pool that keeps losing workers (a crash loop) waits for."""
     import corral.worker.process  # noqa: F401
 
 
