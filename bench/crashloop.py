@@ -6,7 +6,8 @@ Run with bench/.venv's Python (bench/run --setup-only installs it):
 For each server: 2 workers on 127.0.0.1 serving this module's `app`. `--bad-clients` clients each send
 `GET /segv` (the worker kills itself with SIGSEGV) back to back, or every `--bad-every` s, for `duration`
 seconds, while another client sends `GET /ok` every 0.1 s on a fresh connection and counts answered and
-failed requests. Then: the seconds from the end of the bad traffic
+failed requests: how each failed (refused, reset or closed before any byte, timed out after REQUEST_TIMEOUT,
+and at which step) and when it was sent. Then: the seconds from the end of the bad traffic
 until the pool is whole again (corral: every worker READY in the admin endpoint's /status; gunicorn: as many
 live worker processes as configured and one `/ok` answered).
 """
@@ -76,12 +77,28 @@ def commands(port: int, admin_port: int) -> dict[str, list[str]]:
 
 def get(port: int, path: str) -> bool:
     """One request on a fresh connection: True when it was answered 200."""
+    return outcome(port, path) == ANSWERED
+
+
+ANSWERED = "answered"
+
+
+def outcome(port: int, path: str) -> str:
+    """One request on a fresh connection: ANSWERED (200), or how it failed, and at which step."""
+    step = "connect"
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=REQUEST_TIMEOUT) as conn:
+            step = "send"
             conn.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
-            return conn.recv(64).startswith(b"HTTP/1.1 200")
-    except OSError:
-        return False
+            step = "receive"
+            head = conn.recv(64)
+    except TimeoutError:
+        return f"{step}: timed out"
+    except OSError as exc:
+        return f"{step}: {type(exc).__name__}"
+    if not head:
+        return "receive: closed before any byte"
+    return ANSWERED if head.startswith(b"HTTP/1.1 200") else f"answered {head[:12]!r}"
 
 
 def wait_ready(port: int, timeout: float = 30) -> bool:
@@ -131,6 +148,9 @@ def measure(
         time.sleep(1)
         stop = threading.Event()
         counts = {"answered": 0, "failed": 0, "bad sent": 0}
+        failures: dict[str, int] = {}
+        slowest = [0.0]  # the longest a healthy request took to be answered
+        failed_at: list[float] = []  # when each failed healthy request was sent, seconds into the bad traffic
 
         def bad() -> None:
             while not stop.is_set():
@@ -140,10 +160,19 @@ def measure(
 
         def healthy() -> None:
             while not stop.is_set():
-                counts["answered" if get(port, "/ok") else "failed"] += 1
+                began = time.monotonic()
+                result = outcome(port, "/ok")
+                if result == ANSWERED:
+                    counts["answered"] += 1
+                    slowest[0] = max(slowest[0], time.monotonic() - began)
+                else:
+                    counts["failed"] += 1
+                    failures[result] = failures.get(result, 0) + 1
+                    failed_at.append(began - started)
                 time.sleep(HEALTHY_EVERY)
 
         threads = [threading.Thread(target=bad) for _ in range(bad_clients)] + [threading.Thread(target=healthy)]
+        started = time.monotonic()
         for thread in threads:
             thread.start()
         time.sleep(duration)
@@ -158,7 +187,8 @@ def measure(
         late = "" if took < WHOLE_WITHIN else " (not whole: gave up)"
         print(
             f"{name}: {duration:g} s of /segv ({counts['bad sent']} sent): healthy /ok answered {counts['answered']}, "
-            f"failed {counts['failed']}; pool whole {took:.2f} s after the bad traffic stopped{late}"
+            f"failed {counts['failed']}{_explain(failures, failed_at)}, slowest answer {slowest[0]:.2f} s; "
+            f"pool whole {took:.2f} s after the bad traffic stopped{late}"
         )
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -166,6 +196,13 @@ def measure(
             proc.wait(30)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def _explain(failures: dict[str, int], failed_at: list[float]) -> str:
+    if not failures:
+        return ""
+    reasons = ", ".join(f"{n} {why}" for why, n in sorted(failures.items()))
+    return f" ({reasons}; sent {min(failed_at):.1f} to {max(failed_at):.1f} s into the bad traffic)"
 
 
 def main() -> None:

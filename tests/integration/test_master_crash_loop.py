@@ -4,38 +4,53 @@ answered by the other worker and the replacements."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 import threading
 from pathlib import Path
 
+import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
+
 from tests.integration.conftest import (
+    Conn,
     RequestLoad,
+    Server,
     ServerFactory,
     exchange,
+    ready_workers,
     wait_for_ready_workers,
+    wait_until,
 )
 
 APP = "tests.apps.master_apps:app"
 CRASH = b"GET /crash HTTP/1.1\r\nHost: corral.test\r\nConnection: close\r\n\r\n"
 GET_ROOT = b"GET / HTTP/1.1\r\nHost: corral.test\r\nConnection: close\r\n\r\n"
 CRASH_CLIENTS = 4
-CRASHES_EACH = 40
+CRASHES_EACH = 10
 CRASHES = CRASH_CLIENTS * CRASHES_EACH
 DIED = re.compile(r"Worker pid \d+ died unexpectedly \(killed by SIGKILL\)")
+ONE_AT_A_TIME = re.compile(r"\[(\d+)\] \[INFO\] The pool is crash-looping: serving one connection at a time")
+CONCURRENT_AGAIN = re.compile(r"\[(\d+)\] \[INFO\] The crash loop is over: serving connections concurrently again")
+GET_KEEP_ALIVE = b"GET / HTTP/1.1\r\nHost: corral.test\r\n\r\n"
+# The master declares a crash loop at the second crash within its window (CRASH_LOOP_AT in master/arbiter.py).
+CRASHES_TO_DECLARE = 2
+HEALTHY_CLIENTS = 3
 
 
-def _send_crashes(port: int) -> int:
-    """CRASH_CLIENTS clients each send CRASHES_EACH crash requests back to back; how many got no response."""
-    unanswered = [0] * CRASH_CLIENTS
+def _send_crashes(port: int, clients: int = CRASH_CLIENTS, each: int = CRASHES_EACH) -> int:
+    """`clients` clients each send `each` crash requests back to back; how many got no response."""
+    unanswered = [0] * clients
 
     def client(index: int) -> None:
-        for _ in range(CRASHES_EACH):
+        for _ in range(each):
             try:
                 unanswered[index] += not exchange(port, CRASH).final_responses()
             except (OSError, AssertionError):
                 unanswered[index] += 1
 
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(CRASH_CLIENTS)]
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -67,6 +82,106 @@ def test_a_request_that_kills_its_worker_is_replaced_at_once_and_healthy_request
     assert len(DIED.findall(log)) >= CRASH_CLIENTS
     assert "failures in a row" not in log, "workers that booted and then died must not be backed off"
     assert "Crash loop: " in log
+
+
+def _every_worker_logged(server: Server, line: re.Pattern[str]) -> bool:
+    """Whether both workers are READY and each has logged `line` (its pid in group 1)."""
+    workers = ready_workers(server)
+    return len(workers) == 2 and workers <= {int(pid) for pid in line.findall(server.stderr_text())}
+
+
+def _declare_a_crash_loop(server: Server) -> None:
+    """Crash workers until the master declares a crash loop, and wait until both workers serve one at a time."""
+    for _ in range(CRASHES_TO_DECLARE):
+        assert not exchange(server.port, CRASH).final_responses()
+        wait_for_ready_workers(server, 2)
+    # Replacements boot serving one at a time; a worker that was already serving switches at its next tick.
+    assert wait_until(lambda: _every_worker_logged(server, ONE_AT_A_TIME), 10.0), server.stderr_text()
+
+
+def test_while_the_pool_crash_loops_a_request_that_kills_its_worker_takes_no_healthy_request_with_it(
+    serve: ServerFactory,
+) -> None:
+    """Once the master has declared the crash loop and every worker serves one connection at a time, no healthy
+    request fails, however many crash requests arrive meanwhile: each worker holds only the connection it is
+    answering, and the others wait in the kernel's accept queue, which the master keeps open."""
+    server = serve(APP, "-w", "2")
+    wait_for_ready_workers(server, 2)
+    _declare_a_crash_loop(server)
+    # Several healthy clients: a worker then often holds healthy connections when a crash request reaches it.
+    loads = [RequestLoad(server.port, max_seconds=60.0) for _ in range(HEALTHY_CLIENTS)]
+    with contextlib.ExitStack() as stack:
+        for load in loads:
+            stack.enter_context(load)
+        assert all(load.wait_for_more(1) for load in loads), "the healthy load never got going"
+        unanswered = _send_crashes(server.port, clients=2, each=10)
+        assert all(load.wait_for_more(1) for load in loads), "healthy requests stopped being answered"
+    outcomes = [outcome for load in loads for outcome in load.outcomes()]
+    assert unanswered == 20, "a crash request is never answered: its worker dies"
+    failed = [o for o in outcomes if not o.ok]
+    assert not failed, f"{len(failed)} of {len(outcomes)} healthy requests failed: {failed[:3]}"
+    wait_for_ready_workers(server, 2)
+
+
+def test_once_the_crashes_stop_the_workers_keep_connections_alive_and_serve_them_concurrently_again(
+    serve: ServerFactory,
+) -> None:
+    server = serve(APP, "-w", "2")
+    wait_for_ready_workers(server, 2)
+    _declare_a_crash_loop(server)
+    with Conn(server.port) as conn:
+        conn.send(GET_KEEP_ALIVE)
+        response = conn.read_response()
+        assert (response.status, response.closes) == (200, True), "one at a time: every connection ends"
+        conn.wait_closed()
+    # The master's crash-loop window (10 s) passes without a crash; each worker notices at its next tick.
+    assert wait_until(lambda: _every_worker_logged(server, CONCURRENT_AGAIN), 30.0), server.stderr_text()
+    # More open connections than workers, each answered twice: the workers hold several at once again.
+    with contextlib.ExitStack() as stack:
+        conns = [stack.enter_context(Conn(server.port)) for _ in range(3)]
+        for _ in range(2):
+            for conn in conns:
+                conn.send(GET_KEEP_ALIVE)
+                response = conn.read_response()
+                assert (response.status, response.closes) == (200, False)
+
+
+CRASH_OR_ECHO = """
+import os
+import signal
+
+
+async def app(scope, receive, send):
+    if scope["type"] == "lifespan":
+        while (await receive())["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        await send({"type": "lifespan.shutdown.complete"})
+    elif scope["type"] == "websocket":
+        await receive()
+        await send({"type": "websocket.accept"})
+        while (message := await receive())["type"] == "websocket.receive":
+            await send({"type": "websocket.send", "text": message["text"]})
+    elif scope["path"] == "/crash":
+        os.kill(os.getpid(), signal.SIGKILL)
+    else:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+"""
+
+
+def test_while_the_pool_crash_loops_a_websocket_is_closed_with_1012_so_that_its_client_comes_back_later(
+    serve: ServerFactory, tmp_path: Path
+) -> None:
+    (tmp_path / "crash_or_echo.py").write_text(CRASH_OR_ECHO)
+    server = serve("crash_or_echo:app", "-w", "2", app_dir=tmp_path)
+    wait_for_ready_workers(server, 2)
+    with connect(f"ws://127.0.0.1:{server.port}/") as ws:
+        ws.send("echo")
+        assert ws.recv(timeout=5) == "echo"  # a WebSocket is served as usual before
+    _declare_a_crash_loop(server)
+    with connect(f"ws://127.0.0.1:{server.port}/") as ws, pytest.raises(ConnectionClosed) as closed:
+        ws.recv(timeout=5)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1012
 
 
 KILLED_AT_IMPORT = """

@@ -361,6 +361,7 @@ def test_the_byte_layout_is_the_documented_one(board: Scoreboard) -> None:
     board.configure_request_metrics(True, (0.25, 1.0))
     board.count_restart(RestartReason.MEMORY)
     board.set_listen_queues([ListenQueue(3, 128), None])
+    board.set_crash_loop_until(13.5)
     raw = bytes(board._mm)
     base = HEADER_SIZE + 2 * SLOT_SIZE
 
@@ -369,6 +370,7 @@ def test_the_byte_layout_is_the_documented_one(board: Scoreboard) -> None:
     assert struct.unpack_from("<Q", raw, 24) == (5,)
     assert struct.unpack_from("<dddIBB", raw, 32) == (12.5, 10.5, 1_700_000_000.25, 6, 2, 1)
     assert struct.unpack_from("<Q", raw, 64) == (0,)  # the retired sequence: even, nothing released
+    assert struct.unpack_from("<d", raw, 72) == (13.5,)
     assert struct.unpack_from("<3d", raw, 80) == (0.25, 1.0, 0.0)
     assert struct.unpack_from("<16Q", raw, 208)[RestartReason.MEMORY] == 1
     assert struct.unpack_from("<4I", raw, 336) == (3, 128, 0xFFFFFFFF, 0xFFFFFFFF)
@@ -415,6 +417,12 @@ def test_master_beat_and_start_are_read_back_with_the_target(board: Scoreboard) 
     master = board.read_board().master
     assert (master.pid, master.state, master.generation, master.draining) == (99, MasterState.RUNNING, 4, False)
     assert (master.heartbeat, master.started, master.started_unix, master.target) == (7.5, 5.0, 1234.5, 3)
+
+
+def test_the_crash_loop_the_master_declares_is_what_every_worker_reads(board: Scoreboard) -> None:
+    assert [slot.crash_loop_until() for slot in board.slots()] == [0.0] * len(board)
+    board.set_crash_loop_until(42.5)
+    assert [slot.crash_loop_until() for slot in board.slots()] == [42.5] * len(board)
 
 
 def test_restarts_are_counted_by_reason(board: Scoreboard) -> None:

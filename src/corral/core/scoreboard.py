@@ -26,7 +26,7 @@ Header, 1024 bytes at offset 0, written by the master::
      61     1  u8        request metrics on (0/1): workers time requests and count their methods
      62     2            reserved
      64     8  u64       retired sequence: odd while the master folds a released slot into the retired totals
-     72     8            reserved
+     72     8  f64       crash loop until (monotonic): workers serve one connection at a time until then
      80   120  f64 x 15  latency bucket upper bounds, seconds, ascending (the 16th bucket is +Inf)
     200     8            reserved
     208   128  u64 x 16  worker restarts by reason (RestartReason)
@@ -158,6 +158,7 @@ _TARGET_OFFSET = 56
 _BOUND_COUNT_OFFSET = 60
 _TIMED_OFFSET = 61
 _SEQ_OFFSET = 64
+_CRASH_LOOP_OFFSET = 72
 _BOUNDS_OFFSET = 80
 _RESTARTS_OFFSET = 208
 _QUEUES_OFFSET = 336
@@ -198,6 +199,7 @@ _REASONS = tuple(RestartReason)
 assert _PUBLISH_END == _READ.size == _COUNTS_END == LATENCY_OFFSET + 8 * LATENCY_BUCKETS <= SLOT_SIZE
 assert _READY_AT_OFFSET + _READY_AT_AND_HEARTBEAT.size == _HEARTBEAT_END
 assert _MASTER_END <= _MASTER_EXTRA_OFFSET and _MASTER_EXTRA_OFFSET + _MASTER_EXTRA.size <= _SEQ_OFFSET
+assert _SEQ_OFFSET + 8 == _CRASH_LOOP_OFFSET and _CRASH_LOOP_OFFSET + 8 <= _BOUNDS_OFFSET
 assert _BOUNDS_OFFSET + _BOUNDS.size <= _RESTARTS_OFFSET
 assert _RESTARTS_OFFSET + _RESTARTS.size == _QUEUES_OFFSET
 assert _QUEUES_OFFSET + _QUEUES.size == _QUEUE_COUNT_OFFSET
@@ -583,6 +585,11 @@ class Slot:
         """Ask the master to replace this worker (e.g. max_requests reached); the claim of a successor clears it."""
         self._buf[self._offset + _RETIRE_OFFSET] = 1
 
+    def crash_loop_until(self) -> float:
+        """Until when (monotonic seconds) the pool is crash-looping, as the master last declared it; 0.0 if never."""
+        until: float = _TIME.unpack_from(self._buf, _CRASH_LOOP_OFFSET)[0]
+        return until
+
     def request_metrics(self) -> tuple[bool, tuple[float, ...]]:
         """Whether requests are timed, and the histogram's bucket bounds (seconds): what the master wrote into
         the header of this slot's board."""
@@ -693,6 +700,11 @@ class Scoreboard:
         """One more worker stopped or replaced for `reason` (the master is the only writer)."""
         at = _RESTARTS_OFFSET + 8 * reason
         self._mm[at : at + 8] = _U64.pack(_U64.unpack_from(self._mm, at)[0] + 1)
+
+    def set_crash_loop_until(self, until: float) -> None:
+        """Declare the pool crash-looping until `until` (monotonic seconds): workers that see it serve one
+        connection at a time, so that a request killing its worker takes no other request with it."""
+        self._mm[_CRASH_LOOP_OFFSET : _CRASH_LOOP_OFFSET + 8] = _TIME.pack(until)
 
     def set_listen_queues(self, queues: list[ListenQueue | None]) -> None:
         """The listeners' accept queues as the master last sampled them (at most MAX_LISTENERS)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import logging
 import os
 import random
@@ -63,9 +64,12 @@ MAX_BACKOFF = 10.0
 # boots (READY is seen only by reading its slot).
 IDLE_WAIT = 0.5
 BOOT_POLL = 0.05
-# Workers dying after READY: this many within CRASH_WINDOW seconds is logged as a crash loop (once per window).
+# Workers dying after READY: this many within CRASH_WINDOW seconds make a crash loop. It is logged (once per
+# window), and until CRASH_WINDOW passes without a crash every worker serves one connection at a time (see
+# worker/server.py): a request that kills its worker then takes no other request with it. Not at the first
+# crash: a pool that loses a worker now and then keeps its concurrency.
 CRASH_WINDOW = 10.0
-CRASH_LOOP_AT = 5
+CRASH_LOOP_AT = 2
 SCOREBOARD_SLOTS_MIN = 64
 
 
@@ -320,6 +324,7 @@ class Arbiter:
         self.next_spawn_at = 0.0
         self.crash_times: deque[float] = deque()  # when workers died after READY, within CRASH_WINDOW
         self.crash_warned_at = -CRASH_WINDOW
+        self.crash_loop_until = 0.0  # monotonic; workers serve one connection at a time until then
         self.signals: list[int] = []
         self.wake_r, self.wake_w = os.pipe()
         self.exit_code: int | None = None
@@ -361,6 +366,7 @@ class Arbiter:
                 self.reloader = start_reloader(self.cfg, self.log, self._reload_on_change)
             while self.stopping is None:
                 self._spawn_missing()
+                _import_worker_code()
                 self._wait(self._next_timeout())
                 self._handle_signals()
                 self._reap()
@@ -735,14 +741,28 @@ class Arbiter:
         self.crash_times.append(now)
         while self.crash_times and now - self.crash_times[0] > CRASH_WINDOW:
             self.crash_times.popleft()
-        if len(self.crash_times) >= CRASH_LOOP_AT and now >= self.crash_warned_at + CRASH_WINDOW:
+        if len(self.crash_times) < CRASH_LOOP_AT:
+            return
+        starts = now >= self.crash_loop_until
+        self.crash_loop_until = now + CRASH_WINDOW
+        # Before the replacement is forked: it reads this as it boots.
+        self.scoreboard.set_crash_loop_until(self.crash_loop_until)
+        if starts:
+            # The workers serving now would see it at their next tick, up to a second of concurrent serving in
+            # which a crash takes other requests with it. WINCH tells them now; a worker ignores it until it
+            # serves (its default action), and reads the scoreboard when it starts anyway.
+            for worker in self.workers.values():
+                self._send(worker, signal.SIGWINCH)
+        if now >= self.crash_warned_at + CRASH_WINDOW:
             self.crash_warned_at = now
             self.log.warning(
-                "Crash loop: %d workers died after booting in the last %g s (pool of %d); each is replaced at once. "
+                "Crash loop: %d workers died after booting in the last %g s (pool of %d); each is replaced at once, "
+                "and each worker serves one connection at a time until %g s pass without a crash. "
                 'Look for the request or task that kills them (corral_worker_restarts_total{reason="crash"})',
                 len(self.crash_times),
                 CRASH_WINDOW,
                 self.target,
+                CRASH_WINDOW,
             )
 
     def _boot_failed(self, worker: WorkerHandle, why: str) -> None:
@@ -958,6 +978,15 @@ class Arbiter:
         except OSError as exc:
             if exc.errno != errno.ESRCH:
                 raise
+
+
+@functools.cache
+def _import_worker_code() -> None:
+    """Import the worker's modules (HTTP, ASGI, the event loop's) into the master once its first workers are
+    forked (they import them themselves, so the start is not delayed). Every later worker then starts with them
+    loaded, shared copy-on-write, instead of importing them again: that import was most of a worker's boot,
+    which is what a pool that keeps losing workers (a crash loop) waits for."""
+    import corral.worker.process  # noqa: F401
 
 
 def _describe_exit(code: int) -> str:

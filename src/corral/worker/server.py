@@ -2,6 +2,12 @@
 
 The worker process (worker/process.py) runs `Worker.serve()` after the master forked it; the master reads
 what the tick publishes in the worker's scoreboard slot.
+
+While the master says the pool is crash-looping (a request kills its worker, over and over), the worker
+serves one connection at a time: it accepts a connection only when it has no other connection open and no
+app call running, and closes each connection after its response. Whatever a worker has accepted dies with
+it, while what waits in the kernel's accept queue survives (the master holds the listeners), so a request
+that kills its worker then takes no other request with it: the others wait in the queue for a live worker.
 """
 
 from __future__ import annotations
@@ -96,6 +102,10 @@ class Worker:
         self.access_log: AccessLog | None = None
         self.tick_handle: asyncio.TimerHandle | None = None
         self.watchdog: Any = None
+        self.one_at_a_time = False  # the pool is crash-looping: see the module docstring
+        self.watching_listeners = False  # one at a time: waiting to accept the next connection
+        self.restarting_servers: asyncio.Task[None] | None = None  # the crash loop is over: back to normal
+        self.protocol_factory: Callable[[], asyncio.Protocol] | None = None
 
     async def serve(self) -> int:
         logs = self.settings.logging
@@ -118,7 +128,11 @@ class Worker:
             colors=access_log_colors(logs),
         )
         self.state = self._make_state(lifespan.state)
-        await self._start_servers()
+        self.protocol_factory = self._protocol_factory(self.state)
+        if self._crash_loop_on():
+            self._serve_one_at_a_time(self.state)
+        else:
+            await self._start_servers()
         self._start_watchdog()
         if self.slot is not None:
             now = time.monotonic()
@@ -169,10 +183,8 @@ class Worker:
         )
 
     async def _start_servers(self) -> None:
-        state = self.state
-        assert state is not None
-
-        protocol_factory = self._protocol_factory(state)
+        protocol_factory = self.protocol_factory
+        assert protocol_factory is not None
         for sock in self.listeners:
             # The server gets a duplicate: closing it must leave our descriptor open, so that on the final
             # shutdown the connections still queued in the kernel can be accepted and answered.
@@ -221,6 +233,7 @@ class Worker:
         self.loop.add_signal_handler(signal.SIGINT, self._request_stop, False)
         self.loop.add_signal_handler(signal.SIGQUIT, self._request_stop, False)
         self.loop.add_signal_handler(signal.SIGUSR1, self._reopen_logs)
+        self.loop.add_signal_handler(signal.SIGWINCH, self._crash_loop_news)  # the master declared a crash loop
 
     def _reopen_logs(self) -> None:
         from corral.logging import reopen_error_log
@@ -256,15 +269,107 @@ class Worker:
             self.counters.active_connections = len(state.connections)
             self.counters.active_requests = sum(1 for conn in state.connections if conn.cycle is not None)
             self.counters.websockets = len(state.websockets)
+            if not self.stop_requested.done():
+                self._follow_crash_loop(state)
         if self.access_log is not None:
             self.access_log.flush()
         if self.slot is not None:
             self.slot.publish(self.counters, time.monotonic(), rss_bytes())
         self._schedule_tick()
 
+    # --- crash loops: one connection at a time -------------------------------------------------------
+
+    def _crash_loop_news(self) -> None:
+        if self.state is not None and not self.stop_requested.done():
+            self._follow_crash_loop(self.state)
+
+    def _crash_loop_on(self) -> bool:
+        return self.slot is not None and self.slot.crash_loop_until() > time.monotonic()
+
+    def _follow_crash_loop(self, state: ServerState) -> None:
+        """At the tick (and when the master says so): start or stop serving one connection at a time as the
+        master's crash loop starts or ends. A worker that boots meanwhile reads it before it accepts anything."""
+        if self.restarting_servers is not None and not self.restarting_servers.done():
+            return  # the next tick decides
+        if self._crash_loop_on() == self.one_at_a_time:
+            if self.one_at_a_time:
+                self._accept_when_idle()  # after a failed accept, which stopped the watch
+            return
+        if self.one_at_a_time:
+            self.logger.info("The crash loop is over: serving connections concurrently again")
+            self._stop_one_at_a_time(state)
+            self.restarting_servers = self.loop.create_task(self._start_servers())
+            return
+        for server in self.servers:
+            server.close()  # a duplicate of the listener: ours stays open, the queued connections stay queued
+        self.servers.clear()
+        # The connections already open end as in a drain (their next response says Connection: close, idle
+        # ones at their keep-alive timeout); the next one is accepted once they are all gone.
+        self._serve_one_at_a_time(state)
+
+    def _serve_one_at_a_time(self, state: ServerState) -> None:
+        self.logger.info("The pool is crash-looping: serving one connection at a time")
+        self.one_at_a_time = True
+        # Every response says Connection: close: an idle keep-alive connection would die with the worker too,
+        # and its client may be sending its next request right then.
+        state.draining = True
+        # A WebSocket lives long: it would keep this worker from serving anyone else. 1012 asks its client to
+        # come back later; so is every handshake answered until the crash loop is over.
+        close_websockets(state, CLOSE_SERVICE_RESTART)
+        state.connections.on_empty = self._accept_when_idle
+        state.on_app_calls_done = self._accept_when_idle
+        self._accept_when_idle()
+
+    def _stop_one_at_a_time(self, state: ServerState) -> None:
+        self.one_at_a_time = False
+        state.draining = False
+        state.websocket_close_code = CLOSE_GOING_AWAY  # what a drain closes them with unless it says otherwise
+        state.connections.on_empty = None
+        state.on_app_calls_done = None
+        self._unwatch_listeners()
+
+    def _accept_when_idle(self) -> None:
+        """Watch the listeners if nothing is left that could die with this worker: no connection, no app call
+        (one still running after its response, a background task, can crash the worker too)."""
+        state = self.state
+        if self.watching_listeners or state is None or state.connections or state.app_calls:
+            return
+        for sock in self.listeners:
+            self.loop.add_reader(sock.fileno(), self._accept_one, sock)
+        self.watching_listeners = True
+
+    def _unwatch_listeners(self) -> None:
+        if self.watching_listeners:
+            for sock in self.listeners:
+                self.loop.remove_reader(sock.fileno())
+            self.watching_listeners = False
+
+    def _accept_one(self, sock: socket.socket) -> None:
+        state = self.state
+        assert state is not None
+        if not self.watching_listeners:
+            return  # two listeners were ready at once, and the other one's connection was taken
+        try:
+            conn, _ = sock.accept()
+        except (BlockingIOError, InterruptedError):
+            return  # another worker took it
+        except OSError as exc:
+            # Out of file descriptors, say: the watch would fire again at once. The tick watches again.
+            self.logger.warning("Could not accept a connection: %s", exc)
+            self._unwatch_listeners()
+            return
+        self._unwatch_listeners()
+        self._serve_accepted(state, sock, conn)
+
+    # --- stopping -----------------------------------------------------------------------------------
+
     async def _stop_servers(self, graceful: bool) -> None:
         state = self.state
         assert state is not None
+        if self.restarting_servers is not None:
+            await self.restarting_servers  # so that the servers it starts are closed below
+        if self.one_at_a_time:
+            self._stop_one_at_a_time(state)
         state.draining = True  # from now on every response says Connection: close
         for server in self.servers:
             server.close()
@@ -300,25 +405,29 @@ class Worker:
     def _accept_backlog(self, state: ServerState) -> None:
         """Take the connections already queued in the kernel, so the shutdown answers them too."""
 
-        protocol_factory = self._protocol_factory(state)
         for sock in self.listeners:
             while True:
                 try:
                     conn, _ = sock.accept()
                 except (BlockingIOError, InterruptedError, OSError):
                     break
-                conn.setblocking(False)
-                with contextlib.suppress(OSError):
-                    if sock.family != socket.AF_UNIX:
-                        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                # Made now, not when the transport is set up a loop turn later: it counts as a connection from
-                # here on, so the drain cannot find the worker idle and exit before answering it.
-                protocol = protocol_factory()
-                # The connection the drain counts is the HTTP protocol, behind its PROXY protocol gate if any.
-                h1 = protocol if isinstance(protocol, H1Protocol) else protocol.inner  # type: ignore[attr-defined]
-                accepted = self.loop.connect_accepted_socket(lambda p=protocol: p, conn, **self.tls_options)
-                task = self.loop.create_task(accepted)
-                task.add_done_callback(functools.partial(_accept_done, state, h1))
+                self._serve_accepted(state, sock, conn)
+
+    def _serve_accepted(self, state: ServerState, listener: socket.socket, conn: socket.socket) -> None:
+        """Serve a connection accepted here rather than by a server's own accept loop."""
+        conn.setblocking(False)
+        with contextlib.suppress(OSError):
+            if listener.family != socket.AF_UNIX:
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # Made now, not when the transport is set up a loop turn later: it counts as a connection from here
+        # on, so neither the drain nor the one-at-a-time accept can find the worker idle before it is answered.
+        assert self.protocol_factory is not None
+        protocol = self.protocol_factory()
+        # The connection counted is the HTTP protocol, behind its PROXY protocol gate if any.
+        h1 = protocol if isinstance(protocol, H1Protocol) else protocol.inner  # type: ignore[attr-defined]
+        accepted = self.loop.connect_accepted_socket(lambda: protocol, conn, **self.tls_options)
+        task = self.loop.create_task(accepted)
+        task.add_done_callback(functools.partial(_accept_done, state, h1))
 
     def _abort_connections(self) -> None:
         if self.state is None:
