@@ -30,6 +30,7 @@ from corral.core.scoreboard import (
     WorkerState,
     check_latency_bounds,
 )
+from corral.http.ledger import Refusal, RequestLedger
 
 U64_MAX = 2**64 - 1
 I64_MAX = 2**63 - 1
@@ -449,24 +450,39 @@ def test_histogram_bounds_must_be_1_to_15_positive_ascending_seconds(bounds: tup
         check_latency_bounds(bounds)
 
 
-def test_count_response_times_the_request_into_the_histogram_when_timed() -> None:
+class Finished:
+    """A finished request as the ledger reads it."""
+
+    def __init__(self, status: int, body_bytes: int, method: str | None, start_ns: int) -> None:
+        self.scope = {"method": method} if method is not None else None
+        self.status = status
+        self.response_headers = ()
+        self.response_bytes = body_bytes
+        self.start_ns = start_ns
+
+
+def _account(counters: WorkerCounters, status: int, body_bytes: int, method: str, start_ns: int) -> None:
+    RequestLedger(counters).finished(Finished(status, body_bytes, method, start_ns))
+
+
+def test_a_timed_request_lands_in_the_histogram_and_its_method() -> None:
     counters = WorkerCounters.timing((0.001, 1.0))
-    counters.count_response(503, 12, "PATCH", time.perf_counter_ns())
-    counters.count_response(200, 5, "BREW", time.perf_counter_ns() - 5_000_000)  # started 5 ms ago
+    _account(counters, 503, 12, "PATCH", time.perf_counter_ns())
+    _account(counters, 200, 5, "BREW", time.perf_counter_ns() - 5_000_000)  # started 5 ms ago
     assert (counters.requests, counters.responses, counters.bytes_out) == (2, [0, 1, 0, 0, 1], 17)
     assert counters.method_counts() == [0, 0, 0, 0, 1, 0, 0, 1]
     assert counters.latency[:3] == [1, 1, 0] and sum(counters.latency) == 2
     assert counters.duration_ns >= 5_000_000
-    counters.count_response(200, 0, "GET", time.perf_counter_ns())
+    _account(counters, 200, 0, "GET", time.perf_counter_ns())
     assert (counters.methods[0], counters.method_counts()[0]) == (0, 1)  # GET is derived, never counted
     untimed = WorkerCounters()
-    untimed.count_response(200, 5, "GET", 0)
+    _account(untimed, 200, 5, "GET", 0)
     assert (untimed.requests, sum(untimed.methods), sum(untimed.latency), untimed.duration_ns) == (1, 0, 0, 0)
 
 
 def test_a_refusal_counts_as_a_response_but_is_neither_timed_nor_a_method() -> None:
     counters = WorkerCounters.timing((1.0,))
-    counters.count_refusal(431)
+    RequestLedger(counters).finished(Refusal(431))
     assert (counters.requests, counters.responses, counters.method_counts(), sum(counters.latency)) == (
         1,
         [0, 0, 0, 1, 0],
@@ -478,7 +494,7 @@ def test_a_refusal_counts_as_a_response_but_is_neither_timed_nor_a_method() -> N
 def test_published_method_counts_include_the_derived_gets(board: Scoreboard) -> None:
     counters = WorkerCounters.timing((1.0,))
     for method in ("GET", "GET", "POST", "GET", "OPTIONS"):
-        counters.count_response(200, 0, method, time.perf_counter_ns())
+        _account(counters, 200, 0, method, time.perf_counter_ns())
     board.slot(0).publish(counters, 1.0, 0)
     assert board.slot(0).read().methods == (3, 0, 1, 0, 0, 0, 1, 0)
 
@@ -487,7 +503,7 @@ def test_a_bucket_bound_belongs_to_its_own_bucket_as_prometheus_le_says() -> Non
     counters = WorkerCounters.timing((0.001,))
     start = time.perf_counter_ns()
     counters.latency_bounds_ns = (10**18,)  # a bound no real elapsed time reaches
-    counters.count_response(200, 0, "GET", start)
+    _account(counters, 200, 0, "GET", start)
     assert counters.latency[0] == 1
 
 

@@ -92,9 +92,7 @@ import itertools
 import mmap
 import struct
 import time
-from bisect import bisect_left
 from dataclasses import dataclass, field
-from time import perf_counter_ns
 from typing import Any, NamedTuple
 
 from corral.core.contract import MasterState, RestartReason, WorkerState
@@ -266,24 +264,6 @@ class WorkerCounters:
     latency: list[int] = field(default_factory=_zero_latency)
     timed: bool = False  # the request metrics are on: time every request and count its method
     latency_bounds_ns: tuple[int, ...] = ()
-
-    def count_response(self, status: int, body_bytes: int, method: str, start_ns: int) -> None:
-        """Count one answered request. H1Protocol.response_complete inlines the same on the hot path."""
-        self.requests += 1
-        self.responses[status // 100 - 1] += 1
-        self.bytes_out += body_bytes
-        if self.timed:
-            elapsed = perf_counter_ns() - start_ns
-            self.latency[bisect_left(self.latency_bounds_ns, elapsed)] += 1
-            self.duration_ns += elapsed
-            if method != GET:
-                self.methods[METHOD_INDEX.get(method, OTHER_METHOD)] += 1
-
-    def count_refusal(self, status: int) -> None:
-        """Count a request refused before it had a request cycle (a bad head, a full worker): a response of
-        `status`, neither timed nor counted by method."""
-        self.requests += 1
-        self.responses[status // 100 - 1] += 1
 
     def method_counts(self) -> list[int]:
         """Requests by method (METHODS order), GET included."""
