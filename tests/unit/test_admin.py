@@ -398,3 +398,24 @@ def test_memory_limit_gauge_gives_the_limit_it_was_given() -> None:
     registry.register(MemoryLimitCollector(512 * 2**20))
     (family,) = text_string_to_metric_families(render_metrics(registry).decode())
     assert (family.name, family.samples[0].value) == ("corral_memory_limit_bytes", 512 * 2**20)
+
+
+def test_a_declared_crash_loop_shows_in_metrics_status_and_the_table_until_it_ends(board: Scoreboard) -> None:
+    assert scrape(board)["corral_crash_loop"][()] == 0
+    board.set_crash_loop_until(NOW + 5.0)
+    assert scrape(board)["corral_crash_loop"][()] == 1
+    document = status_document(board.read_board(), NAMES, NOW)
+    assert document["master"]["crash_loop"] is True
+    assert "CRASH LOOP" in format_status(document)
+    later = status_document(board.read_board(), NAMES, NOW + 6.0)
+    assert later["master"]["crash_loop"] is False
+    assert "CRASH LOOP" not in format_status(later)
+
+
+def test_dropped_master_log_lines_are_a_counter_and_in_status(board: Scoreboard) -> None:
+    assert scrape(board)["corral_master_log_lines_dropped_total"][()] == 0
+    board.set_log_lines_dropped(7)
+    assert scrape(board)["corral_master_log_lines_dropped_total"][()] == 7
+    document = status_document(board.read_board(), NAMES, NOW)
+    assert document["master"]["log_lines_dropped"] == 7
+    assert "master log lines dropped: 7" in format_status(document)

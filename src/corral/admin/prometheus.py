@@ -67,7 +67,18 @@ def _master_families(board: BoardSnapshot, now: float) -> list[Metric]:
     for reason in RestartReason:
         if reason is not RestartReason.START:
             restarts.add_metric([reason.name.lower()], board.restarts[reason])
-    return [state, heartbeat, alive, ready, generation, started, restarts]
+    crash_loop = GaugeMetricFamily(
+        "corral_crash_loop",
+        "1 while the master has declared a crash loop (a request keeps killing its worker): workers serve one "
+        "connection at a time.",
+    )
+    crash_loop.add_metric([], 1.0 if board.crash_looping(now) else 0.0)
+    dropped = CounterMetricFamily(
+        "corral_master_log_lines_dropped",
+        "Master log lines dropped because its log output (a pipe) was full and not being read.",
+    )
+    dropped.add_metric([], board.log_lines_dropped)
+    return [state, heartbeat, alive, ready, generation, started, restarts, crash_loop, dropped]
 
 
 def _worker_families(board: BoardSnapshot, now: float) -> list[Metric]:

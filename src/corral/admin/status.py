@@ -69,6 +69,8 @@ def status_document(board: BoardSnapshot, listener_names: list[str], now: float)
             "alive": liveness_problem(board, now) is None,
             "ready": readiness_problem(board, now) is None,
             "not_ready_because": readiness_problem(board, now),
+            "crash_loop": board.crash_looping(now),
+            "log_lines_dropped": board.log_lines_dropped,
             "restarts": {
                 reason.name.lower(): board.restarts[reason] for reason in RestartReason if reason != RestartReason.START
             },
@@ -133,6 +135,10 @@ def format_status(document: dict[str, Any]) -> str:
     """The `corral status` output: a master line, the listeners, then one row per worker, like `ps`."""
     master = document["master"]
     lines = [_master_line(master), _restarts_line(master.get("restarts", {}))]
+    if master.get("crash_loop"):
+        lines.append("CRASH LOOP: a request keeps killing its worker; workers serve one connection at a time")
+    if master.get("log_lines_dropped"):
+        lines.append(f"master log lines dropped: {master['log_lines_dropped']} (its log output was not being read)")
     lines += [_listener_line(listener) for listener in document.get("listeners", [])]
     lines.append("")
     rows = [_COLUMNS] + [_worker_row(worker) for worker in document.get("workers", [])]

@@ -28,7 +28,7 @@ Header, 1024 bytes at offset 0, written by the master::
      64     8  u64       retired sequence: odd while the master folds a released slot into the retired totals
      72     8  f64       crash loop until (monotonic): workers serve one connection at a time until then
      80   120  f64 x 15  latency bucket upper bounds, seconds, ascending (the 16th bucket is +Inf)
-    200     8            reserved
+    200     8  u64       master log lines dropped: its log output (a pipe) was full and not being read
     208   128  u64 x 16  worker restarts by reason (RestartReason)
     336   128  u32 x 32  listen queues: (depth, limit) per listener, 0xFFFFFFFF when unknown
     464     4  u32       number of listeners sampled (at most 16)
@@ -158,6 +158,7 @@ _TIMED_OFFSET = 61
 _SEQ_OFFSET = 64
 _CRASH_LOOP_OFFSET = 72
 _BOUNDS_OFFSET = 80
+_LOG_DROPPED_OFFSET = 200
 _RESTARTS_OFFSET = 208
 _QUEUES_OFFSET = 336
 _QUEUE_COUNT_OFFSET = 464
@@ -408,6 +409,12 @@ class BoardSnapshot:
     listeners: tuple[ListenQueue | None, ...]  # per listener, None when unknown
     latency_bounds: tuple[float, ...]
     request_metrics: bool  # workers time requests and count their methods
+    crash_loop_until: float  # monotonic: workers serve one connection at a time until then
+    log_lines_dropped: int  # master log lines dropped since start (its output was full)
+
+    def crash_looping(self, now: float) -> bool:
+        """The master has declared a crash loop that is still on (workers serve one connection at a time)."""
+        return self.crash_loop_until > now
 
     @property
     def workers(self) -> tuple[SlotSnapshot, ...]:
@@ -686,6 +693,10 @@ class Scoreboard:
         connection at a time, so that a request killing its worker takes no other request with it."""
         self._mm[_CRASH_LOOP_OFFSET : _CRASH_LOOP_OFFSET + 8] = _TIME.pack(until)
 
+    def set_log_lines_dropped(self, count: int) -> None:
+        """How many of the master's log lines were dropped so far (the master is the only writer)."""
+        self._mm[_LOG_DROPPED_OFFSET : _LOG_DROPPED_OFFSET + 8] = _U64.pack(count)
+
     def set_listen_queues(self, queues: list[ListenQueue | None]) -> None:
         """The listeners' accept queues as the master last sampled them (at most MAX_LISTENERS)."""
         shown = queues[:MAX_LISTENERS]
@@ -737,6 +748,8 @@ class Scoreboard:
             listeners=listeners,
             latency_bounds=_read_bounds(data),
             request_metrics=bool(timed),
+            crash_loop_until=_TIME.unpack_from(data, _CRASH_LOOP_OFFSET)[0],
+            log_lines_dropped=_U64.unpack_from(data, _LOG_DROPPED_OFFSET)[0],
         )
 
     def close(self) -> None:

@@ -24,6 +24,7 @@ from corral.core.contract import BOOT_FAILURES, RestartReason
 from corral.core.privileges import Identity
 from corral.core.scoreboard import Scoreboard
 from corral.core.sockets import describe
+from corral.master import log_output
 from corral.master.statsd import StatsdClient, parse_statsd_address
 
 if TYPE_CHECKING:
@@ -127,6 +128,7 @@ class Monitor:
         when it is due. The admin process is restarted only while serving."""
         now = time.monotonic()
         self.scoreboard.master_beat(now, target)
+        self.scoreboard.set_log_lines_dropped(log_output.dropped_lines())
         if self.sampling:
             self._sample_queues()
         if self.statsd is not None:
