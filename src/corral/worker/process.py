@@ -29,7 +29,7 @@ from corral.http import eager
 from corral.http.request_hooks import with_request_hooks
 from corral.http.wsgi import serving_interface
 from corral.proctitle import set_title
-from corral.worker.server import Worker, new_event_loop
+from corral.worker.server import StopBeforeServing, Worker, new_event_loop
 
 if TYPE_CHECKING:
     from corral.config import Config
@@ -75,6 +75,8 @@ def _serve(launch: WorkerLaunch) -> int:
     cfg, slot, app, view = launch.cfg, launch.slot, launch.app, launch.view
     settings, hooks = cfg.settings, cfg.settings.hooks
     _reset_signals()
+    stop_before_serving = StopBeforeServing()
+    stop_before_serving.install()
     slot.claim(os.getpid(), launch.generation, time.monotonic())
     logger = logging.getLogger("corral.error")
     if view is not None:
@@ -138,6 +140,7 @@ def _serve(launch: WorkerLaunch) -> int:
         max_requests=launch.max_requests,
         on_quit=on_quit,
         ssl_context=launch.ssl_context,
+        stop_before_serving=stop_before_serving,
     )
     if view is not None:
         view.count_requests_with(lambda: worker.counters.requests)

@@ -37,7 +37,7 @@ from corral.tls import serving_options
 from corral.worker.drain import cancel_app_calls, wait_until_drained
 from corral.worker.lifespan import Lifespan, LifespanFailure
 
-__all__ = ["Worker", "new_event_loop"]
+__all__ = ["StopBeforeServing", "Worker", "new_event_loop"]
 
 # How often the coarse clock, the Date header, idle/slow connection checks, log flushing and the
 # heartbeat run.
@@ -64,6 +64,23 @@ def new_event_loop(choice: str) -> asyncio.AbstractEventLoop:
     return asyncio.new_event_loop()
 
 
+class StopBeforeServing:
+    """TERM, INT or QUIT received after the fork and before the worker's loop handles signals (while the app
+    loads, say): remembered rather than fatal, so that the worker still stops as the signal asked, gracefully
+    for TERM (answering what waits for it), fast for INT and QUIT."""
+
+    def __init__(self) -> None:
+        self.graceful: bool | None = None  # None: no stop asked for yet
+
+    def install(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+            signal.signal(sig, self._remember)
+
+    def _remember(self, signum: int, frame: object) -> None:
+        graceful = signum == signal.SIGTERM
+        self.graceful = graceful if self.graceful is None else self.graceful and graceful
+
+
 class Worker:
     """Serves the listeners with the app; TERM drains gracefully, INT and QUIT stop at once."""
 
@@ -81,8 +98,10 @@ class Worker:
         max_requests: int = 0,
         on_quit: Callable[[], None] | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        stop_before_serving: StopBeforeServing | None = None,
     ) -> None:
         self.settings = settings
+        self.stop_before_serving = stop_before_serving
         self.app = app
         self.listeners = listeners
         self.loop = loop
@@ -110,6 +129,8 @@ class Worker:
     async def serve(self) -> int:
         logs = self.settings.logging
         self._install_signals()
+        if self.stop_before_serving is not None and self.stop_before_serving.graceful is not None:
+            self._request_stop(self.stop_before_serving.graceful)  # it came while the app loaded
         self._schedule_tick()  # the heartbeat runs while booting too: a slow lifespan is not a dead loop
         lifespan = Lifespan(self.app, self.settings.application.lifespan, self.logger)
         try:
@@ -117,9 +138,11 @@ class Worker:
         except LifespanFailure as exc:
             self.logger.error("Application startup failed: %s", exc)
             return WorkerExit.LIFESPAN
-        if self.stop_requested.done():
-            await lifespan.shutdown()
+        if self.stop_requested.done() and not self.stop_requested.result():
+            await self._fast_lifespan_shutdown(lifespan)
             return WorkerExit.OK
+        # A graceful stop asked for while booting goes through the drain like any other: a final shutdown
+        # then answers the connections waiting in the kernel's queue for this worker.
         self.access_log = AccessLog.open(
             access_log_target(logs),
             logs.access_log_format,
