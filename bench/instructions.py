@@ -35,7 +35,12 @@ _TESTS = {
     "fastapi_body": b"POST /fastapi/items " + _HEAD
     + b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(_ITEM_BODY), _ITEM_BODY),
     "fastapi_stream": b"GET /fastapi/stream " + _HEAD + b"\r\n",
+    "wsgi_plain": b"GET / " + _HEAD + b"\r\n",
+    "wsgi_flask": b"GET /json " + _HEAD + b"\r\n",
 }
+# The WSGI scenarios run bench/wsgi_apps.py's callables in corral's thread pool, as `-k gthread --threads 4`.
+_WSGI_APPS = {"wsgi_plain": "plain", "wsgi_flask": "flask_app"}
+_WSGI_THREADS = 4
 _SMALL, _LARGE = 2_000, 12_000
 
 
@@ -46,9 +51,13 @@ class _Transport(asyncio.Transport):
         super().__init__()
         self.written = 0
         self.closing = False
+        self.write_waiter: asyncio.Future[None] | None = None  # resolved by the next write
 
     def write(self, data: Any) -> None:
         self.written += len(data)
+        waiter, self.write_waiter = self.write_waiter, None
+        if waiter is not None:
+            waiter.set_result(None)
 
     def writelines(self, chunks: Any) -> None:
         for chunk in chunks:
@@ -70,21 +79,37 @@ class _Transport(asyncio.Transport):
         return {"peername": ("127.0.0.1", 40000), "sockname": ("127.0.0.1", 8000)}.get(name, default)
 
 
+def _app(test: str) -> Any:
+    if test not in _WSGI_APPS:
+        from bench.apps import app  # the app every benchmarked server runs
+
+        return app
+    from bench import wsgi_apps
+    from corral.http.wsgi import WSGIApp
+
+    return WSGIApp(getattr(wsgi_apps, _WSGI_APPS[test])).configure(threads=_WSGI_THREADS)
+
+
 async def _drive(test: str, requests: int) -> None:
-    from bench.apps import app  # the app every benchmarked server runs
     from corral.http import eager
     from corral.http.h1 import H1Protocol
     from corral.http.state import ServerState
 
     eager.install()
-    state = ServerState(loop=asyncio.get_running_loop(), app=app, logger=logging.getLogger("bench"))
+    loop = asyncio.get_running_loop()
+    state = ServerState(loop=loop, app=_app(test), logger=logging.getLogger("bench"))
     protocol = H1Protocol(state)
     transport = _Transport()
     protocol.connection_made(transport)
     request = _TESTS[test]
+    in_thread = test in _WSGI_APPS
     for _ in range(requests):
+        written = transport.written
         protocol.data_received(request)
-        for _ in range(100):  # the app suspended: let its Task run to the end of the response
+        if in_thread and transport.written == written:  # the app runs in a pool thread: wait for its answer
+            transport.write_waiter = loop.create_future()
+            await transport.write_waiter
+        for _ in range(100):  # let its Task run to the end of the response
             if protocol.cycle is None:
                 break
             await asyncio.sleep(0)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeGuard
 
 from corral.core.scoreboard import WorkerCounters
 from corral.http.proxy import PROXY_HEADER_NAMES, ProxyTrust
-from corral.http.websocket import CLOSE_GOING_AWAY, WebSocketSettings
+from corral.http.ws_settings import CLOSE_GOING_AWAY, WebSocketSettings
 from corral.logging import RequestIds
 
 if TYPE_CHECKING:

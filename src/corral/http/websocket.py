@@ -14,7 +14,6 @@ import codecs
 import logging
 import struct
 from collections import deque
-from dataclasses import dataclass
 from time import perf_counter_ns
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +24,7 @@ from websockets.protocol import OPEN, Protocol, Side
 from corral.http.errors import ClientDisconnected, error_response
 from corral.http.flow import WriteFlowControl
 from corral.http.ws_handshake import Handshake, accept_response, denial_response
+from corral.http.ws_settings import CLOSE_GOING_AWAY, CLOSE_SERVICE_RESTART, WebSocketSettings, close_websockets
 
 if TYPE_CHECKING:
     from corral.http.state import ServerState
@@ -41,11 +41,9 @@ __all__ = [
 ]
 
 CLOSE_NORMAL = 1000
-CLOSE_GOING_AWAY = 1001  # the server is shutting down
 CLOSE_ABNORMAL = 1006  # never sent: the connection ended without a close frame
 CLOSE_INVALID_DATA = 1007
 CLOSE_INTERNAL_ERROR = 1011  # an app exception, or a peer that stopped answering pings
-CLOSE_SERVICE_RESTART = 1012  # this worker is being replaced; the server goes on (reconnect)
 
 # After a close frame is sent, the peer has this long to answer with its own before the TCP connection is
 # dropped (a dead peer would otherwise hold the connection, and a draining worker, until graceful_timeout).
@@ -102,29 +100,6 @@ class _ServerProtocol(Protocol):
         super().recv_frame(frame)
 
 
-@dataclass(frozen=True, slots=True)
-class WebSocketSettings:
-    """The ws_* settings (see docs/websocket.md). 0 turns max_size, ping_interval or ping_timeout off."""
-
-    max_size: int = 16 * 1024 * 1024
-    max_queue: int = 32
-    max_queue_bytes: int = 4 * 1024 * 1024
-    ping_interval: float = 20.0
-    ping_timeout: float = 20.0
-    per_message_deflate: bool = True
-
-    @classmethod
-    def from_config(cls, cfg: Any) -> WebSocketSettings:
-        return cls(
-            max_size=cfg.ws_max_size,
-            max_queue=cfg.ws_max_queue,
-            max_queue_bytes=cfg.ws_max_queue_bytes,
-            ping_interval=cfg.ws_ping_interval,
-            ping_timeout=cfg.ws_ping_timeout,
-            per_message_deflate=cfg.ws_per_message_deflate,
-        )
-
-
 class WebSocketUpgrade:
     """A valid handshake queued on its HTTP/1.1 connection until the requests pipelined before it are answered."""
 
@@ -145,16 +120,6 @@ def websocket_scope(scope: dict[str, Any], handshake: Handshake) -> dict[str, An
     scope["subprotocols"] = handshake.subprotocols
     scope["extensions"]["websocket.http.response"] = {}  # beside "tls" on a TLS connection
     return scope
-
-
-def close_websockets(state: ServerState, code: int) -> None:
-    """Start closing every WebSocket of the worker with `code` (1001 shutdown, 1012 restart).
-
-    A session whose handshake is still with the app is closed with it as soon as the app accepts.
-    """
-    state.websocket_close_code = code
-    for session in list(state.websockets):
-        session.going_away(code)
 
 
 class WebSocketSession(WriteFlowControl):
