@@ -9,6 +9,10 @@ on a busy machine (req/s from `bench/run` needs a quiet one):
     bench/.venv/bin/python bench/instructions.py --src OTHER/src   # the same for another checkout's corral
 
 Two runs with different request counts are subtracted, so start-up and import cost cancel out.
+
+The wsgi_* scenarios run bench/wsgi_apps.py's callables in corral's WSGI thread pool. Valgrind runs one thread at
+a time and their interleaving varies, so their counts vary by a few percent from run to run (the others do not):
+compare them with --requests 1000 5000 or more, and with `--loop uvloop`, as a worker runs.
 """
 
 from __future__ import annotations
@@ -117,7 +121,16 @@ async def _drive(test: str, requests: int) -> None:
         raise SystemExit("the connection was closed: the request path failed")
 
 
-def _count(test: str, requests: int, src: Path | None) -> int:
+def _run(main: Any, loop: str) -> None:
+    if loop == "uvloop":
+        import uvloop
+
+        uvloop.run(main)
+    else:
+        asyncio.run(main)
+
+
+def _count(test: str, requests: int, src: Path | None, loop: str) -> int:
     """Total instructions of one child run under callgrind."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "callgrind.out"
@@ -126,7 +139,7 @@ def _count(test: str, requests: int, src: Path | None) -> int:
             env["PYTHONPATH"] = os.pathsep.join([str(src), env.get("PYTHONPATH", "")])
         subprocess.run(
             ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable, __file__,
-             "--child", test, str(requests)],
+             "--child", test, str(requests), loop],
             env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         summary = re.search(r"^summary:\s*(\d+)", out.read_text(), re.MULTILINE)
@@ -138,7 +151,7 @@ def _count(test: str, requests: int, src: Path | None) -> int:
 def main(argv: list[str]) -> int:
     if argv[:1] == ["--child"]:
         sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-        asyncio.run(_drive(argv[1], int(argv[2])))
+        _run(_drive(argv[1], int(argv[2])), argv[3])
         return 0
     parser = argparse.ArgumentParser(prog="bench/instructions.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -146,10 +159,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--requests", type=int, nargs=2, default=(_SMALL, _LARGE), metavar=("SMALL", "LARGE"),
                         help=f"requests in the two runs subtracted ({_SMALL} {_LARGE})")
     parser.add_argument("--src", type=Path, help="the src/ folder of another corral checkout to count instead")
+    parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio",
+                        help="the event loop (%(default)s; a worker runs uvloop, which makes loop wake-ups cheaper)")
     args = parser.parse_args(argv)
     for test in args.tests.split(","):
         few, many = args.requests
-        small, large = _count(test, few, args.src), _count(test, many, args.src)
+        small, large = _count(test, few, args.src, args.loop), _count(test, many, args.src, args.loop)
         per_request = (large - small) / (many - few)
         print(f"{test}: {per_request:,.0f} instructions per request")
     return 0
