@@ -57,8 +57,9 @@ class _Abandoned(Exception):
 
 
 class _Threads:
-    """The worker's app threads: `size` daemon threads taking calls from one queue. Not a ThreadPoolExecutor:
-    nobody waits on a call's Future (its outcome goes through its pipe), so none is made per request."""
+    """The worker's app threads: `size` daemon threads taking calls from one queue, and the waker their calls'
+    pipes share. Not a ThreadPoolExecutor: nobody waits on a call's Future (its outcome goes through its pipe),
+    so none is made per request."""
 
     def __init__(self, size: int, app: Callable[..., Iterable[bytes]], loop: asyncio.AbstractEventLoop) -> None:
         self.app = app
@@ -338,7 +339,7 @@ class WSGIApp:
             self._deadline_check = loop.call_later(DEADLINE_CHECK_SECONDS, self._check_deadlines, loop)
         pool.submit(call)
         try:
-            await _relay(pipe, send)
+            await _relay(pipe, send)  # once it returns, the thread has handed over its last message
         except BaseException:
             pipe.abandon()  # wakes a thread still waiting to hand over more (client gone, cancelled)
             raise
