@@ -9,6 +9,10 @@ on a busy machine (req/s from `bench/run` needs a quiet one):
     bench/.venv/bin/python bench/instructions.py --src OTHER/src   # the same for another checkout's corral
 
 Two runs with different request counts are subtracted, so start-up and import cost cancel out.
+
+The wsgi_* scenarios run bench/wsgi_apps.py's callables in corral's WSGI thread pool. Valgrind runs one thread at
+a time and their interleaving varies, so their counts vary by a few percent from run to run (the others do not):
+compare them with --requests 1000 5000 or more, and with `--loop uvloop`, as a worker runs.
 """
 
 from __future__ import annotations
@@ -35,7 +39,12 @@ _TESTS = {
     "fastapi_body": b"POST /fastapi/items " + _HEAD
     + b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(_ITEM_BODY), _ITEM_BODY),
     "fastapi_stream": b"GET /fastapi/stream " + _HEAD + b"\r\n",
+    "wsgi_plain": b"GET / " + _HEAD + b"\r\n",
+    "wsgi_flask": b"GET /json " + _HEAD + b"\r\n",
 }
+# The WSGI scenarios run bench/wsgi_apps.py's callables in corral's thread pool, as `-k gthread --threads 4`.
+_WSGI_APPS = {"wsgi_plain": "plain", "wsgi_flask": "flask_app"}
+_WSGI_THREADS = 4
 _SMALL, _LARGE = 2_000, 12_000
 
 
@@ -46,9 +55,13 @@ class _Transport(asyncio.Transport):
         super().__init__()
         self.written = 0
         self.closing = False
+        self.write_waiter: asyncio.Future[None] | None = None  # resolved by the next write
 
     def write(self, data: Any) -> None:
         self.written += len(data)
+        waiter, self.write_waiter = self.write_waiter, None
+        if waiter is not None:
+            waiter.set_result(None)
 
     def writelines(self, chunks: Any) -> None:
         for chunk in chunks:
@@ -73,19 +86,35 @@ class _Transport(asyncio.Transport):
         return {"peername": ("127.0.0.1", 40000), "sockname": ("127.0.0.1", 8000)}.get(name, default)
 
 
+def _app(test: str) -> Any:
+    if test not in _WSGI_APPS:
+        from bench.apps import app  # the app every benchmarked server runs
+
+        return app
+    from bench import wsgi_apps
+    from corral.http.wsgi import WSGIApp
+
+    return WSGIApp(getattr(wsgi_apps, _WSGI_APPS[test])).configure(threads=_WSGI_THREADS)
+
+
 async def _drive(test: str, requests: int) -> None:
-    from bench.apps import app  # the app every benchmarked server runs
     from corral.http import eager
     from corral.http.h1 import H1Protocol
 
     eager.install()
-    protocol = H1Protocol(_server_state(app))
+    loop = asyncio.get_running_loop()
+    protocol = H1Protocol(_server_state(_app(test)))
     transport = _Transport()
     protocol.connection_made(transport)
     request = _TESTS[test]
+    in_thread = test in _WSGI_APPS
     for _ in range(requests):
+        written = transport.written
         protocol.data_received(request)
-        for _ in range(100):  # the app suspended: let its Task run to the end of the response
+        if in_thread and transport.written == written:  # the app runs in a pool thread: wait for its answer
+            transport.write_waiter = loop.create_future()
+            await transport.write_waiter
+        for _ in range(100):  # let its Task run to the end of the response
             if protocol.cycle is None:
                 break
             await asyncio.sleep(0)
@@ -105,7 +134,16 @@ def _server_state(app: Any) -> Any:
     return ServerState(default_settings(), loop=loop, app=app, logger=logger)
 
 
-def _count(test: str, requests: int, src: Path | None) -> int:
+def _run(main: Any, loop: str) -> None:
+    if loop == "uvloop":
+        import uvloop
+
+        uvloop.run(main)
+    else:
+        asyncio.run(main)
+
+
+def _count(test: str, requests: int, src: Path | None, loop: str) -> int:
     """Total instructions of one child run under callgrind."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "callgrind.out"
@@ -114,7 +152,7 @@ def _count(test: str, requests: int, src: Path | None) -> int:
             env["PYTHONPATH"] = os.pathsep.join([str(src), env.get("PYTHONPATH", "")])
         subprocess.run(
             ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable, __file__,
-             "--child", test, str(requests)],
+             "--child", test, str(requests), loop],
             env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         summary = re.search(r"^summary:\s*(\d+)", out.read_text(), re.MULTILINE)
@@ -126,7 +164,7 @@ def _count(test: str, requests: int, src: Path | None) -> int:
 def main(argv: list[str]) -> int:
     if argv[:1] == ["--child"]:
         sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-        asyncio.run(_drive(argv[1], int(argv[2])))
+        _run(_drive(argv[1], int(argv[2])), argv[3])
         return 0
     parser = argparse.ArgumentParser(prog="bench/instructions.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -134,10 +172,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--requests", type=int, nargs=2, default=(_SMALL, _LARGE), metavar=("SMALL", "LARGE"),
                         help=f"requests in the two runs subtracted ({_SMALL} {_LARGE})")
     parser.add_argument("--src", type=Path, help="the src/ folder of another corral checkout to count instead")
+    parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio",
+                        help="the event loop (%(default)s; a worker runs uvloop, which makes loop wake-ups cheaper)")
     args = parser.parse_args(argv)
     for test in args.tests.split(","):
         few, many = args.requests
-        small, large = _count(test, few, args.src), _count(test, many, args.src)
+        small, large = _count(test, few, args.src, args.loop), _count(test, many, args.src, args.loop)
         per_request = (large - small) / (many - few)
         print(f"{test}: {per_request:,.0f} instructions per request")
     return 0

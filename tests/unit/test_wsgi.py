@@ -102,6 +102,17 @@ def test_environ_carries_pep_3333_variables_from_the_request() -> None:
     run(main())
 
 
+def test_without_a_host_header_server_name_and_port_are_the_listening_address() -> None:
+    async def main() -> None:
+        h = Harness(environ_app)
+        h.feed(b"GET / HTTP/1.0\r\n\r\n")  # HTTP/1.0 may leave Host out
+        lines = dict(line.split("=", 1) for line in body_of(await h.answered()).decode("latin-1").splitlines())
+        assert (lines["SERVER_NAME"], lines["SERVER_PORT"]) == ("127.0.0.1", "8000")
+        assert lines["SERVER_PROTOCOL"] == "HTTP/1.0"
+
+    run(main())
+
+
 def read_all(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
     stream = environ["wsgi.input"]
     first = stream.readline()
@@ -128,6 +139,35 @@ def test_a_chunked_upload_is_read_in_full_and_marked_input_terminated() -> None:
         assert h.output == b""  # the app is not called until the whole body is in
         h.feed(b"4\r\nabcd\r\n0\r\n\r\n")
         assert body_of(await h.answered()) == b"line1\n|abc|d|True"
+
+    run(main())
+
+
+def test_a_request_without_a_body_reads_empty_input_even_after_an_app_closed_it() -> None:
+    def read_then_close(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        stream = environ["wsgi.input"]
+        seen = [stream.read(), stream.read(5), stream.readline(), b"".join(stream.readlines()), b"".join(stream)]
+        stream.close()  # the empty input is shared by every request without a body: this must not break the next
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [repr(seen).encode()]
+
+    async def main() -> None:
+        h = Harness(read_then_close, validate=False)  # wsgiref.validate forbids close(); apps still call it
+        h.feed(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        first = body_of(await h.answered())
+        h.feed(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        await h.answered(2)
+        assert first == repr([b"", b"", b"", b"", b""]).encode()
+        assert h.output.count(repr([b"", b"", b"", b"", b""]).encode()) == 2
+
+    run(main())
+
+
+def test_an_empty_length_framed_body_is_read_as_an_empty_input() -> None:
+    async def main() -> None:
+        h = Harness(read_all)
+        h.feed(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+        assert body_of(await h.answered()) == b"|||False"
 
     run(main())
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import gc
 import logging
 import os
@@ -270,6 +269,8 @@ def serve_admin(launch: AdminLaunch) -> int:
 
 
 def _die_with_master(master_pid: int) -> None:
+    import ctypes  # here, not at the top: the master imports this module, and every worker it forks would carry it
+
     with contextlib.suppress(Exception):  # not Linux, or no libc to call: the tick checks the parent anyway
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)

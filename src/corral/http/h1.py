@@ -36,7 +36,7 @@ import enum
 import re
 from collections import deque
 from time import perf_counter_ns
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_to_bytes
 
 import httptools
@@ -57,14 +57,11 @@ from corral.http.flow import WriteFlowControl
 from corral.http.ledger import Refusal
 from corral.http.proxy import apply_proxy_headers
 from corral.http.state import ServerState
-from corral.http.websocket import (
-    WebSocketSession,
-    WebSocketUpgrade,
-    websocket_scope,
-)
-from corral.http.ws_handshake import check_handshake, is_websocket_upgrade
 from corral.logging import RequestIds
 from corral.tls import tls_extension
+
+if TYPE_CHECKING:
+    from corral.http.websocket import WebSocketUpgrade
 
 __all__ = ["H1Protocol"]
 
@@ -557,7 +554,13 @@ class H1Protocol(WriteFlowControl):
         An invalid handshake raises HandshakeError (400) or UnsupportedVersion (426).
         """
         upgrade, self.upgrade = self.upgrade, None
-        if upgrade is None or not is_websocket_upgrade(upgrade):
+        if upgrade is None:
+            return False
+        # Imported on the first Upgrade request: a worker that never serves a WebSocket never loads websockets.
+        from corral.http.websocket import WebSocketUpgrade, websocket_scope
+        from corral.http.ws_handshake import check_handshake, is_websocket_upgrade
+
+        if not is_websocket_upgrade(upgrade):
             return False
         state = self.state
         handshake = check_handshake(method, version, self.headers, deflate=state.ws_settings.ws_per_message_deflate)
@@ -659,6 +662,8 @@ class H1Protocol(WriteFlowControl):
         """Every earlier request is answered: the transport now belongs to a WebSocket session."""
         self._advance("hand_over")  # reading is paused since the upgrade: the session resumes it
         self.state.connections.discard(self)
+        from corral.http.websocket import WebSocketSession  # loaded by the handshake already
+
         session = WebSocketSession(self.state, self.transport, upgrade, self.writing_paused)
         self.transport.set_protocol(session)
         session.start()

@@ -17,7 +17,7 @@ from corral.core.scoreboard import WorkerCounters
 from corral.core.settings import Settings, WebSocketSettings
 from corral.http.ledger import RequestLedger
 from corral.http.proxy import PROXY_HEADER_NAMES, ProxyTrust
-from corral.http.websocket import CLOSE_GOING_AWAY
+from corral.http.ws_close import CLOSE_GOING_AWAY
 from corral.logging import RequestIds
 
 if TYPE_CHECKING:

@@ -23,6 +23,7 @@ from websockets.protocol import OPEN, Protocol, Side
 from corral.core.settings import WebSocketSettings
 from corral.http.errors import ClientDisconnected, error_response
 from corral.http.flow import WriteFlowControl
+from corral.http.ws_close import CLOSE_GOING_AWAY, CLOSE_SERVICE_RESTART, close_websockets
 from corral.http.ws_handshake import Handshake, accept_response, denial_response
 
 if TYPE_CHECKING:
@@ -40,11 +41,9 @@ __all__ = [
 ]
 
 CLOSE_NORMAL = 1000
-CLOSE_GOING_AWAY = 1001  # the server is shutting down
 CLOSE_ABNORMAL = 1006  # never sent: the connection ended without a close frame
 CLOSE_INVALID_DATA = 1007
 CLOSE_INTERNAL_ERROR = 1011  # an app exception, or a peer that stopped answering pings
-CLOSE_SERVICE_RESTART = 1012  # this worker is being replaced; the server goes on (reconnect)
 
 # After a close frame is sent, the peer has this long to answer with its own before the TCP connection is
 # dropped (a dead peer would otherwise hold the connection, and a draining worker, until graceful_timeout).
@@ -121,16 +120,6 @@ def websocket_scope(scope: dict[str, Any], handshake: Handshake) -> dict[str, An
     scope["subprotocols"] = handshake.subprotocols
     scope["extensions"]["websocket.http.response"] = {}  # beside "tls" on a TLS connection
     return scope
-
-
-def close_websockets(state: ServerState, code: int) -> None:
-    """Start closing every WebSocket of the worker with `code` (1001 shutdown, 1012 restart).
-
-    A session whose handshake is still with the app is closed with it as soon as the app accepts.
-    """
-    state.websocket_close_code = code
-    for session in list(state.websockets):
-        session.going_away(code)
 
 
 class WebSocketSession(WriteFlowControl):

@@ -22,7 +22,7 @@ from typing import Any
 
 from corral.core.settings import HttpSettings, WorkerSettings
 from corral.http.errors import ClientDisconnected
-from corral.http.wsgi_environ import BodyBudget, BodyWriter, ErrorStream, WSGIInput, build_environ
+from corral.http.wsgi_environ import BodyBudget, BodyWriter, ErrorStream, WSGIInput, build_environ, has_body
 
 __all__ = ["MEMORY_BODIES_BYTES", "PIPE_HIGH_WATER", "SPOOL_BYTES", "WSGIApp", "serving_interface", "wsgi_threads"]
 
@@ -58,11 +58,14 @@ class _Abandoned(Exception):
 
 
 class _Threads:
-    """The worker's app threads: `size` daemon threads taking calls from one queue. Not a ThreadPoolExecutor:
-    nobody waits on a call's Future (its outcome goes through its pipe), so none is made per request."""
+    """The worker's app threads: `size` daemon threads taking calls from one queue, and the waker their calls'
+    pipes share. Not a ThreadPoolExecutor: nobody waits on a call's Future (its outcome goes through its pipe),
+    so none is made per request."""
 
-    def __init__(self, size: int, app: Callable[..., Iterable[bytes]]) -> None:
+    def __init__(self, size: int, app: Callable[..., Iterable[bytes]], loop: asyncio.AbstractEventLoop) -> None:
         self.app = app
+        self.loop = loop
+        self.waker = _Waker(loop)
         self.queue: SimpleQueue[_Call] = SimpleQueue()
         for index in range(size):
             threading.Thread(target=self._serve, name=f"corral-wsgi-{index}", daemon=True).start()
@@ -208,16 +211,16 @@ class _Call:
         self.started = time.monotonic()
         try:
             result = app(self.environ, self.start_response)
-            try:
-                if type(result) is list and len(result) <= 1:  # the usual answer: one body, one hand-over
-                    self._end(result[0] if result else b"")
-                else:
+            if type(result) is list and len(result) <= 1:  # the usual answer: one body, one hand-over, no close()
+                self._end(result[0] if result else b"")
+            else:
+                try:
                     for chunk in result:
                         if chunk:
                             self.write(chunk)
                     self._end(b"")
-            finally:
-                _close(result)
+                finally:
+                    _close(result)
         except _Abandoned:
             pass
         except BaseException as exc:  # reported on the loop, which answers 500 or closes the connection
@@ -293,7 +296,6 @@ class WSGIApp:
         self.spool = SPOOL_BYTES
         self.budget = BodyBudget(MEMORY_BODIES_BYTES)
         self._pool: _Threads | None = None  # made in the worker, never before a fork
-        self._waker: _Waker | None = None
         self._running: set[_Call] = set()
         self._deadline_check: asyncio.TimerHandle | None = None
 
@@ -312,35 +314,41 @@ class WSGIApp:
         # A WebSocket handshake is left unanswered: the server refuses it with 403.
 
     async def _http(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        environ = build_environ(scope, errors=_ERRORS, multithread=self.threads > 1)
+        if not has_body(environ):  # most requests: no buffer, and no receive() that could only say "empty"
+            await self._call(scope, environ, send)
+            return
         writer = BodyWriter(self.spool, self.tmp_dir, self.budget)
         try:
-            await self._call(scope, receive, send, writer)
+            body = await _read_body(receive, writer)
+            if body is None:
+                return  # the client went away before the body was in
+            environ["wsgi.input"] = body
+            await self._call(scope, environ, send)
         finally:
             writer.release()
 
-    async def _call(self, scope: dict[str, Any], receive: Any, send: Any, writer: BodyWriter) -> None:
-        body, chunked = await _read_body(scope, receive, writer)
-        if body is None:
-            return  # the client went away before the body was in
-        environ = build_environ(scope, body, errors=_ERRORS, multithread=self.threads > 1, chunked=chunked)
+    async def _call(self, scope: dict[str, Any], environ: dict[str, Any], send: Any) -> None:
         scope["wsgi.environ"] = environ  # for post_request hooks and the access log's {name}e atoms
-        loop = asyncio.get_running_loop()
-        pool = self._pool or self._start_pool(loop)
-        pipe = _Pipe(loop, self._waker)  # type: ignore[arg-type]  # made with the pool
+        pool = self._pool or self._start_pool()
+        loop = pool.loop
+        pipe = _Pipe(loop, pool.waker)
         call = _Call(environ, pipe)
-        self._running.add(call)
+        running = self._running
+        running.add(call)
         if self.timeout and self._deadline_check is None:
             self._deadline_check = loop.call_later(DEADLINE_CHECK_SECONDS, self._check_deadlines, loop)
         pool.submit(call)
         try:
-            await _relay(pipe, send)
-        finally:
+            await _relay(pipe, send)  # once it returns, the thread has handed over its last message
+        except BaseException:
             pipe.abandon()  # wakes a thread still waiting to hand over more (client gone, cancelled)
-            self._running.discard(call)
+            raise
+        finally:
+            running.discard(call)
 
-    def _start_pool(self, loop: asyncio.AbstractEventLoop) -> _Threads:
-        self._waker = _Waker(loop)
-        self._pool = _Threads(self.threads, self.wsgi_app)
+    def _start_pool(self) -> _Threads:
+        self._pool = _Threads(self.threads, self.wsgi_app, asyncio.get_running_loop())
         return self._pool
 
     def _check_deadlines(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -366,19 +374,18 @@ class WSGIApp:
         return len(self._running)
 
 
-async def _read_body(scope: dict[str, Any], receive: Any, writer: BodyWriter) -> tuple[WSGIInput | None, bool]:
-    """The whole request body, read on the loop before any thread is used; (None, ...) if the client left."""
-    chunked = any(name == b"transfer-encoding" for name, _ in scope["headers"])
+async def _read_body(receive: Any, writer: BodyWriter) -> WSGIInput | None:
+    """The whole request body, read on the loop before any thread is used; None if the client left."""
     while True:
         message = await receive()
         if message["type"] != "http.request":
             writer.file.close()
-            return None, chunked
+            return None
         body = message.get("body", b"")
         if body:
             writer.write(body)
         if not message.get("more_body", False):
-            return writer.finish(), chunked
+            return writer.finish()
 
 
 async def _relay(pipe: _Pipe, send: Any) -> None:

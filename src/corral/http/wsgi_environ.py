@@ -11,7 +11,9 @@ from collections.abc import Iterator
 from typing import IO, Any
 from urllib.parse import unquote_to_bytes
 
-__all__ = ["BodyBudget", "BodyWriter", "ErrorStream", "FileWrapper", "WSGIInput", "build_environ"]
+__all__ = [
+    "NO_BODY", "BodyBudget", "BodyWriter", "ErrorStream", "FileWrapper", "WSGIInput", "build_environ", "has_body",
+]  # fmt: skip
 
 _error_log = logging.getLogger("corral.error")
 
@@ -22,23 +24,16 @@ _HEADER_KEYS_MAX = 1024
 
 
 def _header_key(name: bytes) -> str:
-    key = _HEADER_KEYS.get(name)
-    if key is None:
-        key = _UNPREFIXED.get(name) or "HTTP_" + name.decode("latin-1").upper().replace("-", "_")
-        if len(_HEADER_KEYS) < _HEADER_KEYS_MAX:
-            _HEADER_KEYS[name] = key
+    """The environ key of a header name not in `_HEADER_KEYS` yet (build_environ looks there first, inline)."""
+    key = _UNPREFIXED.get(name) or "HTTP_" + name.decode("latin-1").upper().replace("-", "_")
+    if len(_HEADER_KEYS) < _HEADER_KEYS_MAX:
+        _HEADER_KEYS[name] = key
     return key
 
 
-def build_environ(
-    scope: dict[str, Any],
-    body: WSGIInput,
-    *,
-    errors: Any,
-    multithread: bool,
-    chunked: bool,
-) -> dict[str, Any]:
-    """The environ of one request. Proxy headers are already applied to the scope's client, server and scheme."""
+def build_environ(scope: dict[str, Any], *, errors: Any, multithread: bool) -> dict[str, Any]:
+    """The environ of one request, with an empty `wsgi.input` (see `has_body`). Proxy headers are already applied
+    to the scope's client, server and scheme."""
     root_path: str = scope.get("root_path", "")
     raw_path: bytes = scope["raw_path"]
     root_bytes = root_path.encode("utf-8")
@@ -46,41 +41,52 @@ def build_environ(
         raw_path = raw_path[len(root_bytes):]
     # PEP 3333: PATH_INFO is the unquoted path as bytes, carried in a str by latin-1 (a "bytes-as-str").
     path_info = (unquote_to_bytes(raw_path) if b"%" in raw_path else raw_path).decode("latin-1")
-    server = scope.get("server") or ("localhost", None)
     client = scope.get("client")
+    scheme = scope["scheme"]
     environ: dict[str, Any] = {
         "REQUEST_METHOD": scope["method"],
         "SCRIPT_NAME": root_bytes.decode("latin-1"),
         "PATH_INFO": path_info,
         "QUERY_STRING": scope["query_string"].decode("latin-1"),
         "SERVER_PROTOCOL": "HTTP/" + scope["http_version"],
-        "SERVER_NAME": str(server[0]),
-        "SERVER_PORT": str(server[1]) if server[1] is not None else "",
         "REMOTE_ADDR": client[0] if client else "",
         "REMOTE_PORT": str(client[1]) if client else "",
         "wsgi.version": (1, 0),
-        "wsgi.url_scheme": scope["scheme"],
-        "wsgi.input": body,
+        "wsgi.url_scheme": scheme,
+        "wsgi.input": NO_BODY,
         "wsgi.errors": errors,
         "wsgi.multithread": multithread,
         "wsgi.multiprocess": True,  # a pre-fork pool, as Gunicorn says even with one worker
         "wsgi.run_once": False,
         "wsgi.file_wrapper": FileWrapper,
-        "wsgi.input_terminated": chunked,
+        "wsgi.input_terminated": False,
         "asgi.scope": scope,
     }
+    header_key = _HEADER_KEYS.get
     for name, value in scope["headers"]:
-        key = _header_key(name)
+        key = header_key(name) or _header_key(name)
         text = value.decode("latin-1")
         if key in environ:  # repeated headers are joined, as a CGI server does (RFC 9110 5.3)
             environ[key] += ("; " if key == "HTTP_COOKIE" else ",") + text
         else:
             environ[key] = text
+    if "HTTP_TRANSFER_ENCODING" in environ:  # the parser let only a final "chunked" through
+        environ["wsgi.input_terminated"] = True
     host = environ.get("HTTP_HOST")
     if host:
         # Like Gunicorn: the name the client asked for, which is what apps build their own URLs from.
-        environ["SERVER_NAME"], environ["SERVER_PORT"] = _split_host(host, scope["scheme"])
+        environ["SERVER_NAME"], environ["SERVER_PORT"] = _split_host(host, scheme)
+    else:
+        server = scope.get("server") or ("localhost", None)
+        environ["SERVER_NAME"] = str(server[0])
+        environ["SERVER_PORT"] = str(server[1]) if server[1] is not None else ""
     return environ
+
+
+def has_body(environ: dict[str, Any]) -> bool:
+    """Whether the request has a body to read: without Content-Length or Transfer-Encoding it has none (RFC 9112
+    6.3), and `wsgi.input` can stay the shared empty one, with no buffer to make and give back."""
+    return "CONTENT_LENGTH" in environ or "HTTP_TRANSFER_ENCODING" in environ
 
 
 def _split_host(host: str, scheme: str) -> tuple[str, str]:
@@ -165,6 +171,31 @@ class WSGIInput:
 
     def close(self) -> None:
         self._file.close()
+
+
+class _NoBody:
+    """`wsgi.input` of a request without a body: always at its end. One object serves every such request, so
+    nothing it is asked (closing included) changes it."""
+
+    __slots__ = ()
+
+    def read(self, size: int | None = -1) -> bytes:
+        return b""
+
+    def readline(self, size: int | None = -1) -> bytes:
+        return b""
+
+    def readlines(self, hint: int | None = -1) -> list[bytes]:
+        return []
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(())
+
+    def close(self) -> None:
+        pass
+
+
+NO_BODY = _NoBody()
 
 
 class ErrorStream:

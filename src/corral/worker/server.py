@@ -31,7 +31,7 @@ from corral.core.sockets import describe
 from corral.http.h1 import H1Protocol
 from corral.http.proxy import ProxyTrust
 from corral.http.state import ServerState
-from corral.http.websocket import CLOSE_GOING_AWAY, CLOSE_SERVICE_RESTART, close_websockets
+from corral.http.ws_close import CLOSE_GOING_AWAY, CLOSE_SERVICE_RESTART, close_websockets
 from corral.logging import AccessLog, access_log_colors, access_log_target
 from corral.tls import serving_options
 from corral.worker.drain import cancel_app_calls, wait_until_drained

@@ -1,0 +1,31 @@
+"""Apps that answer an HTTP request with whether their worker has imported the websockets library: an ASGI one
+that also echoes one WebSocket message, and a WSGI one."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["asgi_app", "wsgi_app"]
+
+
+def _loaded() -> bytes:
+    return b"websockets loaded" if "websockets" in sys.modules else b"websockets not loaded"
+
+
+async def asgi_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    if scope["type"] == "http":
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+        await send({"type": "http.response.body", "body": _loaded()})
+    elif scope["type"] == "websocket":
+        await receive()  # websocket.connect
+        await send({"type": "websocket.accept"})
+        message = await receive()
+        await send({"type": "websocket.send", "text": message["text"]})
+        await send({"type": "websocket.close", "code": 1000})
+
+
+def wsgi_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [_loaded()]

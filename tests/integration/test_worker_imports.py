@@ -1,0 +1,28 @@
+"""A worker imports the websockets library on its first upgrade request, not before: a worker that never serves
+a WebSocket (most WSGI workers) does without the memory it takes, and the first WebSocket is still served."""
+
+from __future__ import annotations
+
+import httpx
+from websockets.sync.client import connect
+
+from tests.integration.conftest import ServerFactory
+
+TIMEOUT = 10.0
+
+
+def test_a_wsgi_worker_serves_requests_without_importing_websockets(serve: ServerFactory) -> None:
+    server = serve("tests.apps.lazy_imports:wsgi_app", "-k", "gthread", "--threads", "2")
+    with httpx.Client(base_url=server.url, timeout=TIMEOUT) as client:
+        answers = {client.get("/").text for _ in range(5)}
+    assert answers == {"websockets not loaded"}
+
+
+def test_the_first_websocket_of_a_worker_imports_websockets_and_is_served(serve: ServerFactory) -> None:
+    server = serve("tests.apps.lazy_imports:asgi_app", "-w", "1")
+    with httpx.Client(base_url=server.url, timeout=TIMEOUT) as client:
+        assert client.get("/").text == "websockets not loaded"
+        with connect(f"ws://127.0.0.1:{server.port}/", open_timeout=TIMEOUT, close_timeout=TIMEOUT) as ws:
+            ws.send("first")
+            assert ws.recv(timeout=TIMEOUT) == "first"
+        assert client.get("/").text == "websockets loaded"
