@@ -47,6 +47,9 @@ ADMIN_CONNECTIONS = 64  # scrapers and probes; more is someone misbehaving (the 
 # open without a request, or sends its head slowly, is cut soon, so they cannot keep the probes out.
 ADMIN_KEEPALIVE = 2.0
 ADMIN_HEADER_TIMEOUT = 3.0
+# A scraper that stops reading a /metrics answer holds its connection (and, past the socket buffers, the
+# answer) only this long: a busy connection is never shed to make room.
+ADMIN_SEND_TIMEOUT = 5.0
 STOP_GRACE = 2.0
 MAX_BACKOFF = 30.0
 STABLE_AFTER = 10.0  # an admin process that lived this long resets the back-off
@@ -287,6 +290,7 @@ def _admin_http_settings() -> Settings:
         server_header="corral",
         keepalive=ADMIN_KEEPALIVE,
         header_timeout=ADMIN_HEADER_TIMEOUT,
+        send_timeout=ADMIN_SEND_TIMEOUT,
         worker_connections=ADMIN_CONNECTIONS,
         proxy_headers=False,
     )
