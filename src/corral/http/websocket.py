@@ -125,6 +125,50 @@ def websocket_scope(scope: dict[str, Any], handshake: Handshake) -> dict[str, An
 class WebSocketSession(WriteFlowControl):
     """One WebSocket connection: owns the transport after the upgrade, and the app's receive/send."""
 
+    # Slots: every frame reads a dozen of these, and an instance dict of this size is a full lookup per read.
+    __slots__ = (
+        "app_done",
+        "close_on_accept",
+        "closing_since",
+        "connect_delivered",
+        "counters",
+        "decoder",
+        "delivered",
+        "denial",
+        "denial_body",
+        "disconnect",
+        "failure_writes",
+        "fragments",
+        "gone",
+        "handshake",
+        "loop",
+        "messages",
+        "next_ping_at",
+        "parse_slice",
+        "phase",
+        "ping_payload",
+        "ping_sent_at",
+        "pings",
+        "protocol",
+        "queued_bytes",
+        "reading_paused",
+        "response_bytes",
+        "response_headers",
+        "rest",
+        "resume_at",
+        "resume_at_bytes",
+        "scope",
+        "settings",
+        "slice_above",
+        "start_ns",
+        "state",
+        "status",
+        "task",
+        "transport",
+        "unparsed",
+        "waiter",
+    )
+
     cycle = None  # never an HTTP request in flight (the worker's active-requests gauge reads this)
 
     def __init__(
