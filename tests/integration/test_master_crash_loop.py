@@ -169,7 +169,7 @@ async def app(scope, receive, send):
 """
 
 
-def test_while_the_pool_crash_loops_a_websocket_is_closed_with_1012_so_that_its_client_comes_back_later(
+def test_while_the_pool_crash_loops_a_new_websocket_is_closed_with_1012_so_that_its_client_comes_back_later(
     serve: ServerFactory, tmp_path: Path
 ) -> None:
     (tmp_path / "crash_or_echo.py").write_text(CRASH_OR_ECHO)
@@ -182,6 +182,67 @@ def test_while_the_pool_crash_loops_a_websocket_is_closed_with_1012_so_that_its_
     with connect(f"ws://127.0.0.1:{server.port}/") as ws, pytest.raises(ConnectionClosed) as closed:
         ws.recv(timeout=5)
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 1012
+
+
+# The worker holding a WebSocket refuses to crash (409), so the crash loop is declared by the other one.
+CRASH_UNLESS_HOLDING_A_WEBSOCKET = """
+import os
+import signal
+
+open_websockets = 0
+
+
+async def app(scope, receive, send):
+    global open_websockets
+    if scope["type"] == "lifespan":
+        while (await receive())["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        await send({"type": "lifespan.shutdown.complete"})
+        return
+    if scope["type"] == "websocket":
+        await receive()
+        await send({"type": "websocket.accept"})
+        open_websockets += 1
+        try:
+            while (message := await receive())["type"] == "websocket.receive":
+                await send({"type": "websocket.send", "text": f"{os.getpid()} {message['text']}"})
+        finally:
+            open_websockets -= 1
+        return
+    if scope["path"] == "/crash" and not open_websockets:
+        os.kill(os.getpid(), signal.SIGKILL)
+    status = 409 if scope["path"] == "/crash" else 200
+    await send({"type": "http.response.start", "status": status, "headers": []})
+    await send({"type": "http.response.body", "body": str(os.getpid()).encode()})
+"""
+
+
+def test_a_websocket_open_before_the_crash_loop_stays_open_and_its_worker_keeps_serving_requests(
+    serve: ServerFactory, tmp_path: Path
+) -> None:
+    (tmp_path / "crash_unless_ws.py").write_text(CRASH_UNLESS_HOLDING_A_WEBSOCKET)
+    server = serve("crash_unless_ws:app", "-w", "2", app_dir=tmp_path)
+    wait_for_ready_workers(server, 2)
+    with connect(f"ws://127.0.0.1:{server.port}/") as ws:
+        ws.send("hello")
+        holder = int(ws.recv(timeout=5).split()[0])
+        crashes = 0
+        for _ in range(40):
+            if crashes == CRASHES_TO_DECLARE:
+                break
+            if not exchange(server.port, CRASH).final_responses():
+                crashes += 1
+                wait_for_ready_workers(server, 2)
+        assert crashes == CRASHES_TO_DECLARE, server.stderr_text()
+        assert wait_until(lambda: _every_worker_logged(server, ONE_AT_A_TIME), 10.0), server.stderr_text()
+        # The session survived the switch to one connection at a time...
+        ws.send("still there")
+        assert ws.recv(timeout=5) == f"{holder} still there"
+        # ...and does not keep its worker from answering others: both workers answer while it stays open.
+        answered_by = {int(exchange(server.port, GET_ROOT).final_responses()[0].body) for _ in range(40)}
+        assert holder in answered_by, f"the worker holding the WebSocket answered nothing: {answered_by}"
+        ws.send("and after")
+        assert ws.recv(timeout=5) == f"{holder} and after"
 
 
 KILLED_AT_IMPORT = """

@@ -35,12 +35,16 @@ _UPGRADE = b"upgrade"
 
 
 class Connections(set["H1Protocol | WebSocketSession"]):
-    """The live connections; a draining worker sets `on_empty` to learn at once when the last one goes."""
+    """The live connections; a draining worker sets `on_empty` to learn at once when the last one goes, and a
+    crash-looping one `on_discard` to learn when any goes (it may then accept the next)."""
 
     on_empty: Callable[[], None] | None = None
+    on_discard: Callable[[], None] | None = None
 
     def discard(self, conn: object) -> None:
         super().discard(conn)
+        if self.on_discard is not None:
+            self.on_discard()
         if not self and self.on_empty is not None:
             self.on_empty()
 

@@ -678,8 +678,8 @@ class WebSocketSession(WriteFlowControl):
 
     def _forget_if_done(self) -> None:
         if self.gone and self.app_done:
+            self.state.websockets.discard(self)  # first: whoever `connections` tells counts the sessions left
             self.state.connections.discard(self)
-            self.state.websockets.discard(self)
 
     # --- the worker's periodic sweep ------------------------------------------------------------
 

@@ -4,10 +4,12 @@ The worker process (worker/process.py) runs `Worker.serve()` after the master fo
 what the tick publishes in the worker's scoreboard slot.
 
 While the master says the pool is crash-looping (a request kills its worker, over and over), the worker
-serves one connection at a time: it accepts a connection only when it has no other connection open and no
-app call running, and closes each connection after its response. Whatever a worker has accepted dies with
-it, while what waits in the kernel's accept queue survives (the master holds the listeners), so a request
+serves one HTTP connection at a time: it accepts a connection only when it has no other HTTP connection open
+and no app call running, and closes each connection after its response. Whatever a worker has accepted dies
+with it, while what waits in the kernel's accept queue survives (the master holds the listeners), so a request
 that kills its worker then takes no other request with it: the others wait in the queue for a live worker.
+WebSocket sessions already open stay open (closing them would hurt more clients than the crash loop does);
+new handshakes are answered with 1012 until the loop is over.
 """
 
 from __future__ import annotations
@@ -326,7 +328,7 @@ class Worker:
         for server in self.servers:
             server.close()  # a duplicate of the listener: ours stays open, the queued connections stay queued
         self.servers.clear()
-        # The connections already open end as in a drain (their next response says Connection: close, idle
+        # The HTTP connections already open end as in a drain (their next response says Connection: close, idle
         # ones at their keep-alive timeout); the next one is accepted once they are all gone.
         self._serve_one_at_a_time(state)
 
@@ -336,10 +338,11 @@ class Worker:
         # Every response says Connection: close: an idle keep-alive connection would die with the worker too,
         # and its client may be sending its next request right then.
         state.draining = True
-        # A WebSocket lives long: it would keep this worker from serving anyone else. 1012 asks its client to
-        # come back later; so is every handshake answered until the crash loop is over.
-        close_websockets(state, CLOSE_SERVICE_RESTART)
-        state.connections.on_empty = self._accept_when_idle
+        # WebSockets already open stay open: they do not keep the worker from taking the next connection (see
+        # _accept_when_idle). A new handshake is answered with 1012 (come back later) until the loop is over, as
+        # a long-lived session started now would share the worker with whatever it accepts next.
+        state.websocket_close_code = CLOSE_SERVICE_RESTART
+        state.connections.on_discard = self._accept_when_idle
         state.on_app_calls_done = self._accept_when_idle
         self._accept_when_idle()
 
@@ -347,16 +350,19 @@ class Worker:
         self.one_at_a_time = False
         state.draining = False
         state.websocket_close_code = CLOSE_GOING_AWAY  # what a drain closes them with unless it says otherwise
-        state.connections.on_empty = None
+        state.connections.on_discard = None
         state.on_app_calls_done = None
         self._unwatch_listeners()
 
     def _accept_when_idle(self) -> None:
-        """Watch the listeners if nothing is left that could die with this worker: no connection, no app call
-        (one still running after its response, a background task, can crash the worker too)."""
+        """Watch the listeners if nothing is left that could die with this worker: no HTTP connection, no app
+        call (one still running after its response, a background task, can crash the worker too). WebSocket
+        sessions opened before the crash loop do not count: they stay, and the worker serves others beside them."""
         state = self.state
-        if self.watching_listeners or state is None or state.connections or state.app_calls:
+        if self.watching_listeners or state is None or state.app_calls:
             return
+        if len(state.connections) > len(state.websockets):
+            return  # an HTTP connection is still open
         for sock in self.listeners:
             self.loop.add_reader(sock.fileno(), self._accept_one, sock)
         self.watching_listeners = True
