@@ -847,6 +847,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("drain_delay", "Worker Processes", 0.0, seconds(),
             "On TERM, report not-ready and keep serving this long before draining (load balancers).",
             cli=("--drain-delay",), metavar=_SECONDS),
+    Setting("crash_loop_isolation", "Worker Processes", True, boolean,
+            "While a request keeps killing its worker (2 deaths within 10 s), each worker serves one HTTP "
+            "connection at a time, so a crash takes no other request with it; --no-crash-loop-isolation keeps "
+            "serving concurrently (more throughput, a few requests lost with each crash).",
+            cli=("--no-crash-loop-isolation",), kind="negflag"),
     # HTTP
     Setting("root_path", "HTTP", "", root_path_value,
             "ASGI root_path: the prefix under which a proxy mounts the app.",

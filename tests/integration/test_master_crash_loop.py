@@ -169,6 +169,17 @@ async def app(scope, receive, send):
 """
 
 
+def test_without_crash_loop_isolation_the_workers_keep_serving_concurrently(serve: ServerFactory) -> None:
+    server = serve(APP, "-w", "2", "--no-crash-loop-isolation")
+    wait_for_ready_workers(server, 2)
+    for _ in range(CRASHES_TO_DECLARE):
+        assert not exchange(server.port, CRASH).final_responses()
+        wait_for_ready_workers(server, 2)
+    assert server.wait_for_stderr("crash_loop_isolation is off"), server.stderr_text()
+    assert exchange(server.port, GET_ROOT).final_responses()[0].status == 200
+    assert not ONE_AT_A_TIME.search(server.stderr_text())
+
+
 def test_while_the_pool_crash_loops_a_new_websocket_is_closed_with_1012_so_that_its_client_comes_back_later(
     serve: ServerFactory, tmp_path: Path
 ) -> None:

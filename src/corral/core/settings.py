@@ -91,6 +91,7 @@ class WorkerSettings:
     boot_timeout: float
     loop_lag_warn: float
     drain_delay: float
+    crash_loop_isolation: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -323,6 +324,7 @@ def settings_from_values(values: Mapping[str, Any]) -> Settings:
             boot_timeout=values["boot_timeout"],
             loop_lag_warn=values["loop_lag_warn"],
             drain_delay=values["drain_delay"],
+            crash_loop_isolation=values["crash_loop_isolation"],
         ),
         http=HttpSettings(
             root_path=values["root_path"],

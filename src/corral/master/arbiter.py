@@ -743,6 +743,29 @@ class Arbiter:
             self.crash_times.popleft()
         if len(self.crash_times) < CRASH_LOOP_AT:
             return
+        isolating = self.cfg.settings.worker.crash_loop_isolation
+        if isolating:
+            self._isolate_requests(now)
+        if now >= self.crash_warned_at + CRASH_WINDOW:
+            self.crash_warned_at = now
+            isolation = (
+                f"each worker serves one connection at a time until {CRASH_WINDOW:g} s pass without a crash"
+                if isolating
+                else "workers keep serving concurrently (crash_loop_isolation is off)"
+            )
+            self.log.warning(
+                "Crash loop: %d workers died after booting in the last %g s (pool of %d); each is replaced at once, "
+                "and %s. Look for the request or task that kills them "
+                '(corral_worker_restarts_total{reason="crash"})',
+                len(self.crash_times),
+                CRASH_WINDOW,
+                self.target,
+                isolation,
+            )
+
+    def _isolate_requests(self, now: float) -> None:
+        """Declare the crash loop to the workers: one connection at a time each, until CRASH_WINDOW passes
+        without a crash."""
         starts = now >= self.crash_loop_until
         self.crash_loop_until = now + CRASH_WINDOW
         # Before the replacement is forked: it reads this as it boots.
@@ -753,17 +776,6 @@ class Arbiter:
             # serves (its default action), and reads the scoreboard when it starts anyway.
             for worker in self.workers.values():
                 self._send(worker, signal.SIGWINCH)
-        if now >= self.crash_warned_at + CRASH_WINDOW:
-            self.crash_warned_at = now
-            self.log.warning(
-                "Crash loop: %d workers died after booting in the last %g s (pool of %d); each is replaced at once, "
-                "and each worker serves one connection at a time until %g s pass without a crash. "
-                'Look for the request or task that kills them (corral_worker_restarts_total{reason="crash"})',
-                len(self.crash_times),
-                CRASH_WINDOW,
-                self.target,
-                CRASH_WINDOW,
-            )
 
     def _boot_failed(self, worker: WorkerHandle, why: str) -> None:
         if not self.ever_ready:
