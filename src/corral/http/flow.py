@@ -1,5 +1,6 @@
-"""Write back-pressure for corral's asyncio protocols: the transport pauses and resumes us, and writers
-await `drain()` until its buffer falls below the low-water mark (HTTP responses and WebSocket frames alike)."""
+"""Back-pressure for corral's asyncio protocols. Writing: the transport pauses and resumes us, and writers
+await `drain()` until its buffer falls below the low-water mark (HTTP responses and WebSocket frames alike).
+Reading: each protocol decides when to stop reading, and tells the transport through `_set_reading`."""
 
 from __future__ import annotations
 
@@ -9,14 +10,16 @@ __all__ = ["WriteFlowControl"]
 
 
 class WriteFlowControl(asyncio.Protocol):
-    """pause_writing/resume_writing bookkeeping and `drain()`; subclasses set `loop`, `writing_paused` and
-    `drain_waiters` in their __init__, call `_release_writers()` when the connection is lost, and say in
-    `_writes_abandoned()` when waiting would be pointless."""
+    """pause_writing/resume_writing bookkeeping and `drain()`; subclasses set `loop`, `transport`,
+    `writing_paused`, `reading_paused` and `drain_waiters` in their __init__, call `_release_writers()` when the
+    connection is lost, and say in `_writes_abandoned()` when waiting would be pointless."""
 
     # Slots, so that a subclass may use them (H1Protocol does).
-    __slots__ = ("drain_waiters", "write_blocked_since", "writing_paused")
+    __slots__ = ("drain_waiters", "reading_paused", "write_blocked_since", "writing_paused")
 
     loop: asyncio.AbstractEventLoop
+    transport: asyncio.Transport
+    reading_paused: bool  # what the transport was last told
     writing_paused: bool
     drain_waiters: list[asyncio.Future[None]]
     # Since when the client has taken none of our output (loop time): set when the transport pauses us, and by
@@ -26,6 +29,15 @@ class WriteFlowControl(asyncio.Protocol):
     def pause_writing(self) -> None:
         self.writing_paused = True
         self.write_blocked_since = self.loop.time()
+
+    def _set_reading(self, stop: bool) -> None:
+        """Pause or resume reading, telling the transport only of a change."""
+        if stop is not self.reading_paused:
+            self.reading_paused = stop
+            if stop:
+                self.transport.pause_reading()
+            else:
+                self.transport.resume_reading()
 
     def resume_writing(self) -> None:
         self.writing_paused = False

@@ -85,7 +85,6 @@ _BODY_SLICE = 64 * 1024
 _NEVER = 1 << 62
 
 
-
 class Phase(enum.Enum):
     """Where a connection is in the client's byte stream (see the module docstring for the transitions)."""
 
@@ -144,7 +143,6 @@ class H1Protocol(WriteFlowControl):
         "phase",
         "proxy_seen",
         "queue",
-        "reading_paused",
         "request_id_sent",
         "scheme",
         "server",
@@ -399,12 +397,7 @@ class H1Protocol(WriteFlowControl):
             # app's send(), and the held requests start apps of their own). Reading stays paused meanwhile.
             self.loop.call_soon(self._parse_unparsed)
             stop = True
-        if stop is not self.reading_paused:
-            self.reading_paused = stop
-            if stop:
-                self.transport.pause_reading()
-            else:
-                self.transport.resume_reading()
+        self._set_reading(stop)
 
     def pause_writing(self) -> None:
         """The client is not reading its responses as fast as they come: read no more requests until it does.

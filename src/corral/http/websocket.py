@@ -151,7 +151,6 @@ class WebSocketSession(WriteFlowControl):
         "pings",
         "protocol",
         "queued_bytes",
-        "reading_paused",
         "response_bytes",
         "response_headers",
         "rest",
@@ -312,12 +311,7 @@ class WebSocketSession(WriteFlowControl):
             if self.unparsed or self.gone:
                 return
             stop = self._must_stop_reading()
-        if stop is not self.reading_paused:
-            self.reading_paused = stop
-            if stop:
-                self.transport.pause_reading()
-            else:
-                self.transport.resume_reading()
+        self._set_reading(stop)
 
     def _receive(self, data: bytes) -> None:
         protocol = self.protocol
