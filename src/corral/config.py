@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import difflib
 import importlib
 import importlib.util
 import inspect
@@ -1216,6 +1215,7 @@ class Config:
 
         def __getattr__(self, name: str) -> Any:
             # Only reached for names that are not attributes: say so clearly instead of a bare AttributeError.
+            import difflib  # here, not at the top: workers never suggest, and it costs memory
             close = difflib.get_close_matches(name, SETTINGS_BY_NAME, n=1, cutoff=0.75)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise AttributeError(f"no setting named {name!r}{hint}")
@@ -1374,6 +1374,7 @@ _FOREIGN_FLAGS: Mapping[str, str] = types.MappingProxyType({
 def _unknown_argument_line(extra: str, app: str | None, origin: str) -> str:
     if extra.startswith("-") and extra != "-":
         flag = extra.split("=", 1)[0]
+        import difflib  # here, not at the top: workers never suggest, and it costs memory
         close = difflib.get_close_matches(flag, [*_FLAG_TO_SETTING, *_EXTRA_FLAGS], n=1, cutoff=0.75)
         if flag in _FOREIGN_FLAGS:
             hint = f"; use {_FOREIGN_FLAGS[flag]}"
@@ -1484,6 +1485,7 @@ def _read_config_file(spec: str, cwd: str) -> _FileSettings:
         elif name in SETTINGS_BY_NAME:
             values[name] = value
         elif _looks_like_setting(name, value):
+            import difflib  # here, not at the top: workers never suggest, and it costs memory
             close = difflib.get_close_matches(name, SETTINGS_BY_NAME, n=1, cutoff=0.75)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             warnings.append(f"config file {spec}: unknown setting {name!r} ignored{hint}")

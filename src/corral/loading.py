@@ -6,7 +6,6 @@ Owns the app spec syntax, the import-error messages, and telling ASGI 3, ASGI 2 
 from __future__ import annotations
 
 import ast
-import difflib
 import functools
 import importlib
 import inspect
@@ -243,6 +242,7 @@ def _missing_attribute(module: types.ModuleType, spec: _Spec, depth: int, owner:
         owner_text = f"{'.'.join(spec.attributes[:depth])!r} in module {spec.module!r}"
     message = f"{owner_text} has no attribute {name!r} (app spec {spec.text!r})"
     candidates = [candidate for candidate in dir(owner) if not candidate.startswith("_")]
+    import difflib  # here, not at the top: workers never suggest, and it costs memory
     close = difflib.get_close_matches(name, candidates, n=3)
     if close:
         message += "; did you mean " + " or ".join(repr(candidate) for candidate in close) + "?"

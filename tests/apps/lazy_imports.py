@@ -1,5 +1,6 @@
 """Apps that answer an HTTP request with whether their worker has imported the websockets library: an ASGI one
-that also echoes one WebSocket message, and a WSGI one."""
+that also echoes one WebSocket message, and a WSGI one; and a WSGI app listing which of the modules a worker has
+no use for it has imported."""
 
 from __future__ import annotations
 
@@ -7,7 +8,10 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["asgi_app", "wsgi_app"]
+__all__ = ["asgi_app", "unneeded_modules_app", "wsgi_app"]
+
+# Standard-library modules that only the master's error messages, sizing or name resolution use.
+UNNEEDED_IN_A_WORKER = ("difflib", "fractions", "decimal", "encodings.idna", "unicodedata")
 
 
 def _loaded() -> bytes:
@@ -29,3 +33,8 @@ async def asgi_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 def wsgi_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
     start_response("200 OK", [("Content-Type", "text/plain")])
     return [_loaded()]
+
+
+def unneeded_modules_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [" ".join(name for name in UNNEEDED_IN_A_WORKER if name in sys.modules).encode()]

@@ -1,5 +1,6 @@
 """A worker imports the websockets library on its first upgrade request, not before: a worker that never serves
-a WebSocket (most WSGI workers) does without the memory it takes, and the first WebSocket is still served."""
+a WebSocket (most WSGI workers) does without the memory it takes, and the first WebSocket is still served.
+Neither the master nor a worker imports the standard-library modules only error messages or sizing need."""
 
 from __future__ import annotations
 
@@ -26,3 +27,8 @@ def test_the_first_websocket_of_a_worker_imports_websockets_and_is_served(serve:
             ws.send("first")
             assert ws.recv(timeout=TIMEOUT) == "first"
         assert client.get("/").text == "websockets loaded"
+
+
+def test_a_worker_does_without_the_modules_only_error_messages_sizing_and_idna_names_need(serve: ServerFactory) -> None:
+    server = serve("tests.apps.lazy_imports:unneeded_modules_app")
+    assert httpx.get(server.url + "/", timeout=TIMEOUT).text == ""

@@ -8,8 +8,11 @@ import mmap
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # imported where used: workers import this module for rss_bytes, and never need fractions
+    from fractions import Fraction
 
 __all__ = [
     "CpuBudget",
@@ -53,6 +56,8 @@ class _CpuQuota:
 
     @property
     def share(self) -> Fraction:
+        from fractions import Fraction
+
         return Fraction(self.quota_us, self.period_us)
 
     @property
@@ -133,6 +138,8 @@ def cap_by_memory(workers: int, worker_rss: int, budget: MemoryBudget, fraction:
         return workers, "memory: worker RSS unknown, not capped"
     if budget.limit_bytes <= 0:
         return workers, f"memory: {budget.reason}, not capped"
+    from fractions import Fraction
+
     # An exact fraction keeps e.g. 0.7 * 1000 MiB / 100 MiB at 7, not 6.999... -> 6.
     share = Fraction(fraction).limit_denominator(1000)
     allowed = max(1, math.floor(share * budget.limit_bytes / worker_rss))

@@ -162,7 +162,10 @@ def _bind_one(
 
 def _bind_tcp(value: str, host: str, port: int, backlog: int, reuse_port: bool) -> socket.socket:
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        # An ASCII name is passed as bytes: as a str it goes through the idna codec, whose import (stringprep,
+        # unicodedata) would add about a megabyte to the master and so to every worker forked from it.
+        name = host.encode("ascii") if host.isascii() else host
+        infos = socket.getaddrinfo(name, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as exc:
         raise BindError(f"bind {value!r}: cannot resolve {host!r} ({exc.strerror})") from None
     family, socktype, proto, _, address = infos[0]
