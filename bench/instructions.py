@@ -10,9 +10,10 @@ on a busy machine (req/s from `bench/run` needs a quiet one):
 
 Two runs with different request counts are subtracted, so start-up and import cost cancel out.
 
-The wsgi_* scenarios run bench/wsgi_apps.py's callables in corral's WSGI thread pool. Valgrind runs one thread at
-a time and their interleaving varies, so their counts vary by a few percent from run to run (the others do not):
-compare them with --requests 1000 5000 or more, and with `--loop uvloop`, as a worker runs.
+The wsgi_plain and wsgi_flask scenarios run bench/wsgi_apps.py's callables in corral's WSGI thread pool, as
+`-k gthread --threads 4`. Valgrind runs one thread at a time and their interleaving varies, so their counts vary
+by a few percent from run to run (the others do not): compare them with --requests 1000 5000 or more, and with
+`--loop uvloop`, as a worker runs. The *_sync scenarios run the same callables as `-k sync` does, on the loop.
 """
 
 from __future__ import annotations
@@ -41,10 +42,16 @@ _TESTS = {
     "fastapi_stream": b"GET /fastapi/stream " + _HEAD + b"\r\n",
     "wsgi_plain": b"GET / " + _HEAD + b"\r\n",
     "wsgi_flask": b"GET /json " + _HEAD + b"\r\n",
+    "wsgi_plain_sync": b"GET / " + _HEAD + b"\r\n",
+    "wsgi_flask_sync": b"GET /json " + _HEAD + b"\r\n",
 }
-# The WSGI scenarios run bench/wsgi_apps.py's callables in corral's thread pool, as `-k gthread --threads 4`.
-_WSGI_APPS = {"wsgi_plain": "plain", "wsgi_flask": "flask_app"}
-_WSGI_THREADS = 4
+# bench/wsgi_apps.py's callable each WSGI scenario runs, and with how many threads (1: on the loop, as -k sync).
+_WSGI_APPS = {
+    "wsgi_plain": ("plain", 4),
+    "wsgi_flask": ("flask_app", 4),
+    "wsgi_plain_sync": ("plain", 1),
+    "wsgi_flask_sync": ("flask_app", 1),
+}
 _SMALL, _LARGE = 2_000, 12_000
 
 
@@ -94,7 +101,8 @@ def _app(test: str) -> Any:
     from bench import wsgi_apps
     from corral.http.wsgi import WSGIApp
 
-    return WSGIApp(getattr(wsgi_apps, _WSGI_APPS[test])).configure(threads=_WSGI_THREADS)
+    name, threads = _WSGI_APPS[test]
+    return WSGIApp(getattr(wsgi_apps, name)).configure(threads=threads)
 
 
 async def _drive(test: str, requests: int) -> None:
@@ -107,7 +115,7 @@ async def _drive(test: str, requests: int) -> None:
     transport = _Transport()
     protocol.connection_made(transport)
     request = _TESTS[test]
-    in_thread = test in _WSGI_APPS
+    in_thread = test in _WSGI_APPS and _WSGI_APPS[test][1] > 1
     for _ in range(requests):
         written = transport.written
         protocol.data_received(request)

@@ -3,6 +3,7 @@ and routes that sleep or get stuck (for -k sync, timeout and drain tests)."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import threading
@@ -65,6 +66,12 @@ def sleep() -> Any:
 def stuck() -> Any:
     threading.Event().wait(60)  # far past any timeout a test sets; the worker is replaced before
     return jsonify(stuck=False)
+
+
+@flask_app.get("/async")
+async def async_view() -> Any:  # Flask runs it with asgiref's async_to_sync, as under Gunicorn
+    await asyncio.sleep(0)
+    return jsonify(async_view=True)
 
 
 @flask_app.get("/pid")

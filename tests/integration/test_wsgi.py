@@ -31,9 +31,15 @@ SEED_CONFIGS = REPO_ROOT.parent / "shared" / "fixtures" / "seed-configs"
 FLASK = "tests.apps.wsgi_apps:flask_app"
 
 
-@pytest.fixture(scope="module")
-def flask_server(serve_module: ServerFactory) -> Server:
-    return serve_module(FLASK, "-k", "gthread", "--threads", "4")
+# The two ways a worker runs a WSGI app: on its event loop's thread, one request at a time (-k sync, and the
+# default of one thread), or in a pool of threads.
+SYNC = ("-k", "sync")
+GTHREAD = ("-k", "gthread", "--threads", "4")
+
+
+@pytest.fixture(scope="module", params=[SYNC, GTHREAD], ids=["sync", "gthread"])
+def flask_server(serve_module: ServerFactory, request: pytest.FixtureRequest) -> Server:
+    return serve_module(FLASK, *request.param)
 
 
 @pytest.fixture
@@ -97,8 +103,12 @@ def test_flask_view_that_raises_gets_500_with_a_traceback_and_the_worker_serves_
     assert child_pids(flask_server.proc.pid) == pids
 
 
-def test_gthread_serves_a_multithreaded_environ(client: httpx.Client) -> None:
-    assert client.get("/pid").json()["multithread"] is True
+def test_the_environ_is_multithreaded_only_under_gthread(flask_server: Server, client: httpx.Client) -> None:
+    assert client.get("/pid").json()["multithread"] is ("gthread" in flask_server.args)
+
+
+def test_flask_async_view_runs_through_asgiref_as_under_gunicorn(client: httpx.Client) -> None:
+    assert client.get("/async").json() == {"async_view": True}
 
 
 # ------------------------------------------------------------------------------------- wsgiref.validate
@@ -206,6 +216,42 @@ def test_a_thread_stuck_past_timeout_gets_the_worker_replaced_with_every_threads
     assert server.wait_for_stderr("in stuck")  # the stuck thread's frame, from the traceback dump
     assert wait_until(lambda: child_pids(server.proc.pid) - first, 15)
     assert httpx.get(server.url + "/json", timeout=10).status_code == 200
+
+
+def test_an_app_stuck_past_timeout_under_sync_gets_the_worker_replaced_with_its_traceback(
+    serve: ServerFactory,
+) -> None:
+    server = serve(FLASK, "-k", "sync", "--timeout", "2")
+    first = child_pids(server.proc.pid)
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(server.url + "/stuck", timeout=20)
+    assert server.wait_for_stderr("silent for")  # the master's timeout: the app holds the worker's only thread
+    assert server.wait_for_stderr("in stuck")  # the stuck frame, from the traceback dump
+    assert wait_until(lambda: child_pids(server.proc.pid) - first, 15)
+    assert httpx.get(server.url + "/json", timeout=10).status_code == 200
+
+
+def test_graceful_drain_under_sync_finishes_the_request_in_the_app_and_the_one_waiting(
+    serve: ServerFactory, tmp_path: Path
+) -> None:
+    server = serve(FLASK, "-k", "sync")
+    results: list[int] = []
+    mark = tmp_path / "in-app"
+
+    def request(params: dict[str, str]) -> None:
+        results.append(httpx.get(server.url + "/sleep", params=params, timeout=20).status_code)
+
+    first = threading.Thread(target=request, args=({"s": "1.5", "mark": str(mark)},))
+    first.start()
+    assert wait_until(mark.exists, 10)  # in the app: the worker's loop waits for it
+    second = threading.Thread(target=request, args=({"s": "0.1"},))
+    second.start()  # sent while the worker is busy: the kernel queues it
+    time.sleep(0.2)
+    server.signal(signal.SIGTERM)
+    for thread in (first, second):
+        thread.join(20)
+    assert results == [200, 200]
+    assert server.wait(15) == 0
 
 
 def test_graceful_drain_finishes_wsgi_requests_in_flight(serve: ServerFactory, tmp_path: Path) -> None:

@@ -1,5 +1,8 @@
 """The WSGI request cycle driven through the HTTP/1.1 protocol and a fake transport: PEP 3333 environ, input,
-start_response, write(), iterables, framing, errors and back-pressure, with wsgiref.validate on every path."""
+start_response, write(), iterables, framing, errors and back-pressure, with wsgiref.validate on every path.
+
+Every test runs in both modes: one request at a time on the event loop's thread (threads=1, `-k sync`) and in a
+pool of threads; tests of one mode only say so with `@only_mode(...)`."""
 
 from __future__ import annotations
 
@@ -24,10 +27,27 @@ eager.install()
 pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
 
 
+ON_THE_LOOP = 1
+IN_THREADS = 2
+
+
+@pytest.fixture(autouse=True, params=[ON_THE_LOOP, IN_THREADS], ids=["app-on-the-loop", "app-in-threads"])
+def app_threads(request: pytest.FixtureRequest) -> int:
+    """How many threads the test's WSGIApp gets (its mode)."""
+    Harness.threads = request.param
+    return int(request.param)
+
+
+def only_mode(threads: int) -> pytest.MarkDecorator:
+    return pytest.mark.parametrize("app_threads", [threads], indirect=True)
+
+
 class Harness:
-    def __init__(self, wsgi_app: Callable[..., Any], *, validate: bool = True, threads: int = 2, **settings: Any):
+    threads = IN_THREADS  # set per test by the app_threads fixture
+
+    def __init__(self, wsgi_app: Callable[..., Any], *, validate: bool = True, **settings: Any):
         self.loop = asyncio.get_running_loop()
-        self.app = WSGIApp(validator(wsgi_app) if validate else wsgi_app).configure(threads=threads)
+        self.app = WSGIApp(validator(wsgi_app) if validate else wsgi_app).configure(threads=self.threads)
         self.state = server_state(self.app, **settings)
         self.transport = FakeTransport()
         self.protocol = H1Protocol(self.state)
@@ -78,7 +98,7 @@ def environ_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> 
     return [text]
 
 
-def test_environ_carries_pep_3333_variables_from_the_request() -> None:
+def test_environ_carries_pep_3333_variables_from_the_request(app_threads: int) -> None:
     async def main() -> None:
         h = Harness(environ_app, root_path="/api")
         h.feed(
@@ -96,7 +116,7 @@ def test_environ_carries_pep_3333_variables_from_the_request() -> None:
         assert lines["CONTENT_TYPE"] == "text/plain"
         assert lines["HTTP_X_TWO"] == "a,b"
         assert lines["wsgi.url_scheme"] == "http"
-        assert lines["wsgi.multithread"] == "True"
+        assert lines["wsgi.multithread"] == str(app_threads > 1)
         assert lines["wsgi.input_terminated"] == "False"
 
     run(main())
@@ -376,6 +396,7 @@ def test_an_iterable_that_raises_midway_closes_the_connection_and_is_logged(capl
     assert "raised midway" in caplog.text
 
 
+@only_mode(IN_THREADS)
 def test_a_slow_reader_blocks_the_app_thread_with_bounded_buffering() -> None:
     produced = []
     chunk = b"x" * 65536
@@ -401,6 +422,87 @@ def test_a_slow_reader_blocks_the_app_thread_with_bounded_buffering() -> None:
     run(main())
 
 
+@only_mode(ON_THE_LOOP)
+def test_on_the_loop_a_slow_reader_stops_the_iterable_with_bounded_buffering() -> None:
+    produced = []
+    chunk = b"x" * 65536
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        for _ in range(200):
+            produced.append(len(chunk))
+            yield chunk
+
+    async def main() -> None:
+        h = Harness(app)
+        h.protocol.pause_writing()  # the client reads nothing
+        h.feed(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        await asyncio.sleep(0.3)
+        assert len(produced) <= 2  # the iterable waits for the client: one chunk written, one in hand
+        h.protocol.resume_writing()
+        await h.answered()
+        assert len(produced) == 200
+        assert len(body_of(h.output)) == 200 * len(chunk)
+
+    run(main())
+
+
+@only_mode(ON_THE_LOOP)
+def test_on_the_loop_the_next_request_runs_the_app_only_after_a_blocked_stream_finishes() -> None:
+    events = []
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        path = environ["PATH_INFO"]
+        events.append(f"start {path}")
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        yield b"a" * 65536
+        yield b"b" * 65536
+        events.append(f"end {path}")
+
+    async def main() -> None:
+        wsgi = WSGIApp(app).configure(threads=1)
+        state = server_state(wsgi)
+        slow, quick = FakeTransport(), FakeTransport()
+        slow_protocol, quick_protocol = H1Protocol(state), H1Protocol(state)
+        slow_protocol.connection_made(slow)
+        quick_protocol.connection_made(quick)
+        slow_protocol.pause_writing()
+        slow_protocol.data_received(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+        quick_protocol.data_received(b"GET /quick HTTP/1.1\r\nHost: x\r\n\r\n")
+        await asyncio.sleep(0.2)
+        assert events == ["start /slow"]  # one request at a time: /quick waits for the app
+        slow_protocol.resume_writing()
+        for _ in range(500):
+            if state.counters.requests == 2:
+                break
+            await asyncio.sleep(0.01)
+        assert events == ["start /slow", "end /slow", "start /quick", "end /quick"]
+
+    run(main())
+
+
+@only_mode(ON_THE_LOOP)
+def test_on_the_loop_the_app_runs_with_no_event_loop_running_in_its_thread() -> None:
+    async def compute() -> bytes:
+        await asyncio.sleep(0)
+        return b"computed"
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [asyncio.run(compute())]  # what asgiref's async_to_sync and sync code calling async code do
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        h = Harness(app)
+        h.feed(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        output = await h.answered()
+        assert body_of(output) == b"computed"
+        assert asyncio.get_running_loop() is loop
+
+    run(main())
+
+
+@only_mode(IN_THREADS)
 def test_threads_bound_how_many_requests_run_the_app_at_once() -> None:
     running = 0
     peak = 0
@@ -465,6 +567,7 @@ def test_an_app_wrapped_by_wsgiref_validate_is_detected_as_wsgi() -> None:
     assert isinstance(app_as_asgi3(validator(environ_app)), WSGIApp)
 
 
+@only_mode(IN_THREADS)
 def test_time_waiting_for_a_slow_client_does_not_count_as_time_in_the_app() -> None:
     from corral.http.wsgi import _Call, _Pipe, _Waker
 

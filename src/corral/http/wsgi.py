@@ -1,10 +1,19 @@
-"""WSGI apps on the async worker: the request cycle that runs a WSGI callable in a bounded thread pool.
+"""WSGI apps on the async worker: the request cycle that runs a WSGI callable, one request or `threads` at a time.
 
 `WSGIApp` is an ASGI 3 callable around a WSGI one, so a WSGI request goes through the same connection, parser,
 limits, request counting, access log, metrics, hooks and drain as an ASGI one. The event loop reads the body in
-full (`wsgi.input` never blocks a thread on the client), a pool thread runs the app, and the response is handed
-back to the loop through a pipe bounded in bytes: the thread waits while the client is slow, so a slow reader
-holds no more memory than the bound and an app thread only as long as the pipe is full.
+full (`wsgi.input` never blocks the app on the client) before the app runs.
+
+How the app runs depends on how many requests may run it at once (`threads`, Gunicorn's meaning):
+
+- One (`-k sync`, and the default): on the event loop's own thread, between its I/O, as Gunicorn's sync worker
+  runs it between accepts. No thread hand-over per request, so this is the fast mode; while the app runs the
+  loop waits, which costs nothing the app could have used (one request at a time is the contract). The
+  response is written with the connection's back-pressure: a streamed response whose client reads slowly
+  makes the next request wait, as its app thread would, but holds no more memory than the transport's bound.
+- More: in a pool of that many threads. The response is handed back to the loop through a pipe bounded in
+  bytes: the thread waits while the client is slow, so a slow reader holds no more memory than the bound and
+  an app thread only as long as the pipe is full.
 """
 
 from __future__ import annotations
@@ -36,6 +45,9 @@ PIPE_HIGH_WATER = 256 * 1024
 DEADLINE_CHECK_SECONDS = 1.0
 
 _log = logging.getLogger("corral.error")
+_get_running_loop = asyncio._get_running_loop
+_set_running_loop = asyncio._set_running_loop
+_END_OF_BODY: Any = object()
 _ERRORS = ErrorStream(_log)
 _INTERNAL_ERROR = b"Internal Server Error"
 _ERROR_HEADERS = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", b"21")]
@@ -184,18 +196,51 @@ class _Pipe:
                 gate.release()
 
 
-class _Call:
-    """One WSGI call, run in a pool thread: start_response, write() and the response iterable."""
+class _Response:
+    """PEP 3333's start_response and the response head it records: the part of a call both modes share."""
 
-    __slots__ = ("body", "environ", "headers", "headers_sent", "method", "path", "pipe", "started", "status")
+    __slots__ = ("body", "environ", "headers", "headers_sent", "status")
 
-    def __init__(self, environ: dict[str, Any], pipe: _Pipe) -> None:
+    def __init__(self, environ: dict[str, Any]) -> None:
         self.environ = environ
-        self.body = environ["wsgi.input"]
-        self.pipe = pipe
+        self.body = environ["wsgi.input"]  # ours, not environ's: middleware (wsgiref.validate) may wrap it
         self.status: int | None = None
         self.headers: list[tuple[bytes, bytes]] = []
         self.headers_sent = False
+
+    def start_response(
+        self, status: str, headers: list[tuple[str, str]], exc_info: Any = None
+    ) -> Callable[[bytes], None]:
+        if exc_info is not None:
+            try:
+                if self.headers_sent:
+                    raise exc_info[1].with_traceback(exc_info[2])  # PEP 3333: too late to change the response
+            finally:
+                exc_info = None
+        elif self.status is not None:
+            raise AssertionError("start_response called a second time without exc_info")
+        if type(status) is not str or len(status) < 4 or not status[:3].isdigit() or status[3] != " ":
+            raise ValueError(f"WSGI status must be a str like '200 OK', got {status!r}")
+        self.status = int(status[:3])
+        self.headers = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers]
+        return self.write
+
+    def write(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def head(self) -> dict[str, Any]:
+        """The http.response.start message; the caller has checked that start_response was called."""
+        return {"type": "http.response.start", "status": self.status, "headers": self.headers}
+
+
+class _Call(_Response):
+    """One WSGI call, run in a pool thread: start_response, write() and the response iterable."""
+
+    __slots__ = ("method", "path", "pipe", "started")
+
+    def __init__(self, environ: dict[str, Any], pipe: _Pipe) -> None:
+        super().__init__(environ)
+        self.pipe = pipe
         self.started = math.inf  # waiting for a pool thread: the timeout counts from when one runs it
         self.method = environ["REQUEST_METHOD"]
         self.path = environ["PATH_INFO"]
@@ -229,24 +274,7 @@ class _Call:
             except _Abandoned:
                 _log.debug("WSGI app raised after the client went away: %r", exc)
         finally:
-            self.body.close()  # ours, not environ's: middleware (wsgiref.validate) may have wrapped it
-
-    def start_response(
-        self, status: str, headers: list[tuple[str, str]], exc_info: Any = None
-    ) -> Callable[[bytes], None]:
-        if exc_info is not None:
-            try:
-                if self.headers_sent:
-                    raise exc_info[1].with_traceback(exc_info[2])  # PEP 3333: too late to change the response
-            finally:
-                exc_info = None
-        elif self.status is not None:
-            raise AssertionError("start_response called a second time without exc_info")
-        if type(status) is not str or len(status) < 4 or not status[:3].isdigit() or status[3] != " ":
-            raise ValueError(f"WSGI status must be a str like '200 OK', got {status!r}")
-        self.status = int(status[:3])
-        self.headers = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers]
-        return self.write
+            self.body.close()
 
     def write(self, data: bytes) -> None:
         """PEP 3333's write(): also how the iterable's chunks go out. Blocks while the pipe is full."""
@@ -275,6 +303,55 @@ class _Call:
         self.pipe.put(_WHOLE, (self.status, self.headers, last), len(last))
 
 
+class _InlineCall(_Response):
+    """One WSGI call run on the event loop's thread: what the app passes to write() waits here until the loop
+    sends it, which is as soon as the app returns or yields its next chunk. For the app, the headers are sent
+    with the first write() (PEP 3333): start_response can no longer replace them."""
+
+    __slots__ = ("written",)
+
+    def __init__(self, environ: dict[str, Any]) -> None:
+        super().__init__(environ)
+        self.written: list[dict[str, Any]] = []  # ASGI messages
+
+    def write(self, data: bytes) -> None:
+        if type(data) is not bytes:
+            raise TypeError(f"WSGI response body must be bytes, got {type(data).__name__}")
+        if not self.headers_sent:
+            if self.status is None:
+                raise AssertionError("WSGI app sent a body before calling start_response")
+            self.headers_sent = True
+            self.written.append(self.head())
+        if data:
+            self.written.append({"type": "http.response.body", "body": data, "more_body": True})
+
+    def whole(self, result: list[bytes]) -> bytes:
+        """The body of a response given all at once; raises the app's mistake if it is not one."""
+        body = result[0] if result else b""
+        if type(body) is not bytes:
+            raise TypeError(f"WSGI response body must be bytes, got {type(body).__name__}")
+        if self.status is None:
+            raise AssertionError("WSGI app returned without calling start_response")
+        return body
+
+    def declared_length(self) -> int | None:
+        for name, value in self.headers:
+            if len(name) == 14 and name.lower() == b"content-length":
+                return int(value) if value.isdigit() else None
+        return None
+
+
+def _in_app(function: Callable[..., Any], *args: Any) -> Any:
+    """Call the app's code as sync code expects to run: with no event loop running in its thread. Otherwise
+    asgiref's async_to_sync (Flask's async views, Django's async middleware) and asyncio.run() refuse to run."""
+    loop = _get_running_loop()
+    _set_running_loop(None)
+    try:
+        return function(*args)
+    finally:
+        _set_running_loop(loop)
+
+
 def _close(result: Any) -> None:
     close = getattr(result, "close", None)
     if close is None:
@@ -296,6 +373,7 @@ class WSGIApp:
         self.spool = SPOOL_BYTES
         self.budget = BodyBudget(MEMORY_BODIES_BYTES)
         self._pool: _Threads | None = None  # made in the worker, never before a fork
+        self._one_at_a_time = asyncio.Lock()  # with one thread: the app runs on the loop, a request at a time
         self._running: set[_Call] = set()
         self._deadline_check: asyncio.TimerHandle | None = None
 
@@ -330,6 +408,44 @@ class WSGIApp:
 
     async def _call(self, scope: dict[str, Any], environ: dict[str, Any], send: Any) -> None:
         scope["wsgi.environ"] = environ  # for post_request hooks and the access log's {name}e atoms
+        if self.threads == 1:
+            await self._call_inline(environ, send)
+        else:
+            await self._call_in_thread(environ, send)
+
+    async def _call_inline(self, environ: dict[str, Any], send: Any) -> None:
+        lock = self._one_at_a_time
+        await lock.acquire()  # free unless an earlier response is still streaming to a slow client
+        call = _InlineCall(environ)
+        try:
+            result = _in_app(self.wsgi_app, environ, call.start_response)
+            whole = type(result) is list and len(result) <= 1 and not call.written  # the usual answer
+            body = call.whole(result) if whole else b""
+        except BaseException as exc:
+            lock.release()
+            call.body.close()
+            if not isinstance(exc, Exception):
+                raise  # SystemExit and the like are not the app's answer to this request
+            for message in call.written:  # what the app wrote before it raised goes out first
+                await send(message)
+            await _app_failed(exc, call.headers_sent, send)
+            return
+        if whole:
+            lock.release()
+            call.body.close()
+            await send(call.head())
+            await send({"type": "http.response.body", "body": body})
+            return
+        try:
+            await _stream_inline(call, result, send)
+        finally:
+            try:
+                _in_app(_close, result)
+            finally:
+                call.body.close()
+                lock.release()
+
+    async def _call_in_thread(self, environ: dict[str, Any], send: Any) -> None:
         pool = self._pool or self._start_pool()
         loop = pool.loop
         pipe = _Pipe(loop, pool.waker)
@@ -406,13 +522,70 @@ async def _relay(pipe: _Pipe, send: Any) -> None:
                 return
             else:
                 exc, headers_sent = value
-                if headers_sent:
-                    _log.error("WSGI response iterable raised midway: closing the connection", exc_info=exc)
-                    raise WSGIResponseAborted("response cut off") from None
-                _log.error("Exception in WSGI application", exc_info=exc)
-                await send({"type": "http.response.start", "status": 500, "headers": _ERROR_HEADERS})
-                await send({"type": "http.response.body", "body": _INTERNAL_ERROR})
+                await _app_failed(exc, headers_sent, send)
                 return
+
+
+async def _stream_inline(call: _InlineCall, result: Iterable[bytes], send: Any) -> None:
+    """Send the chunks of the app's iterable as it yields them, with the connection's back-pressure."""
+    streaming = False
+    try:
+        chunks = _in_app(iter, result)
+        while True:
+            chunk = _in_app(next, chunks, _END_OF_BODY)
+            if call.written:  # write() came first: its bytes go first
+                written, call.written = call.written, []
+                for message in written:
+                    await send(message)
+            if chunk is _END_OF_BODY:
+                break
+            if type(chunk) is not bytes:
+                raise TypeError(f"WSGI response body must be bytes, got {type(chunk).__name__}")
+            if not chunk:
+                continue
+            if not call.headers_sent and len(chunk) == call.declared_length():
+                # All the body in one chunk (Flask's usual response): one write, and nothing more to ask for.
+                call.headers_sent = True
+                await send(call.head())
+                await send({"type": "http.response.body", "body": chunk})
+                return
+            await _send_chunk(call, chunk, send)
+            if not streaming:
+                # Leave the eager first step, during which the cycle holds streamed parts back to write them
+                # together: the next chunk may take the app a while, and this one must not wait for it.
+                streaming = True
+                await asyncio.sleep(0)
+    except ClientDisconnected:
+        raise  # the client went away: nothing to answer
+    except Exception as exc:
+        await _app_failed(exc, call.headers_sent, send)
+        return
+    if not call.headers_sent:
+        if call.status is None:
+            await _app_failed(AssertionError("WSGI app returned without calling start_response"), False, send)
+            return
+        call.headers_sent = True
+        await send(call.head())
+    await send({"type": "http.response.body", "body": b""})
+
+
+async def _send_chunk(call: _InlineCall, data: bytes, send: Any) -> None:
+    if not call.headers_sent:
+        if call.status is None:
+            raise AssertionError("WSGI app sent a body before calling start_response")
+        call.headers_sent = True
+        await send(call.head())
+    await send({"type": "http.response.body", "body": data, "more_body": True})
+
+
+async def _app_failed(exc: BaseException, headers_sent: bool, send: Any) -> None:
+    """The app (or its iterable) raised: a 500 if nothing was sent yet, else the connection is closed."""
+    if headers_sent:
+        _log.error("WSGI response iterable raised midway: closing the connection", exc_info=exc)
+        raise WSGIResponseAborted("response cut off") from None
+    _log.error("Exception in WSGI application", exc_info=exc)
+    await send({"type": "http.response.start", "status": 500, "headers": _ERROR_HEADERS})
+    await send({"type": "http.response.body", "body": _INTERNAL_ERROR})
 
 
 async def _lifespan(receive: Any, send: Any) -> None:
