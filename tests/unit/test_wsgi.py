@@ -632,3 +632,28 @@ def test_bodies_past_the_workers_memory_budget_go_to_disk_and_the_budget_is_give
     run(main())
     assert kinds[0] != "BytesIO"
     assert kinds[1] == "BytesIO"
+
+
+@only_mode(ON_THE_LOOP)
+def test_the_turn_to_run_the_app_goes_in_arrival_order_and_survives_cancelled_waiters() -> None:
+    from corral.http.wsgi import _Turn
+
+    async def main() -> None:
+        turn = _Turn()
+        turn.busy = True  # a first request runs the app
+        gone = asyncio.create_task(turn.wait())  # its client leaves while it waits
+        handed = asyncio.create_task(turn.wait())  # cancelled just as the turn is handed to it
+        last = asyncio.create_task(turn.wait())
+        await asyncio.sleep(0)
+        gone.cancel()
+        await asyncio.sleep(0)
+        assert len(turn.waiters) == 2
+        turn.release()  # the first request is done: the turn goes to the next waiter, "handed"...
+        handed.cancel()  # ...which is cancelled before it could run: the turn must go on to "last"
+        await asyncio.wait_for(last, 1)
+        assert handed.cancelled() and gone.cancelled()
+        assert turn.busy and not turn.waiters  # "last" has it
+        turn.release()
+        assert not turn.busy
+
+    run(main())
