@@ -364,9 +364,9 @@ class Arbiter:
         try:
             if self.cfg.settings.development.reload:
                 self.reloader = start_reloader(self.cfg, self.log, self._reload_on_change)
+            _import_worker_code()
             while self.stopping is None:
                 self._spawn_missing()
-                _import_worker_code()
                 self._wait(self._next_timeout())
                 self._handle_signals()
                 self._reap()
@@ -994,10 +994,10 @@ class Arbiter:
 
 @functools.cache
 def _import_worker_code() -> None:
-    """Import the worker's modules (HTTP, ASGI, the event loop's) into the master once its first workers are
-    forked (they import them themselves, so the start is not delayed). Every later worker then starts with them
-    loaded, shared copy-on-write, instead of importing them again: that import was most of a worker's boot,
-    which is what a pool that keeps losing workers (a crash loop) waits for."""
+    """Import the worker's modules (HTTP, ASGI, WSGI, the event loop's) into the master before it forks any
+    worker. Every worker then starts with them loaded and shares their memory copy-on-write, instead of each
+    importing its own copy (several MiB per worker), and the import, most of a worker's boot, is done once:
+    a pool that keeps losing workers (a crash loop) gets its replacements sooner."""
     import corral.worker.process  # noqa: F401
 
 
