@@ -112,6 +112,7 @@ _EXPECT = b"expect"
 _TRANSFER_ENCODING = b"transfer-encoding"
 _CONTENT_LENGTH = b"content-length"
 _UPGRADE = b"upgrade"
+_ZEROCOPYSEND = "http.response.zerocopysend"
 _FORBIDDEN_TRAILERS = frozenset({_HOST, _TRANSFER_ENCODING, _CONTENT_LENGTH})
 # Bytes a request-target may not contain though llhttp lets them through (RFC 9112 3.2, RFC 3986).
 _TARGET_FORBIDDEN = re.compile(rb'[#"\x80-\xff]')
@@ -157,6 +158,7 @@ class H1Protocol(WriteFlowControl):
         "url",
         "watched",
         "websocket_upgrade",
+        "zerocopy",
     )
 
     def __init__(self, state: ServerState) -> None:
@@ -169,6 +171,9 @@ class H1Protocol(WriteFlowControl):
         self.server: tuple[str, int] | None = None
         self.scheme = "http"
         self.tls: dict[str, Any] | None = None  # the ASGI "tls" extension, for TLS connections only
+        # Whether responses may send files with sendfile(): the ASGI "http.response.zerocopysend" extension is
+        # offered on plain connections only (a TLS connection's bytes must go through the TLS layer).
+        self.zerocopy = False
         self.trusted = False
         self.watched = state.watched
         self.field_limit = state.limit_request_field_size - 4  # a field line counts ": " and CRLF too
@@ -236,6 +241,8 @@ class H1Protocol(WriteFlowControl):
             # connection_made comes after the handshake, so the peer's certificate is known: once per connection.
             self.scheme = "https"
             self.tls = tls_extension(ssl_object)
+        else:
+            self.zerocopy = state.sendfile
         trust = state.proxy_trust
         if trust is not None and trust.is_trusted(self.client[0] if self.client else None):
             self.trusted = True
@@ -592,7 +599,7 @@ class H1Protocol(WriteFlowControl):
         if state.root_path:
             path = state.root_path + path
             raw_path = state.root_path_bytes + raw_path
-        scope = {
+        scope: dict[str, Any] = {
             "type": "http",
             "asgi": _ASGI_VERSION,
             "http_version": version,
@@ -606,7 +613,7 @@ class H1Protocol(WriteFlowControl):
             "query_string": query,
             "headers": self.headers,
             "state": state.app_state.copy(),
-            "extensions": {} if self.tls is None else {"tls": self.tls},
+            "extensions": {_ZEROCOPYSEND: {}} if self.zerocopy else {} if self.tls is None else {"tls": self.tls},
         }
         if self.proxy_seen:
             apply_proxy_headers(scope, state.proxy_trust)  # type: ignore[arg-type]  # ProxyHeaderError is a 400

@@ -118,7 +118,9 @@ def websocket_scope(scope: dict[str, Any], handshake: Handshake) -> dict[str, An
     scope["scheme"] = "wss" if scope["scheme"] == "https" else "ws"
     del scope["method"]
     scope["subprotocols"] = handshake.subprotocols
-    scope["extensions"]["websocket.http.response"] = {}  # beside "tls" on a TLS connection
+    extensions = scope["extensions"]
+    extensions.pop("http.response.zerocopysend", None)  # an HTTP response extension, offered by the connection
+    extensions["websocket.http.response"] = {}  # beside "tls" on a TLS connection
     return scope
 
 

@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import signal
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -22,7 +23,15 @@ from typing import Any
 
 from corral.core.settings import HttpSettings, WorkerSettings
 from corral.http.errors import ClientDisconnected
-from corral.http.wsgi_environ import BodyBudget, BodyWriter, ErrorStream, WSGIInput, build_environ, has_body
+from corral.http.wsgi_environ import (
+    BodyBudget,
+    BodyWriter,
+    ErrorStream,
+    FileWrapper,
+    WSGIInput,
+    build_environ,
+    has_body,
+)
 
 __all__ = ["MEMORY_BODIES_BYTES", "PIPE_HIGH_WATER", "SPOOL_BYTES", "WSGIApp", "serving_interface", "wsgi_threads"]
 
@@ -46,6 +55,7 @@ _BODY = 1  # bytes
 _END = 2  # bytes: the last body bytes
 _ERROR = 3  # (exception, headers_were_sent)
 _WHOLE = 4  # (status, headers, body): a response the app gave all at once, handed over in one step
+_FILE = 5  # _HandedFile: the rest of the response is a file, sent by the loop (zero copy), which closes it
 
 
 class WSGIResponseAborted(ClientDisconnected):
@@ -182,6 +192,8 @@ class _Pipe:
             if self.gate is not None:
                 self.gate, gate = None, self.gate
                 gate.release()
+            left, self.items = self.items, []
+        _close_files(left)  # handed over, never taken: the file is ours to close
 
 
 class _Call:
@@ -213,7 +225,7 @@ class _Call:
             result = app(self.environ, self.start_response)
             if type(result) is list and len(result) <= 1:  # the usual answer: one body, one hand-over, no close()
                 self._end(result[0] if result else b"")
-            else:
+            elif type(result) is not FileWrapper or not self._hand_over_file(result):
                 try:
                     for chunk in result:
                         if chunk:
@@ -230,6 +242,25 @@ class _Call:
                 _log.debug("WSGI app raised after the client went away: %r", exc)
         finally:
             self.body.close()  # ours, not environ's: middleware (wsgiref.validate) may have wrapped it
+
+    def _hand_over_file(self, wrapper: FileWrapper) -> bool:
+        """Give the loop our wsgi.file_wrapper's file to send with zero copy (PEP 3333's "using sendfile for
+        files"): only a regular file with a descriptor, and only where the connection offers zero-copy sends.
+        False: the wrapper is iterated as any iterable is. From here on the loop closes it."""
+        scope = self.environ.get("asgi.scope")
+        fd = _regular_file_descriptor(wrapper.filelike)
+        if fd is None or scope is None or _ZEROCOPYSEND not in scope["extensions"]:
+            return False
+        handed = _HandedFile(wrapper, fd, _declared_length(self.headers))
+        try:
+            if not self.headers_sent:
+                self._send_headers()
+            handed.offset = wrapper.filelike.tell()  # PEP 3333: from the file's current position
+            self.pipe.put(_FILE, handed)
+        except BaseException:
+            handed.close()
+            raise
+        return True
 
     def start_response(
         self, status: str, headers: list[tuple[str, str]], exc_info: Any = None
@@ -273,6 +304,56 @@ class _Call:
             raise AssertionError("WSGI app returned without calling start_response")
         self.headers_sent = True
         self.pipe.put(_WHOLE, (self.status, self.headers, last), len(last))
+
+
+_ZEROCOPYSEND = "http.response.zerocopysend"
+
+
+class _HandedFile:
+    """A wsgi.file_wrapper response handed to the loop: the wrapper (closed once, when sent or abandoned), its
+    file's descriptor, where to start and how much to send (the app's Content-Length, PEP 3333: no more than
+    that; None: to the end of the file)."""
+
+    __slots__ = ("count", "fd", "offset", "wrapper")
+
+    def __init__(self, wrapper: FileWrapper, fd: int, count: int | None) -> None:
+        self.wrapper: FileWrapper | None = wrapper
+        self.fd = fd
+        self.offset = 0
+        self.count = count
+
+    def message(self) -> dict[str, Any]:
+        return {"type": _ZEROCOPYSEND, "file": self.fd, "offset": self.offset, "count": self.count}
+
+    def close(self) -> None:
+        wrapper, self.wrapper = self.wrapper, None
+        if wrapper is not None:
+            _close(wrapper)
+
+
+def _regular_file_descriptor(filelike: Any) -> int | None:
+    """The descriptor of a regular file (sendfile() reads nothing else), or None: a pipe, a socket, a BytesIO
+    or an app's own file-like object whose fileno() fails are iterated instead."""
+    try:
+        fd = filelike.fileno()
+        if type(fd) is int and stat.S_ISREG(os.fstat(fd).st_mode) and hasattr(filelike, "tell"):
+            return fd
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both OSError and ValueError
+        pass
+    return None
+
+
+def _declared_length(headers: list[tuple[bytes, bytes]]) -> int | None:
+    for name, value in headers:
+        if name.lower() == b"content-length" and value.isdigit():
+            return int(value)
+    return None
+
+
+def _close_files(items: list[tuple[int, Any]]) -> None:
+    for kind, value in items:
+        if kind == _FILE:
+            value.close()
 
 
 def _close(result: Any) -> None:
@@ -391,28 +472,39 @@ async def _read_body(receive: Any, writer: BodyWriter) -> WSGIInput | None:
 async def _relay(pipe: _Pipe, send: Any) -> None:
     """Write what the app thread hands over, in order, with the connection's back-pressure."""
     while True:
-        for kind, value in await pipe.take():
-            if kind == _BODY:
-                await send({"type": "http.response.body", "body": value, "more_body": True})
-                pipe.written(len(value))
-            elif kind == _START:
-                await send({"type": "http.response.start", "status": value[0], "headers": value[1]})
-            elif kind == _WHOLE:
-                await send({"type": "http.response.start", "status": value[0], "headers": value[1]})
-                await send({"type": "http.response.body", "body": value[2], "more_body": False})
-                return
-            elif kind == _END:
-                await send({"type": "http.response.body", "body": value, "more_body": False})
-                return
-            else:
-                exc, headers_sent = value
-                if headers_sent:
-                    _log.error("WSGI response iterable raised midway: closing the connection", exc_info=exc)
-                    raise WSGIResponseAborted("response cut off") from None
-                _log.error("Exception in WSGI application", exc_info=exc)
-                await send({"type": "http.response.start", "status": 500, "headers": _ERROR_HEADERS})
-                await send({"type": "http.response.body", "body": _INTERNAL_ERROR})
-                return
+        items = await pipe.take()
+        try:
+            for kind, value in items:
+                if kind == _BODY:
+                    await send({"type": "http.response.body", "body": value, "more_body": True})
+                    pipe.written(len(value))
+                elif kind == _START:
+                    await send({"type": "http.response.start", "status": value[0], "headers": value[1]})
+                elif kind == _WHOLE:
+                    await send({"type": "http.response.start", "status": value[0], "headers": value[1]})
+                    await send({"type": "http.response.body", "body": value[2], "more_body": False})
+                    return
+                elif kind == _END:
+                    await send({"type": "http.response.body", "body": value, "more_body": False})
+                    return
+                elif kind == _FILE:
+                    try:
+                        await send(value.message())
+                    finally:
+                        value.close()
+                    return
+                else:
+                    exc, headers_sent = value
+                    if headers_sent:
+                        _log.error("WSGI response iterable raised midway: closing the connection", exc_info=exc)
+                        raise WSGIResponseAborted("response cut off") from None
+                    _log.error("Exception in WSGI application", exc_info=exc)
+                    await send({"type": "http.response.start", "status": 500, "headers": _ERROR_HEADERS})
+                    await send({"type": "http.response.body", "body": _INTERNAL_ERROR})
+                    return
+        except BaseException:
+            _close_files(items)  # a file handed over and never sent is still ours to close
+            raise
 
 
 async def _lifespan(receive: Any, send: Any) -> None:
