@@ -132,6 +132,7 @@ class H1Protocol(WriteFlowControl):
         "content_length",
         "cycle",
         "expect_continue",
+        "extensions",
         "field_limit",
         "head_bytes",
         "head_started",
@@ -149,7 +150,6 @@ class H1Protocol(WriteFlowControl):
         "server",
         "slice_above",
         "state",
-        "tls",
         "transfer_encoding",
         "transport",
         "trusted",
@@ -170,7 +170,9 @@ class H1Protocol(WriteFlowControl):
         self.client: tuple[str, int] | None = None
         self.server: tuple[str, int] | None = None
         self.scheme = "http"
-        self.tls: dict[str, Any] | None = None  # the ASGI "tls" extension, for TLS connections only
+        # The ASGI extensions of this connection's requests, made once: its scopes share this dict, so that
+        # offering them costs a request nothing (apps read it; a WebSocket handshake gives its scope a new one).
+        self.extensions: dict[str, Any] = {}
         # Whether responses may send files with sendfile(): the ASGI "http.response.zerocopysend" extension is
         # offered on plain connections only (a TLS connection's bytes must go through the TLS layer).
         self.zerocopy = False
@@ -240,9 +242,10 @@ class H1Protocol(WriteFlowControl):
         if ssl_object is not None:
             # connection_made comes after the handshake, so the peer's certificate is known: once per connection.
             self.scheme = "https"
-            self.tls = tls_extension(ssl_object)
-        else:
-            self.zerocopy = state.sendfile
+            self.extensions = {"tls": tls_extension(ssl_object)}
+        elif state.sendfile:
+            self.zerocopy = True
+            self.extensions = {_ZEROCOPYSEND: {}}
         trust = state.proxy_trust
         if trust is not None and trust.is_trusted(self.client[0] if self.client else None):
             self.trusted = True
@@ -613,7 +616,7 @@ class H1Protocol(WriteFlowControl):
             "query_string": query,
             "headers": self.headers,
             "state": state.app_state.copy(),
-            "extensions": {_ZEROCOPYSEND: {}} if self.zerocopy else {} if self.tls is None else {"tls": self.tls},
+            "extensions": self.extensions,
         }
         if self.proxy_seen:
             apply_proxy_headers(scope, state.proxy_trust)  # type: ignore[arg-type]  # ProxyHeaderError is a 400
