@@ -307,3 +307,18 @@ def test_a_client_that_leaves_mid_file_costs_no_traceback_and_the_worker_keeps_s
         assert wait_until(mark.exists, 10)  # the wrapper was closed though the file was never all sent
     assert client.get(server.url + "/extensions").status_code == 200
     assert "Traceback" not in server.stderr_text()
+
+
+@pytest.mark.parametrize("args", [(), ("--no-sendfile",)], ids=["sendfile", "no-sendfile"])
+def test_a_client_that_reads_none_of_a_file_is_cut_after_send_timeout(
+    serve: ServerFactory, client: httpx.Client, big_file: Path, args: tuple[str, ...]
+) -> None:
+    server = serve(ASGI, "--send-timeout", "1", *args)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: a small window
+    with sock:
+        sock.connect(("127.0.0.1", server.port))
+        sock.sendall(f"GET /whole?path={big_file} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        assert server.wait_for_stderr("client read nothing for over", timeout=10), server.stderr_text()
+    assert client.get(server.url + "/extensions").status_code == 200
+    assert "Traceback" not in server.stderr_text()
