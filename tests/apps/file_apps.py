@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,8 +22,8 @@ def send() -> Any:
 
 
 class MarkedFile:
-    """A file object of the app's own type that leaves a mark file when closed (PEP 3333: the server calls
-    the iterable's close(), which is the file's)."""
+    """A file object of the app's own type that, when closed, leaves a mark file naming the thread that closed
+    it (PEP 3333: the server calls the iterable's close(), which is the file's)."""
 
     def __init__(self, path: str, mark: str | None) -> None:
         self.file = open(path, "rb")  # noqa: SIM115 - closed by the server through the wrapper
@@ -43,7 +44,7 @@ class MarkedFile:
     def close(self) -> None:
         self.file.close()
         if self.mark:
-            Path(self.mark).write_text("closed")
+            Path(self.mark).write_text(threading.current_thread().name)
 
 
 def wsgi_files(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:

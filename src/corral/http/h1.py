@@ -24,9 +24,9 @@ its turn). Orthogonal facts stay flags: `writing_paused` (the transport's, for e
 (what `_update_reading`, the one place that pauses or resumes reading, last told the transport) and a
 request's own `keep_alive`.
 
-The request cycle talks to its connection only through: `state`, `loop`, `transport` (to write),
-`writing_paused` and `drain()` (write back-pressure), `reading_paused` with `body_consumed()` (read
-back-pressure), `response_complete()`, `answer_for_app()` and `abort_response()`.
+The request cycle talks to its connection only through: `state`, `loop`, `transport` (to write), `zerocopy`
+(whether files may go by sendfile()), `writing_paused` and `drain()` (write back-pressure), `reading_paused`
+with `body_consumed()` (read back-pressure), `response_complete()`, `answer_for_app()` and `abort_response()`.
 """
 
 from __future__ import annotations

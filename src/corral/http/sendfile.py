@@ -57,7 +57,8 @@ class FileRange:
 def file_range(file: Any, offset: Any, count: Any) -> FileRange:
     """The range a zerocopysend message asks for. `count` None means to the end of the file as it is now."""
     fd = file if type(file) is int else file.fileno()
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
+    status = os.fstat(fd)
+    if not stat.S_ISREG(status.st_mode):
         raise RuntimeError("http.response.zerocopysend needs a regular file")
     position_of = None
     if offset is None:
@@ -66,7 +67,7 @@ def file_range(file: Any, offset: Any, count: Any) -> FileRange:
     elif type(offset) is not int or offset < 0:
         raise RuntimeError(f"http.response.zerocopysend offset must be an int >= 0, got {offset!r}")
     if count is None:
-        count = max(0, os.fstat(fd).st_size - offset)
+        count = max(0, status.st_size - offset)
     elif type(count) is not int or count < 0:
         raise RuntimeError(f"http.response.zerocopysend count must be an int >= 0, got {count!r}")
     return FileRange(fd, offset, count, position_of)

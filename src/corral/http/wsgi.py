@@ -76,11 +76,11 @@ class _Threads:
         self.app = app
         self.loop = loop
         self.waker = _Waker(loop)
-        self.queue: SimpleQueue[_Call] = SimpleQueue()
+        self.queue: SimpleQueue[_Call | _Closing] = SimpleQueue()
         for index in range(size):
             threading.Thread(target=self._serve, name=f"corral-wsgi-{index}", daemon=True).start()
 
-    def submit(self, call: _Call) -> None:
+    def submit(self, call: _Call | _Closing) -> None:
         self.queue.put(call)
 
     def _serve(self) -> None:
@@ -186,14 +186,16 @@ class _Pipe:
                 self.gate, gate = None, self.gate
                 gate.release()
 
-    def abandon(self) -> None:
+    def abandon(self) -> list[tuple[int, Any]]:
+        """No more is taken: wake a thread waiting to hand over more. Returns what was handed over and never
+        taken (a file among it is still to be closed)."""
         with self.lock:
             self.abandoned = True
             if self.gate is not None:
                 self.gate, gate = None, self.gate
                 gate.release()
             left, self.items = self.items, []
-        _close_files(left)  # handed over, never taken: the file is ours to close
+        return left
 
 
 class _Call:
@@ -258,7 +260,7 @@ class _Call:
             handed.offset = wrapper.filelike.tell()  # PEP 3333: from the file's current position
             self.pipe.put(_FILE, handed)
         except BaseException:
-            handed.close()
+            _close(wrapper)
             raise
         return True
 
@@ -325,10 +327,25 @@ class _HandedFile:
     def message(self) -> dict[str, Any]:
         return {"type": _ZEROCOPYSEND, "file": self.fd, "offset": self.offset, "count": self.count}
 
-    def close(self) -> None:
+    def close_in(self, pool: _Threads) -> None:
+        """Have an app thread call the wrapper's close(), once."""
         wrapper, self.wrapper = self.wrapper, None
         if wrapper is not None:
-            _close(wrapper)
+            pool.submit(_Closing(wrapper))
+
+
+class _Closing:
+    """The close() of a wrapper the loop has sent, run in an app thread like the rest of the app's code: the
+    app may have made it its own (Django's sends request_finished, which may use the database), and it must
+    neither hold the event loop nor run there."""
+
+    __slots__ = ("wrapper",)
+
+    def __init__(self, wrapper: FileWrapper) -> None:
+        self.wrapper = wrapper
+
+    def run(self, app: Callable[..., Iterable[bytes]]) -> None:
+        _close(self.wrapper)
 
 
 def _regular_file_descriptor(filelike: Any) -> int | None:
@@ -350,10 +367,10 @@ def _declared_length(headers: list[tuple[bytes, bytes]]) -> int | None:
     return None
 
 
-def _close_files(items: list[tuple[int, Any]]) -> None:
+def _close_files(items: list[tuple[int, Any]], pool: _Threads) -> None:
     for kind, value in items:
         if kind == _FILE:
-            value.close()
+            value.close_in(pool)
 
 
 def _close(result: Any) -> None:
@@ -421,9 +438,9 @@ class WSGIApp:
             self._deadline_check = loop.call_later(DEADLINE_CHECK_SECONDS, self._check_deadlines, loop)
         pool.submit(call)
         try:
-            await _relay(pipe, send)  # once it returns, the thread has handed over its last message
+            await _relay(pipe, send, pool)  # once it returns, the thread has handed over its last message
         except BaseException:
-            pipe.abandon()  # wakes a thread still waiting to hand over more (client gone, cancelled)
+            _close_files(pipe.abandon(), pool)  # wakes a thread still waiting to hand over more (client gone, ...)
             raise
         finally:
             running.discard(call)
@@ -469,8 +486,9 @@ async def _read_body(receive: Any, writer: BodyWriter) -> WSGIInput | None:
             return writer.finish()
 
 
-async def _relay(pipe: _Pipe, send: Any) -> None:
-    """Write what the app thread hands over, in order, with the connection's back-pressure."""
+async def _relay(pipe: _Pipe, send: Any, pool: _Threads) -> None:
+    """Write what the app thread hands over, in order, with the connection's back-pressure. A file is closed
+    in an app thread once sent (`pool`)."""
     while True:
         items = await pipe.take()
         try:
@@ -491,7 +509,7 @@ async def _relay(pipe: _Pipe, send: Any) -> None:
                     try:
                         await send(value.message())
                     finally:
-                        value.close()
+                        value.close_in(pool)
                     return
                 else:
                     exc, headers_sent = value
@@ -503,7 +521,7 @@ async def _relay(pipe: _Pipe, send: Any) -> None:
                     await send({"type": "http.response.body", "body": _INTERNAL_ERROR})
                     return
         except BaseException:
-            _close_files(items)  # a file handed over and never sent is still ours to close
+            _close_files(items, pool)  # a file handed over and never sent is still ours to close
             raise
 
 
