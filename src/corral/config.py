@@ -575,6 +575,11 @@ def _optional_bool(raw: Any) -> bool | None:
     return None if raw is None else boolean(raw)
 
 
+def _on_unless_false(raw: Any) -> bool:
+    """Gunicorn's switches that are on unless set to false: None (its default) means on."""
+    return True if raw is None else boolean(raw)
+
+
 def existing_loop(raw: Any) -> str:
     value = choice("auto", "uvloop", "asyncio")(raw)
     if value == "uvloop" and importlib.util.find_spec("uvloop") is None:
@@ -880,9 +885,10 @@ SETTINGS: tuple[Setting, ...] = (
             cli=("--h11-max-incomplete-event-size",), metavar=_INT, uvicorn="h11_max_incomplete_event_size",
             ignored="corral parses with httptools; its request head is bounded by limit_request_line, "
                     "limit_request_fields and limit_request_field_size"),
-    Setting("sendfile", "HTTP", None, _optional_bool,
-            "Gunicorn's use of sendfile() (--no-sendfile turns it off).",
-            cli=("--no-sendfile",), kind="negflag", ignored="corral does not use sendfile()"),
+    Setting("sendfile", "HTTP", True, _on_unless_false,
+            "Send file responses (WSGI's wsgi.file_wrapper, ASGI's http.response.zerocopysend) with sendfile() "
+            "on plain connections; --no-sendfile reads and writes them instead. None (Gunicorn's default) is on.",
+            cli=("--no-sendfile",), kind="negflag"),
     Setting("tmp_upload_dir", "HTTP", None, optional_string,
             "Directory for WSGI request bodies too large to keep in memory (default: the system's temp dir)."),
     Setting("header_map", "HTTP", "drop", choice("drop", "refuse", "dangerous"),

@@ -518,6 +518,12 @@ def test_gunicorn_setting_without_use_in_corral_at_its_default_gives_no_warning(
     assert load(["-c", str(conf)]).warnings == ()
 
 
+def test_sendfile_is_on_unless_set_false_as_in_gunicorn(tmp_path):
+    assert load([]).sendfile is True
+    assert load(["--no-sendfile"]).sendfile is False
+    assert load(["-c", str(write_config(tmp_path, "sendfile = None\n"))]).sendfile is True  # Gunicorn's default
+
+
 def test_setting_that_cannot_apply_is_an_error_naming_it():
     assert load_error(["--paste", "app.ini"]).startswith("paste: not supported (")
 
@@ -747,7 +753,7 @@ def test_docs_page_lists_every_setting_with_its_status():
     text = docs.render_settings()
     for setting in SETTINGS:
         assert f"| `{setting.name}` |" in text
-    assert "Accepted and ignored: corral does not use sendfile()" in text
+    assert "Accepted and ignored: corral's heartbeats live in shared memory" in text
     assert "Not supported: corral does not daemonize" in text
 
 

@@ -358,7 +358,7 @@ def test_scope_is_complete() -> None:
         assert scope["client"] == ("127.0.0.1", 40000)
         assert scope["server"] == ("127.0.0.1", 8000)
         assert scope["state"] == {"db": 1}
-        assert scope["extensions"] == {}
+        assert scope["extensions"] == {"http.response.zerocopysend": {}}  # a plain connection, sendfile on
 
     run(main())
 

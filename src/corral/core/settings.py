@@ -105,7 +105,7 @@ class HttpSettings:
     limit_concurrency: int
     http: str
     h11_max_incomplete_event_size: int | None
-    sendfile: bool | None
+    sendfile: bool
     tmp_upload_dir: str | None
     header_map: str
     forwarder_headers: str

@@ -17,6 +17,7 @@ from time import perf_counter_ns
 from typing import TYPE_CHECKING, Any
 
 from corral.http.errors import ClientDisconnected, PayloadTooLarge, error_response
+from corral.http.sendfile import file_range, send_range, socket_fd
 
 if TYPE_CHECKING:
     from corral.http.h1 import H1Protocol
@@ -240,6 +241,8 @@ class RequestCycle:
             if self.response_started:
                 raise RuntimeError("ASGI app sent 'http.response.start' twice")
             self._start(message["status"], message.get("headers", ()))
+        elif kind == "http.response.zerocopysend":
+            await self._send_file(message)
         else:
             raise RuntimeError(f"unexpected ASGI message type {kind!r} on an http connection")
 
@@ -324,6 +327,14 @@ class RequestCycle:
             self.conn.transport.write(head + body)
             self._complete()
             return
+        self._write(self._frame_head(len(body), more_body), body, more_body)
+
+    def _frame_head(self, length: int, more_body: bool) -> bytes:
+        """Choose the body's framing now that its first part (of `length` bytes) is known, and finish the head."""
+        lines = self.head
+        assert lines is not None
+        framing = self.framing
+        content_length = self.content_length
         if framing == _LENGTH:
             if content_length is None:
                 if more_body:
@@ -333,7 +344,7 @@ class RequestCycle:
                         framing = _UNTIL_CLOSE
                         self.keep_alive = False
                 else:
-                    content_length = len(body)
+                    content_length = length
                     lines.append(b"content-length: %d\r\n" % content_length)
             else:
                 lines.append(b"content-length: %d\r\n" % content_length)
@@ -343,7 +354,7 @@ class RequestCycle:
             if content_length is not None:
                 lines.append(b"content-length: %d\r\n" % content_length)
             elif not more_body:
-                lines.append(b"content-length: %d\r\n" % len(body))
+                lines.append(b"content-length: %d\r\n" % length)
         if framing == _CHUNKED:
             if self.scope["http_version"] == "1.1":
                 lines.append(b"transfer-encoding: chunked\r\n")
@@ -352,11 +363,11 @@ class RequestCycle:
                 self.keep_alive = False
         self.framing = framing
         self.content_length = content_length
-        if not more_body and framing == _LENGTH and len(body) != content_length:
+        if not more_body and framing == _LENGTH and length != content_length:
             self.keep_alive = False  # the body is short: closing tells the client it is incomplete
         head = self._finish_head(lines)
         self.head = None
-        self._write(head, body, more_body)
+        return head
 
     def _write(self, head: bytes, body: bytes, more_body: bool) -> None:
         framing = self.framing
@@ -393,6 +404,47 @@ class RequestCycle:
             if framing == _LENGTH and self.response_bytes != self.content_length:
                 self.keep_alive = False
             self._complete()
+
+    async def _send_file(self, message: dict[str, Any]) -> None:
+        """The ASGI zero-copy send extension: a range of a file as the next part of the body, framed like one
+        `http.response.body` of that many bytes, sent by http/sendfile.py (zero copy where the connection
+        advertised the extension, else read and written in blocks)."""
+        if not self.response_started:
+            raise RuntimeError("ASGI app sent 'http.response.zerocopysend' before 'http.response.start'")
+        if self.response_complete:
+            raise RuntimeError("ASGI app sent 'http.response.zerocopysend' after the response was complete")
+        span = file_range(message["file"], message.get("offset"), message.get("count"))
+        more_body = message.get("more_body", False)
+        head = self._frame_head(span.count, more_body) if self.head is not None else b""
+        framing = self.framing
+        content_length = self.content_length
+        if framing == _LENGTH and content_length is not None and self.response_bytes + span.count > content_length:
+            self.keep_alive = False
+            raise RuntimeError("ASGI app sent more body than its Content-Length header declared")
+        conn = self.conn
+        self.release_held()  # parts streamed before, during the app's eager step, go first
+        if framing == _CHUNKED and span.count:
+            head += b"%x\r\n" % span.count
+        if head:
+            conn.transport.write(head)
+        if framing != _NO_BODY and span.count:
+            try:
+                await send_range(conn, span, socket_fd(conn.transport) if conn.zerocopy else None)
+            finally:
+                self.response_bytes += span.sent
+            span.advance_position()
+            if span.sent < span.count and framing == _CHUNKED:
+                raise RuntimeError("the file of an http.response.zerocopysend ended before its count")
+        if framing == _CHUNKED:
+            tail = (b"\r\n" if span.count else b"") + (b"" if more_body else b"0\r\n\r\n")
+            if tail:
+                conn.transport.write(tail)
+        if not more_body:
+            if framing == _LENGTH and self.response_bytes != content_length:
+                self.keep_alive = False
+            self._complete()
+        elif conn.writing_paused:
+            await conn.drain()
 
     def _hold(self, data: bytes) -> None:
         held = self.held

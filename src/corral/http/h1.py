@@ -24,9 +24,9 @@ its turn). Orthogonal facts stay flags: `writing_paused` (the transport's, for e
 (what `_update_reading`, the one place that pauses or resumes reading, last told the transport) and a
 request's own `keep_alive`.
 
-The request cycle talks to its connection only through: `state`, `loop`, `transport` (to write),
-`writing_paused` and `drain()` (write back-pressure), `reading_paused` with `body_consumed()` (read
-back-pressure), `response_complete()`, `answer_for_app()` and `abort_response()`.
+The request cycle talks to its connection only through: `state`, `loop`, `transport` (to write), `zerocopy`
+(whether files may go by sendfile()), `writing_paused` and `drain()` (write back-pressure), `reading_paused`
+with `body_consumed()` (read back-pressure), `response_complete()`, `answer_for_app()` and `abort_response()`.
 """
 
 from __future__ import annotations
@@ -112,6 +112,7 @@ _EXPECT = b"expect"
 _TRANSFER_ENCODING = b"transfer-encoding"
 _CONTENT_LENGTH = b"content-length"
 _UPGRADE = b"upgrade"
+_ZEROCOPYSEND = "http.response.zerocopysend"
 _FORBIDDEN_TRAILERS = frozenset({_HOST, _TRANSFER_ENCODING, _CONTENT_LENGTH})
 # Bytes a request-target may not contain though llhttp lets them through (RFC 9112 3.2, RFC 3986).
 _TARGET_FORBIDDEN = re.compile(rb'[#"\x80-\xff]')
@@ -131,6 +132,7 @@ class H1Protocol(WriteFlowControl):
         "content_length",
         "cycle",
         "expect_continue",
+        "extensions",
         "field_limit",
         "head_bytes",
         "head_started",
@@ -148,7 +150,6 @@ class H1Protocol(WriteFlowControl):
         "server",
         "slice_above",
         "state",
-        "tls",
         "transfer_encoding",
         "transport",
         "trusted",
@@ -157,6 +158,7 @@ class H1Protocol(WriteFlowControl):
         "url",
         "watched",
         "websocket_upgrade",
+        "zerocopy",
     )
 
     def __init__(self, state: ServerState) -> None:
@@ -168,7 +170,12 @@ class H1Protocol(WriteFlowControl):
         self.client: tuple[str, int] | None = None
         self.server: tuple[str, int] | None = None
         self.scheme = "http"
-        self.tls: dict[str, Any] | None = None  # the ASGI "tls" extension, for TLS connections only
+        # The ASGI extensions of this connection's requests, made once; each scope gets a copy, as an app (or
+        # its middleware) may add to its own. A WebSocket handshake's scope gets its own, without zerocopysend.
+        self.extensions: dict[str, Any] = {}
+        # Whether responses may send files with sendfile(): the ASGI "http.response.zerocopysend" extension is
+        # offered on plain connections only (a TLS connection's bytes must go through the TLS layer).
+        self.zerocopy = False
         self.trusted = False
         self.watched = state.watched
         self.field_limit = state.limit_request_field_size - 4  # a field line counts ": " and CRLF too
@@ -235,7 +242,10 @@ class H1Protocol(WriteFlowControl):
         if ssl_object is not None:
             # connection_made comes after the handshake, so the peer's certificate is known: once per connection.
             self.scheme = "https"
-            self.tls = tls_extension(ssl_object)
+            self.extensions = {"tls": tls_extension(ssl_object)}
+        elif state.sendfile:
+            self.zerocopy = True
+            self.extensions = {_ZEROCOPYSEND: {}}
         trust = state.proxy_trust
         if trust is not None and trust.is_trusted(self.client[0] if self.client else None):
             self.trusted = True
@@ -592,7 +602,7 @@ class H1Protocol(WriteFlowControl):
         if state.root_path:
             path = state.root_path + path
             raw_path = state.root_path_bytes + raw_path
-        scope = {
+        scope: dict[str, Any] = {
             "type": "http",
             "asgi": _ASGI_VERSION,
             "http_version": version,
@@ -606,7 +616,7 @@ class H1Protocol(WriteFlowControl):
             "query_string": query,
             "headers": self.headers,
             "state": state.app_state.copy(),
-            "extensions": {} if self.tls is None else {"tls": self.tls},
+            "extensions": self.extensions.copy(),  # the app may add to its own
         }
         if self.proxy_seen:
             apply_proxy_headers(scope, state.proxy_trust)  # type: ignore[arg-type]  # ProxyHeaderError is a 400

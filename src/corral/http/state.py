@@ -89,6 +89,7 @@ class ServerState:
         "root_path",
         "root_path_bytes",
         "send_timeout",
+        "sendfile",
         "server_line",
         "shed_candidates",
         "shed_scan_at",
@@ -132,6 +133,7 @@ class ServerState:
         self.header_timeout = security.header_timeout
         self.body_timeout = security.body_timeout
         self.send_timeout = security.send_timeout
+        self.sendfile = http.sendfile  # file responses go by os.sendfile() on plain connections
         # 0 means unlimited, as in Gunicorn.
         self.limit_request_line = security.limit_request_line or 1 << 62
         self.limit_request_fields = security.limit_request_fields or 1 << 62

@@ -118,7 +118,10 @@ def websocket_scope(scope: dict[str, Any], handshake: Handshake) -> dict[str, An
     scope["scheme"] = "wss" if scope["scheme"] == "https" else "ws"
     del scope["method"]
     scope["subprotocols"] = handshake.subprotocols
-    scope["extensions"]["websocket.http.response"] = {}  # beside "tls" on a TLS connection
+    # A new dict: the connection's requests share theirs. The HTTP response extension does not apply; "tls" does.
+    extensions = {name: value for name, value in scope["extensions"].items() if name != "http.response.zerocopysend"}
+    extensions["websocket.http.response"] = {}
+    scope["extensions"] = extensions
     return scope
 
 

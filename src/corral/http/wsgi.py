@@ -23,6 +23,7 @@ import logging
 import math
 import os
 import signal
+import stat
 import threading
 import time
 from collections import deque
@@ -32,7 +33,15 @@ from typing import Any
 
 from corral.core.settings import HttpSettings, WorkerSettings
 from corral.http.errors import ClientDisconnected
-from corral.http.wsgi_environ import BodyBudget, BodyWriter, ErrorStream, WSGIInput, build_environ, has_body
+from corral.http.wsgi_environ import (
+    BodyBudget,
+    BodyWriter,
+    ErrorStream,
+    FileWrapper,
+    WSGIInput,
+    build_environ,
+    has_body,
+)
 
 __all__ = ["MEMORY_BODIES_BYTES", "PIPE_HIGH_WATER", "SPOOL_BYTES", "WSGIApp", "serving_interface", "wsgi_threads"]
 
@@ -59,6 +68,7 @@ _BODY = 1  # bytes
 _END = 2  # bytes: the last body bytes
 _ERROR = 3  # (exception, headers_were_sent)
 _WHOLE = 4  # (status, headers, body): a response the app gave all at once, handed over in one step
+_FILE = 5  # _HandedFile: the rest of the response is a file, sent by the loop (zero copy), which closes it
 
 
 class WSGIResponseAborted(ClientDisconnected):
@@ -79,11 +89,11 @@ class _Threads:
         self.app = app
         self.loop = loop
         self.waker = _Waker(loop)
-        self.queue: SimpleQueue[_Call] = SimpleQueue()
+        self.queue: SimpleQueue[_Call | _Closing] = SimpleQueue()
         for index in range(size):
             threading.Thread(target=self._serve, name=f"corral-wsgi-{index}", daemon=True).start()
 
-    def submit(self, call: _Call) -> None:
+    def submit(self, call: _Call | _Closing) -> None:
         self.queue.put(call)
 
     def _serve(self) -> None:
@@ -189,12 +199,16 @@ class _Pipe:
                 self.gate, gate = None, self.gate
                 gate.release()
 
-    def abandon(self) -> None:
+    def abandon(self) -> list[tuple[int, Any]]:
+        """No more is taken: wake a thread waiting to hand over more. Returns what was handed over and never
+        taken (a file among it is still to be closed)."""
         with self.lock:
             self.abandoned = True
             if self.gate is not None:
                 self.gate, gate = None, self.gate
                 gate.release()
+            left, self.items = self.items, []
+        return left
 
 
 class _Response:
@@ -259,7 +273,7 @@ class _Call(_Response):
             result = app(self.environ, self.start_response)
             if type(result) is list and len(result) <= 1:  # the usual answer: one body, one hand-over, no close()
                 self._end(result[0] if result else b"")
-            else:
+            elif type(result) is not FileWrapper or not self._hand_over_file(result):
                 try:
                     for chunk in result:
                         if chunk:
@@ -276,6 +290,24 @@ class _Call(_Response):
                 _log.debug("WSGI app raised after the client went away: %r", exc)
         finally:
             self.body.close()
+
+    def _hand_over_file(self, wrapper: FileWrapper) -> bool:
+        """Give the loop our wsgi.file_wrapper's file to send with zero copy (PEP 3333's "using sendfile for
+        files"): only a regular file with a descriptor, and only where the connection offers zero-copy sends.
+        False: the wrapper is iterated as any iterable is. From here on the loop closes it."""
+        fd = _zero_copy_descriptor(self.environ, wrapper)
+        if fd is None:
+            return False
+        handed = _HandedFile(wrapper, fd, _declared_length(self.headers))
+        try:
+            if not self.headers_sent:
+                self._send_headers()
+            handed.offset = wrapper.filelike.tell()  # PEP 3333: from the file's current position
+            self.pipe.put(_FILE, handed)
+        except BaseException:
+            _close(wrapper)
+            raise
+        return True
 
     def write(self, data: bytes) -> None:
         """PEP 3333's write(): also how the iterable's chunks go out. Blocks while the pipe is full."""
@@ -336,10 +368,7 @@ class _InlineCall(_Response):
         return body
 
     def declared_length(self) -> int | None:
-        for name, value in self.headers:
-            if len(name) == 14 and name.lower() == b"content-length":
-                return int(value) if value.isdigit() else None
-        return None
+        return _declared_length(self.headers)
 
 
 def _in_app(function: Callable[..., Any], *args: Any) -> Any:
@@ -351,6 +380,80 @@ def _in_app(function: Callable[..., Any], *args: Any) -> Any:
         return function(*args)
     finally:
         _set_running_loop(loop)
+
+
+_ZEROCOPYSEND = "http.response.zerocopysend"
+
+
+class _HandedFile:
+    """A wsgi.file_wrapper response handed to the loop: the wrapper (closed once, when sent or abandoned), its
+    file's descriptor, where to start and how much to send (the app's Content-Length, PEP 3333: no more than
+    that; None: to the end of the file)."""
+
+    __slots__ = ("count", "fd", "offset", "wrapper")
+
+    def __init__(self, wrapper: FileWrapper, fd: int, count: int | None) -> None:
+        self.wrapper: FileWrapper | None = wrapper
+        self.fd = fd
+        self.offset = 0
+        self.count = count
+
+    def message(self) -> dict[str, Any]:
+        return {"type": _ZEROCOPYSEND, "file": self.fd, "offset": self.offset, "count": self.count}
+
+    def close_in(self, pool: _Threads) -> None:
+        """Have an app thread call the wrapper's close(), once."""
+        wrapper, self.wrapper = self.wrapper, None
+        if wrapper is not None:
+            pool.submit(_Closing(wrapper))
+
+
+class _Closing:
+    """The close() of a wrapper the loop has sent, run in an app thread like the rest of the app's code: the
+    app may have made it its own (Django's sends request_finished, which may use the database), and it must
+    neither hold the event loop nor run there."""
+
+    __slots__ = ("wrapper",)
+
+    def __init__(self, wrapper: FileWrapper) -> None:
+        self.wrapper = wrapper
+
+    def run(self, app: Callable[..., Iterable[bytes]]) -> None:
+        _close(self.wrapper)
+
+
+def _zero_copy_descriptor(environ: dict[str, Any], wrapper: FileWrapper) -> int | None:
+    """The descriptor to send our wsgi.file_wrapper's file from with zero copy, or None: not a regular file, or
+    the connection does not offer zero-copy sends (TLS, --no-sendfile)."""
+    scope = environ.get("asgi.scope")
+    if scope is None or _ZEROCOPYSEND not in scope["extensions"]:
+        return None
+    return _regular_file_descriptor(wrapper.filelike)
+
+
+def _regular_file_descriptor(filelike: Any) -> int | None:
+    """The descriptor of a regular file (sendfile() reads nothing else), or None: a pipe, a socket, a BytesIO
+    or an app's own file-like object whose fileno() fails are iterated instead."""
+    try:
+        fd = filelike.fileno()
+        if type(fd) is int and stat.S_ISREG(os.fstat(fd).st_mode) and hasattr(filelike, "tell"):
+            return fd
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both OSError and ValueError
+        pass
+    return None
+
+
+def _declared_length(headers: list[tuple[bytes, bytes]]) -> int | None:
+    for name, value in headers:
+        if name.lower() == b"content-length" and value.isdigit():
+            return int(value)
+    return None
+
+
+def _close_files(items: list[tuple[int, Any]], pool: _Threads) -> None:
+    for kind, value in items:
+        if kind == _FILE:
+            value.close_in(pool)
 
 
 def _close(result: Any) -> None:
@@ -472,6 +575,11 @@ class WSGIApp:
             await send(call.head())
             await send({"type": "http.response.body", "body": body})
             return
+        if type(result) is FileWrapper:
+            fd = _zero_copy_descriptor(environ, result)
+            if fd is not None:
+                await self._send_file_inline(call, result, fd, send)
+                return
         try:
             await _stream_inline(call, result, send)
         finally:
@@ -480,6 +588,47 @@ class WSGIApp:
             finally:
                 call.body.close()
                 turn.release()
+
+    async def _send_file_inline(self, call: _InlineCall, wrapper: FileWrapper, fd: int, send: Any) -> None:
+        """Send our wsgi.file_wrapper's file with zero copy, out of the app's turn (a slow download holds up no
+        other request), then close the wrapper in a turn of its own: its close() is the app's code."""
+        turn = self._turn
+        try:
+            if call.status is None:
+                raise AssertionError("WSGI app returned without calling start_response")
+            offset = _in_app(wrapper.filelike.tell)  # PEP 3333: from the file's current position
+        except Exception as exc:
+            turn.release()
+            call.body.close()
+            await self._close_in_turn(wrapper)
+            await _app_failed(exc, call.headers_sent, send)
+            return
+        turn.release()
+        call.body.close()
+        try:
+            for message in call.written:
+                await send(message)
+            if not call.headers_sent:
+                call.headers_sent = True
+                await send(call.head())
+            await send({"type": _ZEROCOPYSEND, "file": fd, "offset": offset, "count": call.declared_length()})
+        finally:
+            await self._close_in_turn(wrapper)
+
+    async def _close_in_turn(self, result: Any) -> None:
+        turn = self._turn
+        if turn.busy:
+            try:
+                await turn.wait()
+            except asyncio.CancelledError:
+                _in_app(_close, result)  # a file left open would outlive the request: close it out of turn
+                raise
+        else:
+            turn.busy = True
+        try:
+            _in_app(_close, result)
+        finally:
+            turn.release()
 
     async def _call_in_thread(self, environ: dict[str, Any], send: Any) -> None:
         pool = self._pool or self._start_pool()
@@ -492,9 +641,9 @@ class WSGIApp:
             self._deadline_check = loop.call_later(DEADLINE_CHECK_SECONDS, self._check_deadlines, loop)
         pool.submit(call)
         try:
-            await _relay(pipe, send)  # once it returns, the thread has handed over its last message
+            await _relay(pipe, send, pool)  # once it returns, the thread has handed over its last message
         except BaseException:
-            pipe.abandon()  # wakes a thread still waiting to hand over more (client gone, cancelled)
+            _close_files(pipe.abandon(), pool)  # wakes a thread still waiting to hand over more (client gone, ...)
             raise
         finally:
             running.discard(call)
@@ -540,26 +689,38 @@ async def _read_body(receive: Any, writer: BodyWriter) -> WSGIInput | None:
             return writer.finish()
 
 
-async def _relay(pipe: _Pipe, send: Any) -> None:
-    """Write what the app thread hands over, in order, with the connection's back-pressure."""
+async def _relay(pipe: _Pipe, send: Any, pool: _Threads) -> None:
+    """Write what the app thread hands over, in order, with the connection's back-pressure. A file is closed
+    in an app thread once sent (`pool`)."""
     while True:
-        for kind, value in await pipe.take():
-            if kind == _BODY:
-                await send({"type": "http.response.body", "body": value, "more_body": True})
-                pipe.written(len(value))
-            elif kind == _START:
-                await send({"type": "http.response.start", "status": value[0], "headers": value[1]})
-            elif kind == _WHOLE:
-                await send({"type": "http.response.start", "status": value[0], "headers": value[1]})
-                await send({"type": "http.response.body", "body": value[2], "more_body": False})
-                return
-            elif kind == _END:
-                await send({"type": "http.response.body", "body": value, "more_body": False})
-                return
-            else:
-                exc, headers_sent = value
-                await _app_failed(exc, headers_sent, send)
-                return
+        items = await pipe.take()
+        try:
+            for kind, value in items:
+                if kind == _BODY:
+                    await send({"type": "http.response.body", "body": value, "more_body": True})
+                    pipe.written(len(value))
+                elif kind == _START:
+                    await send({"type": "http.response.start", "status": value[0], "headers": value[1]})
+                elif kind == _WHOLE:
+                    await send({"type": "http.response.start", "status": value[0], "headers": value[1]})
+                    await send({"type": "http.response.body", "body": value[2], "more_body": False})
+                    return
+                elif kind == _END:
+                    await send({"type": "http.response.body", "body": value, "more_body": False})
+                    return
+                elif kind == _FILE:
+                    try:
+                        await send(value.message())
+                    finally:
+                        value.close_in(pool)
+                    return
+                else:
+                    exc, headers_sent = value
+                    await _app_failed(exc, headers_sent, send)
+                    return
+        except BaseException:
+            _close_files(items, pool)  # a file handed over and never sent is still ours to close
+            raise
 
 
 async def _stream_inline(call: _InlineCall, result: Iterable[bytes], send: Any) -> None:
