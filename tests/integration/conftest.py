@@ -166,7 +166,9 @@ def _wait_ready(server: Server) -> None:
             raise RuntimeError(
                 f"corral exited with {server.proc.returncode} before accepting connections:\n" + server.stderr_text()
             )
-        if server.accepts_connections():
+        # The master listens before it forks: a worker must exist too, or a test that looks at the workers
+        # straight away (child_pids) would race with their start.
+        if server.accepts_connections() and child_pids(server.proc.pid):
             return
         time.sleep(0.05)
     server.stop()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import re
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -238,9 +239,10 @@ def test_a_websocket_open_before_the_crash_loop_stays_open_and_its_worker_keeps_
         ws.send("hello")
         holder = int(ws.recv(timeout=5).split()[0])
         crashes = 0
-        for _ in range(40):
-            if crashes == CRASHES_TO_DECLARE:
-                break
+        # Only connections the other worker accepts crash it, and a busy machine can give the holder many in a
+        # row: keep asking for a while rather than a fixed number of times (the crashes must fall within 10 s).
+        deadline = time.monotonic() + 8.0
+        while crashes < CRASHES_TO_DECLARE and time.monotonic() < deadline:
             if not exchange(server.port, CRASH).final_responses():
                 crashes += 1
                 wait_for_ready_workers(server, 2)
