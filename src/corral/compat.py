@@ -36,10 +36,12 @@ SETTING_DIFFERENCES: dict[str, str] = {
     "so the workers fit the memory limit.",
     "worker_class": "Every Uvicorn worker name (`uvicorn.workers.UvicornWorker`, `uvicorn_worker.UvicornWorker`, "
     "`uvicorn.workers.UvicornH11Worker`) means corral's own worker; `sync` and `gthread` too (for a WSGI "
-    "app, `sync` runs one request at a time and `gthread` `threads` at once, while the event loop reads "
-    "requests and writes responses); an ASGI app is served as ASGI whatever the class. `gevent`, "
+    "app, `sync` runs one request at a time, on the worker's event-loop thread, and `gthread` `threads` at "
+    "once in a pool, while the event loop reads requests and writes responses); an ASGI app is served as ASGI "
+    "whatever the class. `gevent`, "
     "`eventlet` and other classes are refused in one line.",
-    "threads": "Threads running a WSGI app per worker (1 with `-k sync`); no effect on ASGI apps.",
+    "threads": "Requests running a WSGI app at once per worker (1 with `-k sync`: then on the event-loop "
+    "thread, else in a pool of threads); no effect on ASGI apps.",
     "tmp_upload_dir": "Where WSGI request bodies over 1 MiB are kept until the app reads them.",
     "proxy_protocol": "v1 and v2 (LOCAL, TLVs skipped); a peer in proxy_allow_ips must send the header (400 "
     "without one; Gunicorn serves it); a header from any other peer gets 403; not with TLS (exit 2).",

@@ -817,7 +817,8 @@ SETTINGS: tuple[Setting, ...] = (
             "Maximum simultaneous connections per worker; over the cap new ones are refused.",
             cli=("--worker-connections",), metavar=_INT),
     Setting("threads", "Worker Processes", 1, integer(minimum=1),
-            "Threads running a WSGI app per worker (at most this many requests in the app at once; sync: 1).",
+            "Requests running a WSGI app at once per worker; 1 (and sync) runs it on the worker's event-loop "
+            "thread, more in a pool of this many threads.",
             cli=("--threads",), metavar=_INT),
     Setting("timeout", "Worker Processes", 30.0, seconds(),
             "Kill (with a traceback) and replace a worker whose event loop is silent this long; 0: off.",

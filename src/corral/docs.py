@@ -141,7 +141,7 @@ corral main:app -c gunicorn.conf.py -w 4
 - `GUNICORN_CMD_ARGS` is read when `CORRAL_CMD_ARGS` is unset; `WEB_CONCURRENCY`, `PORT` and
   `FORWARDED_ALLOW_IPS` mean what they mean to Gunicorn.
 - A Gunicorn setting corral has no use for (`worker_tmp_dir`, `spew`, ...) is accepted with a
-  one-line warning naming it; one that cannot work (`daemon`, `paste`, a `sync` worker class) stops corral at
+  one-line warning naming it; one that cannot work (`daemon`, `paste`, a `gevent` worker class) stops corral at
   start with one line and exit status 2. Nothing is ignored silently.
 - systemd units keep working: `Type=notify` is supported (see [deployment.md](deployment.md)), as are
   `ExecReload=kill -HUP $MAINPID` and socket activation.
