@@ -889,7 +889,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("sendfile", "HTTP", True, _on_unless_false,
             "Send file responses (WSGI's wsgi.file_wrapper, ASGI's http.response.zerocopysend) with sendfile() "
             "on plain connections; --no-sendfile reads and writes them instead. None (Gunicorn's default) is on.",
-            cli=("--no-sendfile",), kind="negflag"),
+            cli=("--no-sendfile",), env="SENDFILE", kind="negflag"),
     Setting("tmp_upload_dir", "HTTP", None, optional_string,
             "Directory for WSGI request bodies too large to keep in memory (default: the system's temp dir)."),
     Setting("header_map", "HTTP", "drop", choice("drop", "refuse", "dangerous"),

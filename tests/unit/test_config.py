@@ -518,6 +518,14 @@ def test_gunicorn_setting_without_use_in_corral_at_its_default_gives_no_warning(
     assert load(["-c", str(conf)]).warnings == ()
 
 
+def test_sendfile_env_var_replaces_the_default_as_in_gunicorn(tmp_path):
+    assert load([], {"SENDFILE": "0"}).sendfile is False
+    assert load([], {"SENDFILE": "yes"}).sendfile is True
+    conf = write_config(tmp_path, "sendfile = True\n")
+    assert load(["-c", str(conf)], {"SENDFILE": "0"}).sendfile is True  # a config file still wins
+    assert load_error([], {"SENDFILE": "maybe"}).startswith("sendfile: ")
+
+
 def test_sendfile_is_on_unless_set_false_as_in_gunicorn(tmp_path):
     assert load([]).sendfile is True
     assert load(["--no-sendfile"]).sendfile is False
