@@ -50,6 +50,8 @@ class Harness:
 
     @property
     def output(self) -> bytes:
+        """What is on the wire at the end of this loop iteration (finished responses are written then)."""
+        self.state.write_held_outputs()
         return bytes(self.transport.written)
 
 
@@ -510,5 +512,37 @@ def test_a_connection_closed_with_everything_sent_leaves_at_once() -> None:
         h.feed(b"GET /a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         assert h.transport.closed
         assert h.protocol not in h.state.connections
+
+    run(main())
+
+
+def test_finished_responses_are_written_together_at_the_end_of_the_loop_iteration() -> None:
+    async def main() -> None:
+        first, second = Harness(hello), Harness(hello)
+        second.state = first.state
+        second.protocol = H1Protocol(first.state)
+        second.protocol.connection_made(second.transport)
+        first.feed(b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\n")
+        second.feed(b"GET /2 HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert not first.transport.written and not second.transport.written  # held for the iteration's end
+        await asyncio.sleep(0)
+        assert bytes(first.transport.written).endswith(b"hello /1")
+        assert bytes(second.transport.written).endswith(b"hello /2")
+
+    run(main())
+
+
+def test_a_held_response_goes_out_before_the_close_and_before_a_refusal_behind_it() -> None:
+    async def main() -> None:
+        h = Harness(hello)
+        h.feed(b"GET /a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert h.transport.closed
+        assert bytes(h.transport.written).endswith(b"hello /a")  # written before the close, not dropped
+        h = Harness(hello)
+        h.feed(b"GET /b HTTP/1.1\r\nHost: x\r\n\r\nBAD REQUEST LINE\r\n\r\n")
+        await h.settle()
+        output = bytes(h.transport.written)
+        assert output.startswith(b"HTTP/1.1 200 OK") and b"hello /b" in output
+        assert output.index(b"hello /b") < output.index(b"HTTP/1.1 501")  # "BAD" is no method
 
     run(main())

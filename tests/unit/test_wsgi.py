@@ -69,6 +69,8 @@ class Harness:
 
     @property
     def output(self) -> bytes:
+        """What is on the wire at the end of this loop iteration (finished responses are written then)."""
+        self.state.write_held_outputs()
         return bytes(self.transport.written)
 
 

@@ -324,7 +324,7 @@ class RequestCycle:
             head = self._finish_head(lines)
             self.head = None
             self.response_bytes = len(body)
-            self.conn.transport.write(head + body)
+            self.conn.hold_output(head + body)  # written at the end of the loop iteration, with the others
             self._complete()
             return
         self._write(self._frame_head(len(body), more_body), body, more_body)

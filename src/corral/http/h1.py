@@ -137,6 +137,7 @@ class H1Protocol(WriteFlowControl):
         "head_bytes",
         "head_started",
         "headers",
+        "held_output",
         "host_count",
         "idle_since",
         "loop",
@@ -176,6 +177,9 @@ class H1Protocol(WriteFlowControl):
         # Whether responses may send files with sendfile(): the ASGI "http.response.zerocopysend" extension is
         # offered on plain connections only (a TLS connection's bytes must go through the TLS layer).
         self.zerocopy = False
+        # A finished response waiting for the end of the loop iteration (state.hold_output); b"" when none.
+        # Anything else written or closed on this connection writes it first (write_held), so order holds.
+        self.held_output = b""
         self.trusted = False
         self.watched = state.watched
         self.field_limit = state.limit_request_field_size - 4  # a field line counts ": " and CRLF too
@@ -639,7 +643,25 @@ class H1Protocol(WriteFlowControl):
 
     # --- running requests -----------------------------------------------------------------------
 
+    def hold_output(self, data: bytes) -> None:
+        """Write the last bytes of a finished response at the end of this loop iteration (state.hold_output)."""
+        if self.held_output:
+            self.held_output += data
+        else:
+            self.held_output = data
+            self.state.hold_output(self)
+
+    def write_held(self) -> None:
+        data = self.held_output
+        if data:
+            self.held_output = b""
+            transport = self.transport
+            if not transport.is_closing():  # lost or aborted meanwhile: nobody to send it to
+                transport.write(data)
+
     def _start_next(self) -> None:
+        if self.held_output:
+            self.write_held()
         item = self.queue.popleft()
         if type(item) is not RequestCycle:
             self._start_other(item)
@@ -723,6 +745,7 @@ class H1Protocol(WriteFlowControl):
             elif parsing in self.queue:
                 self.queue.remove(parsing)
         if self.cycle is None and not self.queue:
+            self.write_held()
             self.transport.write(response)
             self._close()
         else:
@@ -769,6 +792,7 @@ class H1Protocol(WriteFlowControl):
 
     def _close(self) -> None:
         if not self.closing:
+            self.write_held()
             self._advance("close")
             transport = self.transport
             if transport.get_write_buffer_size():
