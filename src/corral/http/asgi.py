@@ -17,7 +17,7 @@ from time import perf_counter_ns
 from typing import TYPE_CHECKING, Any
 
 from corral.http.errors import ClientDisconnected, PayloadTooLarge, error_response
-from corral.http.sendfile import file_range, send_range, socket_fd
+from corral.http.sendfile import ZEROCOPYSEND, file_range, send_range, socket_fd
 
 if TYPE_CHECKING:
     from corral.http.h1 import H1Protocol
@@ -241,7 +241,7 @@ class RequestCycle:
             if self.response_started:
                 raise RuntimeError("ASGI app sent 'http.response.start' twice")
             self._start(message["status"], message.get("headers", ()))
-        elif kind == "http.response.zerocopysend":
+        elif kind == ZEROCOPYSEND:
             await self._send_file(message)
         else:
             raise RuntimeError(f"unexpected ASGI message type {kind!r} on an http connection")

@@ -56,6 +56,7 @@ from corral.http.errors import (
 from corral.http.flow import WriteFlowControl
 from corral.http.ledger import Refusal
 from corral.http.proxy import apply_proxy_headers
+from corral.http.sendfile import ZEROCOPYSEND
 from corral.http.state import ServerState
 from corral.logging import RequestIds
 from corral.tls import tls_extension
@@ -112,7 +113,6 @@ _EXPECT = b"expect"
 _TRANSFER_ENCODING = b"transfer-encoding"
 _CONTENT_LENGTH = b"content-length"
 _UPGRADE = b"upgrade"
-_ZEROCOPYSEND = "http.response.zerocopysend"
 _FORBIDDEN_TRAILERS = frozenset({_HOST, _TRANSFER_ENCODING, _CONTENT_LENGTH})
 # Bytes a request-target may not contain though llhttp lets them through (RFC 9112 3.2, RFC 3986).
 _TARGET_FORBIDDEN = re.compile(rb'[#"\x80-\xff]')
@@ -249,7 +249,7 @@ class H1Protocol(WriteFlowControl):
             self.extensions = {"tls": tls_extension(ssl_object)}
         elif state.sendfile:
             self.zerocopy = True
-            self.extensions = {_ZEROCOPYSEND: {}}
+            self.extensions = {ZEROCOPYSEND: {}}
         trust = state.proxy_trust
         if trust is not None and trust.is_trusted(self.client[0] if self.client else None):
             self.trusted = True

@@ -24,8 +24,10 @@ from typing import Any
 from corral.http.errors import ClientDisconnected
 from corral.http.flow import WriteFlowControl
 
-__all__ = ["BLOCK", "FileRange", "file_range", "send_range", "socket_fd"]
+__all__ = ["BLOCK", "ZEROCOPYSEND", "FileRange", "file_range", "send_range", "socket_fd"]
 
+# The ASGI extension (and message type) this module serves.
+ZEROCOPYSEND = "http.response.zerocopysend"
 # What one os.pread() reads when the bytes go through the transport: the most a file response holds in memory.
 BLOCK = 64 * 1024
 

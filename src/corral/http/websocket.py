@@ -23,6 +23,7 @@ from websockets.protocol import OPEN, Protocol, Side
 from corral.core.settings import WebSocketSettings
 from corral.http.errors import ClientDisconnected, error_response
 from corral.http.flow import WriteFlowControl
+from corral.http.sendfile import ZEROCOPYSEND
 from corral.http.ws_close import CLOSE_GOING_AWAY, CLOSE_SERVICE_RESTART, close_websockets
 from corral.http.ws_handshake import Handshake, accept_response, denial_response
 
@@ -118,10 +119,10 @@ def websocket_scope(scope: dict[str, Any], handshake: Handshake) -> dict[str, An
     scope["scheme"] = "wss" if scope["scheme"] == "https" else "ws"
     del scope["method"]
     scope["subprotocols"] = handshake.subprotocols
-    # A new dict: the connection's requests share theirs. The HTTP response extension does not apply; "tls" does.
-    extensions = {name: value for name, value in scope["extensions"].items() if name != "http.response.zerocopysend"}
+    # The request's own copy of the connection's extensions: the HTTP response one does not apply; "tls" does.
+    extensions = scope["extensions"]
+    extensions.pop(ZEROCOPYSEND, None)
     extensions["websocket.http.response"] = {}
-    scope["extensions"] = extensions
     return scope
 
 

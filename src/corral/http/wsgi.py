@@ -33,6 +33,7 @@ from typing import Any
 
 from corral.core.settings import HttpSettings, WorkerSettings
 from corral.http.errors import ClientDisconnected
+from corral.http.sendfile import ZEROCOPYSEND
 from corral.http.wsgi_environ import (
     BodyBudget,
     BodyWriter,
@@ -58,6 +59,9 @@ _log = logging.getLogger("corral.error")
 _get_running_loop = asyncio._get_running_loop
 _set_running_loop = asyncio._set_running_loop
 _END_OF_BODY: Any = object()
+# The app's mistakes with start_response, as the error log names them.
+_BODY_BEFORE_START = "WSGI app sent a body before calling start_response"
+_RETURNED_BEFORE_START = "WSGI app returned without calling start_response"
 _ERRORS = ErrorStream(_log)
 _INTERNAL_ERROR = b"Internal Server Error"
 _ERROR_HEADERS = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", b"21")]
@@ -247,6 +251,18 @@ class _Response:
         """The http.response.start message; the caller has checked that start_response was called."""
         return {"type": "http.response.start", "status": self.status, "headers": self.headers}
 
+    def check_started(self, mistake: str) -> None:
+        """Raise the app's `mistake` if it has not called start_response."""
+        if self.status is None:
+            raise AssertionError(mistake)
+
+
+def _body_bytes(data: Any) -> bytes:
+    """The app's body bytes; anything else is the app's mistake."""
+    if type(data) is not bytes:
+        raise TypeError(f"WSGI response body must be bytes, got {type(data).__name__}")
+    return data
+
 
 class _Call(_Response):
     """One WSGI call, run in a pool thread: start_response, write() and the response iterable."""
@@ -311,27 +327,23 @@ class _Call(_Response):
 
     def write(self, data: bytes) -> None:
         """PEP 3333's write(): also how the iterable's chunks go out. Blocks while the pipe is full."""
-        if type(data) is not bytes:
-            raise TypeError(f"WSGI response body must be bytes, got {type(data).__name__}")
+        _body_bytes(data)
         pipe = self.pipe
         if not self.headers_sent:
             self._send_headers()
         pipe.put(_BODY, data, len(data))
 
     def _send_headers(self) -> None:
-        if self.status is None:
-            raise AssertionError("WSGI app sent a body before calling start_response")
+        self.check_started(_BODY_BEFORE_START)
         self.headers_sent = True
         self.pipe.put(_START, (self.status, self.headers))
 
     def _end(self, last: bytes) -> None:
-        if type(last) is not bytes:
-            raise TypeError(f"WSGI response body must be bytes, got {type(last).__name__}")
+        _body_bytes(last)
         if self.headers_sent:
             self.pipe.put(_END, last, len(last))
             return
-        if self.status is None:
-            raise AssertionError("WSGI app returned without calling start_response")
+        self.check_started(_RETURNED_BEFORE_START)
         self.headers_sent = True
         self.pipe.put(_WHOLE, (self.status, self.headers, last), len(last))
 
@@ -348,24 +360,23 @@ class _InlineCall(_Response):
         self.written: list[dict[str, Any]] = []  # ASGI messages
 
     def write(self, data: bytes) -> None:
-        if type(data) is not bytes:
-            raise TypeError(f"WSGI response body must be bytes, got {type(data).__name__}")
+        _body_bytes(data)
         if not self.headers_sent:
-            if self.status is None:
-                raise AssertionError("WSGI app sent a body before calling start_response")
-            self.headers_sent = True
-            self.written.append(self.head())
+            self.written.append(self.send_head(_BODY_BEFORE_START))
         if data:
             self.written.append({"type": "http.response.body", "body": data, "more_body": True})
 
     def whole(self, result: list[bytes]) -> bytes:
         """The body of a response given all at once; raises the app's mistake if it is not one."""
-        body = result[0] if result else b""
-        if type(body) is not bytes:
-            raise TypeError(f"WSGI response body must be bytes, got {type(body).__name__}")
-        if self.status is None:
-            raise AssertionError("WSGI app returned without calling start_response")
+        body = _body_bytes(result[0] if result else b"")
+        self.check_started(_RETURNED_BEFORE_START)
         return body
+
+    def send_head(self, mistake: str) -> dict[str, Any]:
+        """The head message, sent from now on as far as the app can tell; raises `mistake` without one."""
+        self.check_started(mistake)
+        self.headers_sent = True
+        return self.head()
 
     def declared_length(self) -> int | None:
         return _declared_length(self.headers)
@@ -382,9 +393,6 @@ def _in_app(function: Callable[..., Any], *args: Any) -> Any:
         _set_running_loop(loop)
 
 
-_ZEROCOPYSEND = "http.response.zerocopysend"
-
-
 class _HandedFile:
     """A wsgi.file_wrapper response handed to the loop: the wrapper (closed once, when sent or abandoned), its
     file's descriptor, where to start and how much to send (the app's Content-Length, PEP 3333: no more than
@@ -399,7 +407,7 @@ class _HandedFile:
         self.count = count
 
     def message(self) -> dict[str, Any]:
-        return {"type": _ZEROCOPYSEND, "file": self.fd, "offset": self.offset, "count": self.count}
+        return {"type": ZEROCOPYSEND, "file": self.fd, "offset": self.offset, "count": self.count}
 
     def close_in(self, pool: _Threads) -> None:
         """Have an app thread call the wrapper's close(), once."""
@@ -426,7 +434,7 @@ def _zero_copy_descriptor(environ: dict[str, Any], wrapper: FileWrapper) -> int 
     """The descriptor to send our wsgi.file_wrapper's file from with zero copy, or None: not a regular file, or
     the connection does not offer zero-copy sends (TLS, --no-sendfile)."""
     scope = environ.get("asgi.scope")
-    if scope is None or _ZEROCOPYSEND not in scope["extensions"]:
+    if scope is None or ZEROCOPYSEND not in scope["extensions"]:
         return None
     return _regular_file_descriptor(wrapper.filelike)
 
@@ -594,8 +602,7 @@ class WSGIApp:
         other request), then close the wrapper in a turn of its own: its close() is the app's code."""
         turn = self._turn
         try:
-            if call.status is None:
-                raise AssertionError("WSGI app returned without calling start_response")
+            call.check_started(_RETURNED_BEFORE_START)
             offset = _in_app(wrapper.filelike.tell)  # PEP 3333: from the file's current position
         except Exception as exc:
             turn.release()
@@ -609,9 +616,8 @@ class WSGIApp:
             for message in call.written:
                 await send(message)
             if not call.headers_sent:
-                call.headers_sent = True
-                await send(call.head())
-            await send({"type": _ZEROCOPYSEND, "file": fd, "offset": offset, "count": call.declared_length()})
+                await send(call.send_head(_RETURNED_BEFORE_START))
+            await send({"type": ZEROCOPYSEND, "file": fd, "offset": offset, "count": call.declared_length()})
         finally:
             await self._close_in_turn(wrapper)
 
@@ -736,14 +742,11 @@ async def _stream_inline(call: _InlineCall, result: Iterable[bytes], send: Any) 
                     await send(message)
             if chunk is _END_OF_BODY:
                 break
-            if type(chunk) is not bytes:
-                raise TypeError(f"WSGI response body must be bytes, got {type(chunk).__name__}")
-            if not chunk:
+            if not _body_bytes(chunk):
                 continue
             if not call.headers_sent and len(chunk) == call.declared_length():
                 # All the body in one chunk (Flask's usual response): one write, and nothing more to ask for.
-                call.headers_sent = True
-                await send(call.head())
+                await send(call.send_head(_BODY_BEFORE_START))
                 await send({"type": "http.response.body", "body": chunk})
                 return
             await _send_chunk(call, chunk, send)
@@ -758,20 +761,18 @@ async def _stream_inline(call: _InlineCall, result: Iterable[bytes], send: Any) 
         await _app_failed(exc, call.headers_sent, send)
         return
     if not call.headers_sent:
-        if call.status is None:
-            await _app_failed(AssertionError("WSGI app returned without calling start_response"), False, send)
+        try:
+            head = call.send_head(_RETURNED_BEFORE_START)
+        except AssertionError as exc:
+            await _app_failed(exc, False, send)
             return
-        call.headers_sent = True
-        await send(call.head())
+        await send(head)
     await send({"type": "http.response.body", "body": b""})
 
 
 async def _send_chunk(call: _InlineCall, data: bytes, send: Any) -> None:
     if not call.headers_sent:
-        if call.status is None:
-            raise AssertionError("WSGI app sent a body before calling start_response")
-        call.headers_sent = True
-        await send(call.head())
+        await send(call.send_head(_BODY_BEFORE_START))
     await send({"type": "http.response.body", "body": data, "more_body": True})
 
 
