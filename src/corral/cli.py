@@ -86,7 +86,9 @@ def main(argv: list[str] | None = None) -> int:
         print(_COMMANDS_HELP, end="")
         return 0
     if early == "version":
-        print(f"corral {__version__}")
+        from corral.compiled import describe_build
+
+        print(f"corral {__version__} ({describe_build()})")
         return 0
     try:
         cfg = load_config(args)

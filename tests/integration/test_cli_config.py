@@ -161,7 +161,7 @@ def test_check_config_imports_the_app(tmp_path):
 def test_version_and_help(tmp_path):
     version = run_corral(["--version"], tmp_path)
     assert version.returncode == 0
-    assert re.fullmatch(r"corral \d+\.\d+\.\d+\S*\n", version.stdout)
+    assert re.fullmatch(r"corral \d+\.\d+\.\d+\S* \((pure Python|request path compiled with mypyc)\)\n", version.stdout)
     help_text = run_corral(["--help"], tmp_path)
     assert help_text.returncode == 0
     assert "Server Socket:" in help_text.stdout

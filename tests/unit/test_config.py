@@ -11,6 +11,7 @@ import pytest
 
 from corral import __version__, cli, config, docs
 from corral.compat import GUNICORN_SETTINGS, SETTING_DIFFERENCES
+from corral.compiled import describe_build
 from corral.config import (
     SECTIONS,
     SETTINGS,
@@ -703,7 +704,7 @@ def test_config_from_a_python_module(tmp_path, monkeypatch):
 
 def test_version_prints_name_and_version(capsys):
     assert cli.main(["--version"]) == 0
-    assert capsys.readouterr().out == f"corral {__version__}\n"
+    assert capsys.readouterr().out == f"corral {__version__} ({describe_build()})\n"
 
 
 def test_help_is_grouped_by_section_and_works_with_a_broken_config(capsys):

@@ -246,8 +246,11 @@ class RequestCycle:
         else:
             raise RuntimeError(f"unexpected ASGI message type {kind!r} on an http connection")
 
-    def _start(self, status: int, headers: Any) -> None:
-        """Validate the head now; it goes on the wire with the first body (one write, known length)."""
+    def _start(self, status: Any, headers: Any) -> None:
+        """Validate the head now; it goes on the wire with the first body (one write, known length).
+
+        `status` is whatever the app sent (Any: compiled, an int annotation would reject a float before
+        _status_line could say what is wrong with it)."""
         state = self.conn.state
         line = _STATUS_LINES.get(status) if type(status) is int else None
         lines = [line if line is not None else _status_line(status), state.default_headers]

@@ -6,16 +6,22 @@ from __future__ import annotations
 
 import asyncio
 
+from corral.compiled import mypyc_attr
+
 __all__ = ["WriteFlowControl"]
 
 
+# Compiled (see setup.py), it is subclassed by both a compiled protocol (H1Protocol) and an interpreted one
+# (WebSocketSession), which mypyc allows only when told.
+@mypyc_attr(allow_interpreted_subclasses=True)
 class WriteFlowControl(asyncio.Protocol):
     """pause_writing/resume_writing bookkeeping and `drain()`; subclasses set `loop`, `transport`,
     `writing_paused`, `reading_paused` and `drain_waiters` in their __init__, call `_release_writers()` when the
     connection is lost, and say in `_writes_abandoned()` when waiting would be pointless."""
 
-    # Slots, so that a subclass may use them (H1Protocol does).
-    __slots__ = ("drain_waiters", "reading_paused", "write_blocked_since", "writing_paused")
+    # Slots, so that a subclass may use them (H1Protocol does). Every attribute this class reads is one of its
+    # own: compiled, it keeps them in its own layout, which a subclass's slot of the same name would shadow.
+    __slots__ = ("drain_waiters", "loop", "reading_paused", "transport", "write_blocked_since", "writing_paused")
 
     loop: asyncio.AbstractEventLoop
     transport: asyncio.Transport

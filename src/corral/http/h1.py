@@ -140,7 +140,6 @@ class H1Protocol(WriteFlowControl):
         "held_output",
         "host_count",
         "idle_since",
-        "loop",
         "parser",
         "parsing",
         "phase",
@@ -152,7 +151,6 @@ class H1Protocol(WriteFlowControl):
         "slice_above",
         "state",
         "transfer_encoding",
-        "transport",
         "trusted",
         "unparsed",
         "upgrade",
@@ -887,7 +885,9 @@ def _split_other_target(target: bytes, method: str) -> tuple[bytes, bytes]:
             raise BadRequest("asterisk-form is only for OPTIONS")
         return b"*", b""
     try:
-        url = httptools.parse_url(target)
+        # Any: httptools' stubs type every part as bytes, but a part the target lacks is None (compiled code
+        # would check the stub's type and fail on it).
+        url: Any = httptools.parse_url(target)
     except httptools.HttpParserInvalidURLError:
         raise BadRequest("invalid request target") from None
     if not url.schema:

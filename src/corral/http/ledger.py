@@ -18,6 +18,8 @@ from corral.core.scoreboard import GET, METHOD_INDEX, OTHER_METHOD, WorkerCounte
 
 __all__ = ["FinishedRequest", "Refusal", "RequestLedger"]
 
+_NEVER = 1 << 62  # a request count no worker reaches
+
 
 class FinishedRequest(Protocol):
     """What the ledger reads of a finished request (http/asgi.py's RequestCycle, a WebSocket session, a Refusal)."""
@@ -58,8 +60,6 @@ class RequestLedger:
 
     __slots__ = ("access_log", "counters", "max_requests", "on_max_requests")
 
-    _NEVER = 1 << 62
-
     def __init__(
         self,
         counters: WorkerCounters,
@@ -71,7 +71,7 @@ class RequestLedger:
         self.access_log = access_log
         # The count that asks for a successor; off (0, or no one to ask) it is never reached, so the hot path
         # makes one comparison.
-        self.max_requests = max_requests if max_requests and on_max_requests is not None else self._NEVER
+        self.max_requests = max_requests if max_requests and on_max_requests is not None else _NEVER
         self.on_max_requests = on_max_requests
 
     def finished(self, request: FinishedRequest) -> None:
@@ -104,7 +104,7 @@ class RequestLedger:
     def _max_requests_reached(self) -> None:
         """Ask for a successor, once: >= rather than == above, since refusals count too and may step over the
         exact number."""
-        self.max_requests = self._NEVER
+        self.max_requests = _NEVER
         on_max_requests, self.on_max_requests = self.on_max_requests, None
         if on_max_requests is not None:
             on_max_requests()

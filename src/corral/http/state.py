@@ -11,8 +11,9 @@ import contextvars
 import logging
 from collections.abc import Callable
 from email.utils import formatdate
-from typing import TYPE_CHECKING, Any, TypeGuard
+from typing import TYPE_CHECKING, Any, Protocol, TypeGuard
 
+from corral.compiled import mypyc_attr
 from corral.core.scoreboard import WorkerCounters
 from corral.core.settings import Settings, WebSocketSettings
 from corral.http.ledger import RequestLedger
@@ -21,11 +22,10 @@ from corral.http.ws_close import CLOSE_GOING_AWAY
 from corral.logging import RequestIds
 
 if TYPE_CHECKING:
-    from corral.http.asgi import RequestCycle
     from corral.http.h1 import H1Protocol
     from corral.http.websocket import WebSocketSession
 
-__all__ = ["Connections", "ServerState"]
+__all__ = ["AppCall", "Connections", "ServerState"]
 
 _HOST = b"host"
 _EXPECT = b"expect"
@@ -34,6 +34,23 @@ _CONTENT_LENGTH = b"content-length"
 _UPGRADE = b"upgrade"
 
 
+class AppCall(Protocol):
+    """What a drain reads of an app call still running (http/asgi.py's RequestCycle). A protocol rather than
+    that class: compiled (see setup.py), a parameter of a class type is checked on every call, and tests pass
+    stand-ins."""
+
+    @property
+    def task(self) -> asyncio.Task[Any] | None: ...
+
+    @property
+    def scope(self) -> dict[str, Any]: ...
+
+    @property
+    def response_complete(self) -> bool: ...
+
+
+# A set subclass: compiled (see setup.py), it stays an ordinary Python class, as mypyc requires.
+@mypyc_attr(native_class=False)
 class Connections(set["H1Protocol | WebSocketSession"]):
     """The live connections; a draining worker sets `on_empty` to learn at once when the last one goes, and a
     crash-looping one `on_discard` to learn when any goes (it may then accept the next)."""
@@ -162,7 +179,7 @@ class ServerState:
         self.connections: Connections = Connections()
         # Requests whose app suspended and has not returned yet, whether or not their response is complete
         # (a background task runs after it): a drain waits for them. Eager ones finish before they could be added.
-        self.app_calls: set[RequestCycle] = set()
+        self.app_calls: set[AppCall] = set()
         self.on_app_calls_done: Callable[[], None] | None = None  # set by a draining worker
         self.websockets: set[WebSocketSession] = set()
         self.ws_settings: WebSocketSettings = settings.websocket
@@ -205,7 +222,6 @@ class ServerState:
         self.watched_trusted = self.watched | proxy_names
         self.tick()
 
-
     def hold_output(self, conn: H1Protocol) -> None:
         """`conn` holds a finished response for the end of this loop iteration: written then, together with
         every other connection's, rather than one at a time between the apps' work. Clients then get their
@@ -230,8 +246,8 @@ class ServerState:
         self.default_header_lines = default_headers.count(b"\n")
         self.default_headers = default_headers
 
-    def app_call_finished(self, cycle: RequestCycle) -> None:
-        self.app_calls.discard(cycle)
+    def app_call_finished(self, call: AppCall) -> None:
+        self.app_calls.discard(call)
         if not self.app_calls and self.on_app_calls_done is not None:
             self.on_app_calls_done()
 

@@ -145,7 +145,6 @@ class WebSocketSession(WriteFlowControl):
         "fragments",
         "gone",
         "handshake",
-        "loop",
         "messages",
         "next_ping_at",
         "parse_slice",
@@ -167,7 +166,6 @@ class WebSocketSession(WriteFlowControl):
         "state",
         "status",
         "task",
-        "transport",
         "unparsed",
         "waiter",
     )

@@ -11,8 +11,7 @@ import asyncio
 import logging
 from typing import Any
 
-from corral.http.asgi import RequestCycle
-from corral.http.state import ServerState
+from corral.http.state import AppCall, ServerState
 
 __all__ = ["cancel_app_calls", "describe_call", "wait_until_drained"]
 
@@ -81,7 +80,7 @@ def cancel_app_calls(state: ServerState, logger: logging.Logger, why: str) -> li
     return tasks
 
 
-def describe_call(call: RequestCycle) -> str:
+def describe_call(call: AppCall) -> str:
     """'POST /jobs (after its response)': what the operator needs to find the request again."""
     scope = call.scope
     when = "after its response" if call.response_complete else "before its response was complete"
