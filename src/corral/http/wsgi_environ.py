@@ -82,7 +82,10 @@ class EnvironBuilder:
             environ["REMOTE_ADDR"] = client[0]
             environ["REMOTE_PORT"] = str(client[1])
         environ["wsgi.url_scheme"] = scheme = scope["scheme"]
-        environ["asgi.scope"] = scope
+        # A copy (its values shared), because the server keeps the environ in the scope (scope["wsgi.environ"],
+        # for hooks and the access log): two dicts naming each other would leave every request's scope and
+        # environ to Python's cycle collector, a collection every hundred or so requests.
+        environ["asgi.scope"] = scope.copy()
         header_key = _HEADER_KEYS.get
         for name, value in scope["headers"]:
             key = header_key(name) or _header_key(name)
