@@ -27,7 +27,7 @@ import stat
 import threading
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from queue import SimpleQueue
 from typing import Any
 
@@ -750,28 +750,27 @@ async def _stream_inline(call: _InlineCall, result: Iterable[bytes], send: Any) 
     """Send the chunks of the app's iterable as it yields them, with the connection's back-pressure."""
     streaming = False
     try:
-        chunks = _in_app(iter, result)
+        chunks, chunk = _in_app(_first_chunk, result)
         while True:
-            chunk = _in_app(next, chunks, _END_OF_BODY)
             if call.written:  # write() came first: its bytes go first
                 written, call.written = call.written, []
                 for message in written:
                     await send(message)
             if chunk is _END_OF_BODY:
                 break
-            if not _body_bytes(chunk):
-                continue
-            if not call.headers_sent and len(chunk) == call.declared_length():
-                # All the body in one chunk (Flask's usual response): one write, and nothing more to ask for.
-                await send(call.send_head(_BODY_BEFORE_START))
-                await send({"type": "http.response.body", "body": chunk})
-                return
-            await _send_chunk(call, chunk, send)
-            if not streaming:
-                # Leave the eager first step, during which the cycle holds streamed parts back to write them
-                # together: the next chunk may take the app a while, and this one must not wait for it.
-                streaming = True
-                await asyncio.sleep(0)
+            if _body_bytes(chunk):
+                if not call.headers_sent and len(chunk) == call.declared_length():
+                    # All the body in one chunk (Flask's usual response): one write, and nothing more to ask for.
+                    await send(call.send_head(_BODY_BEFORE_START))
+                    await send({"type": "http.response.body", "body": chunk})
+                    return
+                await _send_chunk(call, chunk, send)
+                if not streaming:
+                    # Leave the eager first step, during which the cycle holds streamed parts back to write them
+                    # together: the next chunk may take the app a while, and this one must not wait for it.
+                    streaming = True
+                    await asyncio.sleep(0)
+            chunk = _in_app(next, chunks, _END_OF_BODY)
     except ClientDisconnected:
         raise  # the client went away: nothing to answer
     except Exception as exc:
@@ -785,6 +784,12 @@ async def _stream_inline(call: _InlineCall, result: Iterable[bytes], send: Any) 
             return
         await send(head)
     await send({"type": "http.response.body", "body": b""})
+
+
+def _first_chunk(result: Iterable[bytes]) -> tuple[Iterator[bytes], Any]:
+    """The iterator of the app's iterable and its first chunk (or _END_OF_BODY), in one stretch of app code."""
+    chunks = iter(result)
+    return chunks, next(chunks, _END_OF_BODY)
 
 
 async def _send_chunk(call: _InlineCall, data: bytes, send: Any) -> None:
