@@ -41,7 +41,6 @@ from corral.http.wsgi_environ import (
     ErrorStream,
     FileWrapper,
     WSGIInput,
-    has_body,
 )
 
 __all__ = ["MEMORY_BODIES_BYTES", "PIPE_HIGH_WATER", "SPOOL_BYTES", "WSGIApp", "serving_interface", "wsgi_threads"]
@@ -387,8 +386,12 @@ class _InlineCall(_Response):
 
     def whole(self, result: list[bytes]) -> bytes:
         """The body of a response given all at once; raises the app's mistake if it is not one."""
-        body = _body_bytes(result[0] if result else b"")
-        self.check_started(_RETURNED_BEFORE_START)
+        body = result[0] if result else b""
+        # The checks of _body_bytes and check_started, inline on the path most responses take.
+        if type(body) is not bytes:
+            _body_bytes(body)
+        if self.status is None:
+            raise AssertionError(_RETURNED_BEFORE_START)
         return body
 
     def send_head(self, mistake: str) -> dict[str, Any]:
@@ -557,9 +560,12 @@ class WSGIApp:
             return  # a WebSocket handshake is left unanswered: the server refuses it with 403
         environ = self._environs.build(scope)
         scope["wsgi.environ"] = environ  # for post_request hooks and the access log's {name}e atoms
-        if has_body(environ):
+        # Without Content-Length or Transfer-Encoding a request has no body (RFC 9112 6.3): most requests. Then
+        # there is no buffer to make and give back, no receive() that could only say "empty", and `wsgi.input`
+        # stays the shared empty one.
+        if "CONTENT_LENGTH" in environ or "HTTP_TRANSFER_ENCODING" in environ:
             await self._call_with_body(environ, receive, send)
-        else:  # most requests: no buffer, and no receive() that could only say "empty"
+        else:
             await self._call(environ, send)
 
     async def _call_with_body(self, environ: dict[str, Any], receive: Any, send: Any) -> None:

@@ -12,7 +12,7 @@ from typing import IO, Any
 from urllib.parse import unquote_to_bytes
 
 __all__ = [
-    "NO_BODY", "BodyBudget", "BodyWriter", "EnvironBuilder", "ErrorStream", "FileWrapper", "WSGIInput", "has_body",
+    "NO_BODY", "BodyBudget", "BodyWriter", "EnvironBuilder", "ErrorStream", "FileWrapper", "WSGIInput",
 ]  # fmt: skip
 
 _error_log = logging.getLogger("corral.error")
@@ -36,11 +36,11 @@ def _header_key(name: bytes) -> str:
 
 
 class EnvironBuilder:
-    """Builds the environ of each request of one app from its ASGI scope, with an empty `wsgi.input` (see
-    `has_body`). What every request of the worker shares (the wsgi.* values, the CGI variables' defaults) is
-    a base dict made once and copied: each environ is still a fresh dict the app may change as it likes, and
-    a copy costs less than building the same keys again. Proxy headers are already applied to the scope's
-    client, server and scheme."""
+    """Builds the environ of each request of one app from its ASGI scope, with the shared empty `wsgi.input`
+    (the request's body, if it has one, replaces it once read). What every request of the worker shares (the
+    wsgi.* values, the CGI variables' defaults) is a base dict made once and copied: each environ is still a
+    fresh dict the app may change as it likes, and a copy costs less than building the same keys again. Proxy
+    headers are already applied to the scope's client, server and scheme."""
 
     __slots__ = ("base",)
 
@@ -107,12 +107,6 @@ class EnvironBuilder:
             environ["SERVER_NAME"] = str(server[0])
             environ["SERVER_PORT"] = str(server[1]) if server[1] is not None else ""
         return environ
-
-
-def has_body(environ: dict[str, Any]) -> bool:
-    """Whether the request has a body to read: without Content-Length or Transfer-Encoding it has none (RFC 9112
-    6.3), and `wsgi.input` can stay the shared empty one, with no buffer to make and give back."""
-    return "CONTENT_LENGTH" in environ or "HTTP_TRANSFER_ENCODING" in environ
 
 
 def _split_host(host: str) -> tuple[str, str | None]:
