@@ -25,6 +25,9 @@ _HEADER_KEYS: dict[bytes, str] = {}
 _HOSTS: dict[str, tuple[str, str | None]] = {}
 _CACHE_MAX = 1024
 _PROTOCOLS = {"1.1": "HTTP/1.1", "1.0": "HTTP/1.0"}
+# "%" as an int: `int in bytes` is a memchr, while `bytes in bytes` first tries its needle as an int, which
+# raises a TypeError inside CPython (made, then cleared): about ten times the cost, on every request.
+_PERCENT = ord("%")
 
 
 def _header_key(name: bytes) -> str:
@@ -70,7 +73,7 @@ class EnvironBuilder:
                 raw_path = raw_path[len(root_bytes):]
             environ["SCRIPT_NAME"] = root_bytes.decode("latin-1")
         # PEP 3333: PATH_INFO is the unquoted path as bytes, carried in a str by latin-1 (a "bytes-as-str").
-        environ["PATH_INFO"] = (unquote_to_bytes(raw_path) if b"%" in raw_path else raw_path).decode("latin-1")
+        environ["PATH_INFO"] = (unquote_to_bytes(raw_path) if _PERCENT in raw_path else raw_path).decode("latin-1")
         environ["REQUEST_METHOD"] = scope["method"]
         query: bytes = scope["query_string"]
         if query:
