@@ -1,6 +1,8 @@
 """A worker imports the websockets library on its first upgrade request, not before: a worker that never serves
 a WebSocket (most WSGI workers) does without the memory it takes, and the first WebSocket is still served.
-Neither the master nor a worker imports the standard-library modules only error messages or sizing need."""
+Neither the master nor a worker imports the standard-library modules only error messages or sizing need. The
+master imports the event loop the workers will run, and freezes its heap, before the first fork: the workers share
+that memory instead of each making (or, collecting, copying) its own."""
 
 from __future__ import annotations
 
@@ -32,3 +34,14 @@ def test_the_first_websocket_of_a_worker_imports_websockets_and_is_served(serve:
 def test_a_worker_does_without_the_modules_only_error_messages_sizing_and_idna_names_need(serve: ServerFactory) -> None:
     server = serve("tests.apps.lazy_imports:unneeded_modules_app")
     assert httpx.get(server.url + "/", timeout=TIMEOUT).text == ""
+
+
+def test_a_worker_inherits_uvloop_and_a_frozen_heap_from_the_master(serve: ServerFactory) -> None:
+    server = serve("tests.apps.lazy_imports:inherited_app")
+    inherited = httpx.get(server.url + "/", timeout=TIMEOUT).json()
+    assert inherited == {"modules": ["uvloop", "concurrent.futures.thread"], "frozen": True}
+
+
+def test_a_master_whose_workers_run_asyncio_leaves_uvloop_unimported(serve: ServerFactory) -> None:
+    server = serve("tests.apps.lazy_imports:inherited_app", "--loop", "asyncio")
+    assert httpx.get(server.url + "/", timeout=TIMEOUT).json()["modules"] == []

@@ -7,6 +7,7 @@ pool of threads; tests of one mode only say so with `@only_mode(...)`."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import sys
 import threading
@@ -131,6 +132,78 @@ def test_without_a_host_header_server_name_and_port_are_the_listening_address() 
         lines = dict(line.split("=", 1) for line in body_of(await h.answered()).decode("latin-1").splitlines())
         assert (lines["SERVER_NAME"], lines["SERVER_PORT"]) == ("127.0.0.1", "8000")
         assert lines["SERVER_PROTOCOL"] == "HTTP/1.0"
+
+    run(main())
+
+
+def test_each_request_gets_a_fresh_environ_whatever_the_app_did_to_the_last_one() -> None:
+    seen: list[dict[str, Any]] = []
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        seen.append(dict(environ))
+        environ["wsgi.multiprocess"] = "changed"  # the app's environ is its own to change
+        environ["myapp.user"] = "alice"
+        del environ["SCRIPT_NAME"]
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok"]
+
+    async def main() -> None:
+        h = Harness(app, validate=False)
+        h.feed(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+        await h.answered()
+        h.feed(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+        await h.answered(2)
+
+    run(main())
+    first, second = seen
+    assert second["wsgi.multiprocess"] is True
+    assert "myapp.user" not in second
+    assert second["SCRIPT_NAME"] == ""
+    del first["asgi.scope"], second["asgi.scope"]  # each request's own scope
+    assert first == second
+
+
+@only_mode(ON_THE_LOOP)
+def test_served_requests_leave_no_reference_cycles_to_collect() -> None:
+    """The scope holds the environ (for hooks and the access log): the environ must not hold the scope back, or
+    every request would wait for the cycle collector to be freed."""
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        assert environ["asgi.scope"]["path"] == "/a"
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok"]
+
+    async def main() -> None:
+        h = Harness(app, validate=False)
+        h.feed(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+        await h.answered()
+        gc.collect()
+        gc.disable()
+        try:
+            for count in range(2, 12):
+                h.feed(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+                await h.answered(count)
+            assert gc.collect() == 0
+        finally:
+            gc.enable()
+
+    run(main())
+
+
+def test_an_invalid_status_is_refused_each_time_it_is_given() -> None:
+    statuses = iter(["200 OK", "200", "200 OK", "200"])
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        start_response(next(statuses), [("Content-Type", "text/plain")])
+        return [b"ok"]
+
+    async def main() -> None:
+        h = Harness(app, validate=False)
+        for count in range(1, 5):
+            h.feed(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            await h.answered(count)
+        assert h.output.count(b"HTTP/1.1 500 ") == 2
+        assert h.output.count(b"HTTP/1.1 200 OK") == 2
 
     run(main())
 

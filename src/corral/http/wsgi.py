@@ -27,7 +27,7 @@ import stat
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from queue import SimpleQueue
 from typing import Any
 
@@ -37,11 +37,10 @@ from corral.http.sendfile import ZEROCOPYSEND
 from corral.http.wsgi_environ import (
     BodyBudget,
     BodyWriter,
+    EnvironBuilder,
     ErrorStream,
     FileWrapper,
     WSGIInput,
-    build_environ,
-    has_body,
 )
 
 __all__ = ["MEMORY_BODIES_BYTES", "PIPE_HIGH_WATER", "SPOOL_BYTES", "WSGIApp", "serving_interface", "wsgi_threads"]
@@ -65,6 +64,9 @@ _RETURNED_BEFORE_START = "WSGI app returned without calling start_response"
 _ERRORS = ErrorStream(_log)
 _INTERNAL_ERROR = b"Internal Server Error"
 _ERROR_HEADERS = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", b"21")]
+# The code of each status line apps have given, checked once (bounded: apps may put anything after the code).
+_STATUS_CODES: dict[str, int] = {}
+_STATUS_CODES_MAX = 1024
 
 # What the app thread hands the loop.
 _START = 0  # (status, headers)
@@ -218,11 +220,9 @@ class _Pipe:
 class _Response:
     """PEP 3333's start_response and the response head it records: the part of a call both modes share."""
 
-    __slots__ = ("body", "environ", "headers", "headers_sent", "status")
+    __slots__ = ("headers", "headers_sent", "status")
 
-    def __init__(self, environ: dict[str, Any]) -> None:
-        self.environ = environ
-        self.body = environ["wsgi.input"]  # ours, not environ's: middleware (wsgiref.validate) may wrap it
+    def __init__(self) -> None:
         self.status: int | None = None
         self.headers: list[tuple[bytes, bytes]] = []
         self.headers_sent = False
@@ -238,10 +238,11 @@ class _Response:
                 exc_info = None
         elif self.status is not None:
             raise AssertionError("start_response called a second time without exc_info")
-        if type(status) is not str or len(status) < 4 or not status[:3].isdigit() or status[3] != " ":
-            raise ValueError(f"WSGI status must be a str like '200 OK', got {status!r}")
-        self.status = int(status[:3])
-        self.headers = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers]
+        self.status = (_STATUS_CODES.get(status) if type(status) is str else None) or _status_code(status)
+        encoded = []
+        for name, value in headers:  # a loop costs less than a comprehension's own frame, for a few headers
+            encoded.append((name.encode("latin-1"), value.encode("latin-1")))
+        self.headers = encoded
         return self.write
 
     def write(self, data: bytes) -> None:
@@ -257,6 +258,16 @@ class _Response:
             raise AssertionError(mistake)
 
 
+def _status_code(status: Any) -> int:
+    """The code of a status line not in `_STATUS_CODES` yet (start_response looks there first, inline)."""
+    if type(status) is not str or len(status) < 4 or not status[:3].isdigit() or status[3] != " ":
+        raise ValueError(f"WSGI status must be a str like '200 OK', got {status!r}")
+    code = int(status[:3])
+    if len(_STATUS_CODES) < _STATUS_CODES_MAX:
+        _STATUS_CODES[status] = code
+    return code
+
+
 def _body_bytes(data: Any) -> bytes:
     """The app's body bytes; anything else is the app's mistake."""
     if type(data) is not bytes:
@@ -267,10 +278,14 @@ def _body_bytes(data: Any) -> bytes:
 class _Call(_Response):
     """One WSGI call, run in a pool thread: start_response, write() and the response iterable."""
 
-    __slots__ = ("method", "path", "pipe", "started")
+    __slots__ = ("body", "environ", "method", "path", "pipe", "started")
 
     def __init__(self, environ: dict[str, Any], pipe: _Pipe) -> None:
-        super().__init__(environ)
+        super().__init__()
+        self.environ = environ
+        # Closed by this call, in its thread, once the app is done with it (the loop may be done sooner). Ours,
+        # not environ's: middleware (wsgiref.validate) may wrap it.
+        self.body = environ["wsgi.input"]
         self.pipe = pipe
         self.started = math.inf  # waiting for a pool thread: the timeout counts from when one runs it
         self.method = environ["REQUEST_METHOD"]
@@ -355,8 +370,11 @@ class _InlineCall(_Response):
 
     __slots__ = ("written",)
 
-    def __init__(self, environ: dict[str, Any]) -> None:
-        super().__init__(environ)
+    def __init__(self) -> None:
+        # _Response's attributes set here rather than by its __init__: one call less on every request's path
+        self.status: int | None = None
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.headers_sent = False
         self.written: list[dict[str, Any]] = []  # ASGI messages
 
     def write(self, data: bytes) -> None:
@@ -368,8 +386,12 @@ class _InlineCall(_Response):
 
     def whole(self, result: list[bytes]) -> bytes:
         """The body of a response given all at once; raises the app's mistake if it is not one."""
-        body = _body_bytes(result[0] if result else b"")
-        self.check_started(_RETURNED_BEFORE_START)
+        body = result[0] if result else b""
+        # The checks of _body_bytes and check_started, inline on the path most responses take.
+        if type(body) is not bytes:
+            _body_bytes(body)
+        if self.status is None:
+            raise AssertionError(_RETURNED_BEFORE_START)
         return body
 
     def send_head(self, mistake: str) -> dict[str, Any]:
@@ -520,42 +542,48 @@ class WSGIApp:
         self._turn = _Turn()  # with one thread: the app runs on the loop's thread, a request at a time
         self._running: set[_Call] = set()
         self._deadline_check: asyncio.TimerHandle | None = None
+        self._environs = EnvironBuilder(errors=_ERRORS, multithread=False)
+        self._call: Callable[[dict[str, Any], Any], Awaitable[None]] = self._call_inline
 
     def configure(self, *, threads: int, timeout: float = 0.0, tmp_dir: str | None = None) -> WSGIApp:
         self.threads = max(1, threads)
         self.timeout = timeout
         self.tmp_dir = tmp_dir
+        self._environs = EnvironBuilder(errors=_ERRORS, multithread=self.threads > 1)
+        self._call = self._call_inline if self.threads == 1 else self._call_in_thread
         return self
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        kind = scope["type"]
-        if kind == "http":
-            await self._http(scope, receive, send)
-        elif kind == "lifespan":
-            await _lifespan(receive, send)
-        # A WebSocket handshake is left unanswered: the server refuses it with 403.
+        if scope["type"] != "http":
+            if scope["type"] == "lifespan":
+                await _lifespan(receive, send)
+            return  # a WebSocket handshake is left unanswered: the server refuses it with 403
+        environ = self._environs.build(scope)
+        scope["wsgi.environ"] = environ  # for post_request hooks and the access log's {name}e atoms
+        # Without Content-Length or Transfer-Encoding a request has no body (RFC 9112 6.3): most requests. Then
+        # there is no buffer to make and give back, no receive() that could only say "empty", and `wsgi.input`
+        # stays the shared empty one.
+        if "CONTENT_LENGTH" in environ or "HTTP_TRANSFER_ENCODING" in environ:
+            await self._call_with_body(environ, receive, send)
+        else:
+            await self._call(environ, send)
 
-    async def _http(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        environ = build_environ(scope, errors=_ERRORS, multithread=self.threads > 1)
-        if not has_body(environ):  # most requests: no buffer, and no receive() that could only say "empty"
-            await self._call(scope, environ, send)
-            return
+    async def _call_with_body(self, environ: dict[str, Any], receive: Any, send: Any) -> None:
         writer = BodyWriter(self.spool, self.tmp_dir, self.budget)
         try:
             body = await _read_body(receive, writer)
             if body is None:
                 return  # the client went away before the body was in
             environ["wsgi.input"] = body
-            await self._call(scope, environ, send)
+            if self.threads > 1:
+                await self._call_in_thread(environ, send)  # the thread closes the body when the app is done
+                return
+            try:
+                await self._call_inline(environ, send)
+            finally:
+                body.close()  # the app is done: it only runs while the loop waits in _call_inline
         finally:
             writer.release()
-
-    async def _call(self, scope: dict[str, Any], environ: dict[str, Any], send: Any) -> None:
-        scope["wsgi.environ"] = environ  # for post_request hooks and the access log's {name}e atoms
-        if self.threads == 1:
-            await self._call_inline(environ, send)
-        else:
-            await self._call_in_thread(environ, send)
 
     async def _call_inline(self, environ: dict[str, Any], send: Any) -> None:
         turn = self._turn
@@ -563,14 +591,13 @@ class WSGIApp:
             await turn.wait()
         else:
             turn.busy = True
-        call = _InlineCall(environ)
+        call = _InlineCall()
         try:
             result = _in_app(self.wsgi_app, environ, call.start_response)
             whole = type(result) is list and len(result) <= 1 and not call.written  # the usual answer
             body = call.whole(result) if whole else b""
         except BaseException as exc:
             turn.release()
-            call.body.close()
             if not isinstance(exc, Exception):
                 raise  # SystemExit and the like are not the app's answer to this request
             for message in call.written:  # what the app wrote before it raised goes out first
@@ -579,7 +606,6 @@ class WSGIApp:
             return
         if whole:
             turn.release()
-            call.body.close()
             await send(call.head())
             await send({"type": "http.response.body", "body": body})
             return
@@ -594,7 +620,6 @@ class WSGIApp:
             try:
                 _in_app(_close, result)
             finally:
-                call.body.close()
                 turn.release()
 
     async def _send_file_inline(self, call: _InlineCall, wrapper: FileWrapper, fd: int, send: Any) -> None:
@@ -606,12 +631,10 @@ class WSGIApp:
             offset = _in_app(wrapper.filelike.tell)  # PEP 3333: from the file's current position
         except Exception as exc:
             turn.release()
-            call.body.close()
             await self._close_in_turn(wrapper)
             await _app_failed(exc, call.headers_sent, send)
             return
         turn.release()
-        call.body.close()
         try:
             for message in call.written:
                 await send(message)
@@ -733,28 +756,27 @@ async def _stream_inline(call: _InlineCall, result: Iterable[bytes], send: Any) 
     """Send the chunks of the app's iterable as it yields them, with the connection's back-pressure."""
     streaming = False
     try:
-        chunks = _in_app(iter, result)
+        chunks, chunk = _in_app(_first_chunk, result)
         while True:
-            chunk = _in_app(next, chunks, _END_OF_BODY)
             if call.written:  # write() came first: its bytes go first
                 written, call.written = call.written, []
                 for message in written:
                     await send(message)
             if chunk is _END_OF_BODY:
                 break
-            if not _body_bytes(chunk):
-                continue
-            if not call.headers_sent and len(chunk) == call.declared_length():
-                # All the body in one chunk (Flask's usual response): one write, and nothing more to ask for.
-                await send(call.send_head(_BODY_BEFORE_START))
-                await send({"type": "http.response.body", "body": chunk})
-                return
-            await _send_chunk(call, chunk, send)
-            if not streaming:
-                # Leave the eager first step, during which the cycle holds streamed parts back to write them
-                # together: the next chunk may take the app a while, and this one must not wait for it.
-                streaming = True
-                await asyncio.sleep(0)
+            if _body_bytes(chunk):
+                if not call.headers_sent and len(chunk) == call.declared_length():
+                    # All the body in one chunk (Flask's usual response): one write, and nothing more to ask for.
+                    await send(call.send_head(_BODY_BEFORE_START))
+                    await send({"type": "http.response.body", "body": chunk})
+                    return
+                await _send_chunk(call, chunk, send)
+                if not streaming:
+                    # Leave the eager first step, during which the cycle holds streamed parts back to write them
+                    # together: the next chunk may take the app a while, and this one must not wait for it.
+                    streaming = True
+                    await asyncio.sleep(0)
+            chunk = _in_app(next, chunks, _END_OF_BODY)
     except ClientDisconnected:
         raise  # the client went away: nothing to answer
     except Exception as exc:
@@ -768,6 +790,12 @@ async def _stream_inline(call: _InlineCall, result: Iterable[bytes], send: Any) 
             return
         await send(head)
     await send({"type": "http.response.body", "body": b""})
+
+
+def _first_chunk(result: Iterable[bytes]) -> tuple[Iterator[bytes], Any]:
+    """The iterator of the app's iterable and its first chunk (or _END_OF_BODY), in one stretch of app code."""
+    chunks = iter(result)
+    return chunks, next(chunks, _END_OF_BODY)
 
 
 async def _send_chunk(call: _InlineCall, data: bytes, send: Any) -> None:

@@ -12,88 +12,115 @@ from typing import IO, Any
 from urllib.parse import unquote_to_bytes
 
 __all__ = [
-    "NO_BODY", "BodyBudget", "BodyWriter", "ErrorStream", "FileWrapper", "WSGIInput", "build_environ", "has_body",
+    "NO_BODY", "BodyBudget", "BodyWriter", "EnvironBuilder", "ErrorStream", "FileWrapper", "WSGIInput",
 ]  # fmt: skip
 
 _error_log = logging.getLogger("corral.error")
 
 # Headers whose environ keys have no HTTP_ prefix (PEP 3333, CGI).
 _UNPREFIXED = {b"content-type": "CONTENT_TYPE", b"content-length": "CONTENT_LENGTH"}
+# Strings that repeat from request to request, made once: the environ key of each header name, and the
+# SERVER_NAME and SERVER_PORT of each Host value. Bounded, as clients choose what goes in them.
 _HEADER_KEYS: dict[bytes, str] = {}
-_HEADER_KEYS_MAX = 1024
+_HOSTS: dict[str, tuple[str, str | None]] = {}
+_CACHE_MAX = 1024
+_PROTOCOLS = {"1.1": "HTTP/1.1", "1.0": "HTTP/1.0"}
+# "%" as an int: `int in bytes` is a memchr, while `bytes in bytes` first tries its needle as an int, which
+# raises a TypeError inside CPython (made, then cleared): about ten times the cost, on every request.
+_PERCENT = ord("%")
 
 
 def _header_key(name: bytes) -> str:
-    """The environ key of a header name not in `_HEADER_KEYS` yet (build_environ looks there first, inline)."""
+    """The environ key of a header name not in `_HEADER_KEYS` yet (the builder looks there first, inline)."""
     key = _UNPREFIXED.get(name) or "HTTP_" + name.decode("latin-1").upper().replace("-", "_")
-    if len(_HEADER_KEYS) < _HEADER_KEYS_MAX:
+    if len(_HEADER_KEYS) < _CACHE_MAX:
         _HEADER_KEYS[name] = key
     return key
 
 
-def build_environ(scope: dict[str, Any], *, errors: Any, multithread: bool) -> dict[str, Any]:
-    """The environ of one request, with an empty `wsgi.input` (see `has_body`). Proxy headers are already applied
-    to the scope's client, server and scheme."""
-    root_path: str = scope.get("root_path", "")
-    raw_path: bytes = scope["raw_path"]
-    root_bytes = root_path.encode("utf-8")
-    if root_bytes and raw_path.startswith(root_bytes):
-        raw_path = raw_path[len(root_bytes):]
-    # PEP 3333: PATH_INFO is the unquoted path as bytes, carried in a str by latin-1 (a "bytes-as-str").
-    path_info = (unquote_to_bytes(raw_path) if b"%" in raw_path else raw_path).decode("latin-1")
-    client = scope.get("client")
-    scheme = scope["scheme"]
-    environ: dict[str, Any] = {
-        "REQUEST_METHOD": scope["method"],
-        "SCRIPT_NAME": root_bytes.decode("latin-1"),
-        "PATH_INFO": path_info,
-        "QUERY_STRING": scope["query_string"].decode("latin-1"),
-        "SERVER_PROTOCOL": "HTTP/" + scope["http_version"],
-        "REMOTE_ADDR": client[0] if client else "",
-        "REMOTE_PORT": str(client[1]) if client else "",
-        "wsgi.version": (1, 0),
-        "wsgi.url_scheme": scheme,
-        "wsgi.input": NO_BODY,
-        "wsgi.errors": errors,
-        "wsgi.multithread": multithread,
-        "wsgi.multiprocess": True,  # a pre-fork pool, as Gunicorn says even with one worker
-        "wsgi.run_once": False,
-        "wsgi.file_wrapper": FileWrapper,
-        "wsgi.input_terminated": False,
-        "asgi.scope": scope,
-    }
-    header_key = _HEADER_KEYS.get
-    for name, value in scope["headers"]:
-        key = header_key(name) or _header_key(name)
-        text = value.decode("latin-1")
-        if key in environ:  # repeated headers are joined, as a CGI server does (RFC 9110 5.3)
-            environ[key] += ("; " if key == "HTTP_COOKIE" else ",") + text
+class EnvironBuilder:
+    """Builds the environ of each request of one app from its ASGI scope, with the shared empty `wsgi.input`
+    (the request's body, if it has one, replaces it once read). What every request of the worker shares (the
+    wsgi.* values, the CGI variables' defaults) is a base dict made once and copied: each environ is still a
+    fresh dict the app may change as it likes, and a copy costs less than building the same keys again. Proxy
+    headers are already applied to the scope's client, server and scheme."""
+
+    __slots__ = ("base",)
+
+    def __init__(self, *, errors: Any, multithread: bool) -> None:
+        self.base: dict[str, Any] = {
+            "SCRIPT_NAME": "",
+            "QUERY_STRING": "",
+            "REMOTE_ADDR": "",
+            "REMOTE_PORT": "",
+            "wsgi.version": (1, 0),
+            "wsgi.input": NO_BODY,
+            "wsgi.errors": errors,
+            "wsgi.multithread": multithread,
+            "wsgi.multiprocess": True,  # a pre-fork pool, as Gunicorn says even with one worker
+            "wsgi.run_once": False,
+            "wsgi.file_wrapper": FileWrapper,
+            "wsgi.input_terminated": False,
+        }
+
+    def build(self, scope: dict[str, Any]) -> dict[str, Any]:
+        environ = self.base.copy()
+        raw_path: bytes = scope["raw_path"]
+        root_path: str = scope.get("root_path", "")
+        if root_path:
+            root_bytes = root_path.encode("utf-8")
+            if raw_path.startswith(root_bytes):
+                raw_path = raw_path[len(root_bytes):]
+            environ["SCRIPT_NAME"] = root_bytes.decode("latin-1")
+        # PEP 3333: PATH_INFO is the unquoted path as bytes, carried in a str by latin-1 (a "bytes-as-str").
+        environ["PATH_INFO"] = (unquote_to_bytes(raw_path) if _PERCENT in raw_path else raw_path).decode("latin-1")
+        environ["REQUEST_METHOD"] = scope["method"]
+        query: bytes = scope["query_string"]
+        if query:
+            environ["QUERY_STRING"] = query.decode("latin-1")
+        version: str = scope["http_version"]
+        environ["SERVER_PROTOCOL"] = _PROTOCOLS.get(version) or "HTTP/" + version
+        client = scope.get("client")
+        if client:
+            environ["REMOTE_ADDR"] = client[0]
+            environ["REMOTE_PORT"] = str(client[1])
+        environ["wsgi.url_scheme"] = scheme = scope["scheme"]
+        # A copy (its values shared), because the server keeps the environ in the scope (scope["wsgi.environ"],
+        # for hooks and the access log): two dicts naming each other would leave every request's scope and
+        # environ to Python's cycle collector, a collection every hundred or so requests.
+        environ["asgi.scope"] = scope.copy()
+        header_key = _HEADER_KEYS.get
+        for name, value in scope["headers"]:
+            key = header_key(name) or _header_key(name)
+            text = value.decode("latin-1")
+            if key in environ:  # repeated headers are joined, as a CGI server does (RFC 9110 5.3)
+                environ[key] += ("; " if key == "HTTP_COOKIE" else ",") + text
+            else:
+                environ[key] = text
+        if "HTTP_TRANSFER_ENCODING" in environ:  # the parser let only a final "chunked" through
+            environ["wsgi.input_terminated"] = True
+        host = environ.get("HTTP_HOST")
+        if host:
+            # Like Gunicorn: the name the client asked for, which is what apps build their own URLs from.
+            name, port = _HOSTS.get(host) or _split_host(host)
+            environ["SERVER_NAME"] = name
+            environ["SERVER_PORT"] = port or ("443" if scheme == "https" else "80")
         else:
-            environ[key] = text
-    if "HTTP_TRANSFER_ENCODING" in environ:  # the parser let only a final "chunked" through
-        environ["wsgi.input_terminated"] = True
-    host = environ.get("HTTP_HOST")
-    if host:
-        # Like Gunicorn: the name the client asked for, which is what apps build their own URLs from.
-        environ["SERVER_NAME"], environ["SERVER_PORT"] = _split_host(host, scheme)
-    else:
-        server = scope.get("server") or ("localhost", None)
-        environ["SERVER_NAME"] = str(server[0])
-        environ["SERVER_PORT"] = str(server[1]) if server[1] is not None else ""
-    return environ
+            server = scope.get("server") or ("localhost", None)
+            environ["SERVER_NAME"] = str(server[0])
+            environ["SERVER_PORT"] = str(server[1]) if server[1] is not None else ""
+        return environ
 
 
-def has_body(environ: dict[str, Any]) -> bool:
-    """Whether the request has a body to read: without Content-Length or Transfer-Encoding it has none (RFC 9112
-    6.3), and `wsgi.input` can stay the shared empty one, with no buffer to make and give back."""
-    return "CONTENT_LENGTH" in environ or "HTTP_TRANSFER_ENCODING" in environ
-
-
-def _split_host(host: str, scheme: str) -> tuple[str, str]:
+def _split_host(host: str) -> tuple[str, str | None]:
+    """A Host value's name and port; None for the port when the value has none (the scheme's default then)."""
     name, colon, port = host.rpartition(":")
+    split: tuple[str, str | None] = (host, None)
     if colon and port.isdigit() and (not name.startswith("[") or name.endswith("]")):
-        return name, port
-    return host, "443" if scheme == "https" else "80"
+        split = (name, port)
+    if len(_HOSTS) < _CACHE_MAX:
+        _HOSTS[host] = split
+    return split
 
 
 class BodyBudget:
