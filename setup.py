@@ -25,6 +25,8 @@ COMPILED_MODULES = [
     "src/corral/http/ledger.py",
     "src/corral/http/flow.py",
     "src/corral/http/state.py",
+    "src/corral/http/wsgi.py",
+    "src/corral/http/wsgi_environ.py",
 ]
 NO_COMPILE_VARIABLE = "CORRAL_NO_COMPILE"
 GROUP_NAME = "corral"  # mypyc's shared runtime library is corral__mypyc

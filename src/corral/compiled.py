@@ -15,7 +15,15 @@ from typing import TypeVar
 __all__ = ["COMPILED_MODULES", "compiled_modules", "describe_build", "mypyc_attr"]
 
 # The modules setup.py compiles (it lists them by path; tests/unit/test_compiled.py keeps the two lists equal).
-COMPILED_MODULES = ("corral.http.h1", "corral.http.asgi", "corral.http.ledger", "corral.http.flow", "corral.http.state")
+COMPILED_MODULES = (
+    "corral.http.h1",
+    "corral.http.asgi",
+    "corral.http.ledger",
+    "corral.http.flow",
+    "corral.http.state",
+    "corral.http.wsgi",
+    "corral.http.wsgi_environ",
+)
 
 _Class = TypeVar("_Class")
 

@@ -312,7 +312,8 @@ class RequestCycle:
         expected = len(lines) - 1 + (
             state.default_header_lines if defaults is state.default_headers else defaults.count(b"\n")
         )
-        if head.count(b"\n") != expected or head.count(b"\r") != expected or b"\0" in head:
+        # `0 in head`, an int: `b"\0" in head` first fails (and clears) a TypeError inside CPython, every time.
+        if head.count(b"\n") != expected or head.count(b"\r") != expected or 0 in head:
             raise RuntimeError("invalid character (CR, LF or NUL) in an ASGI response header value")
         return head
 

@@ -108,6 +108,7 @@ _TRANSITIONS: dict[tuple[Phase, str], Phase] = {
     **{(phase, "close"): _CLOSED for phase in Phase if phase is not _HANDED_OVER},
 }
 
+_PERCENT = ord("%")
 _HOST = b"host"
 _EXPECT = b"expect"
 _TRANSFER_ENCODING = b"transfer-encoding"
@@ -596,7 +597,7 @@ class H1Protocol(WriteFlowControl):
             raw_path, _, query = target.partition(b"?")
         else:
             raw_path, query = _split_other_target(target, method)
-        if b"%" in raw_path:
+        if _PERCENT in raw_path:  # an int: `b"%" in` first fails (and clears) a TypeError inside CPython
             path = unquote_to_bytes(raw_path).decode("utf-8", "replace")
         else:
             path = raw_path.decode("utf-8", "replace")

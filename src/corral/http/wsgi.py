@@ -31,6 +31,7 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator
 from queue import SimpleQueue
 from typing import Any
 
+from corral.compiled import mypyc_attr
 from corral.core.settings import HttpSettings, WorkerSettings
 from corral.http.errors import ClientDisconnected
 from corral.http.sendfile import ZEROCOPYSEND
@@ -77,11 +78,14 @@ _WHOLE = 4  # (status, headers, body): a response the app gave all at once, hand
 _FILE = 5  # _HandedFile: the rest of the response is a file, sent by the loop (zero copy), which closes it
 
 
+# Exceptions stay Python classes when this module is compiled (mypyc cannot derive a native class from them).
+@mypyc_attr(native_class=False)
 class WSGIResponseAborted(ClientDisconnected):
     """The response was cut off after its head was sent (the app's iterable raised midway): the connection is
     closed, so the client sees an incomplete response. Already logged, so the cycle only closes."""
 
 
+@mypyc_attr(native_class=False)
 class _Abandoned(Exception):
     """Raised in the app thread when the loop will take no more of the response (client gone, cancelled)."""
 
