@@ -205,7 +205,10 @@ def _of_a_request(obj: object) -> bool:
     """An environ, an HTTP request's scope, or an object of corral's HTTP or WSGI request cycle."""
     if isinstance(obj, dict):
         return "wsgi.version" in obj or obj.get("type") == "http"
-    return type(obj).__module__ in ("corral.http.asgi", "corral.http.h1", "corral.http.wsgi", "corral.http.wsgi_environ")
+    return type(obj).__module__ in _REQUEST_CYCLE_MODULES
+
+
+_REQUEST_CYCLE_MODULES = ("corral.http.asgi", "corral.http.h1", "corral.http.wsgi", "corral.http.wsgi_environ")
 
 
 def test_an_invalid_status_is_refused_each_time_it_is_given() -> None:
