@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from corral import __version__
+from corral.compiled import describe_build
 from tests.apps.master_apps import BROKEN_APP_SOURCE
 from tests.integration.conftest import (
     REPO_ROOT,
@@ -45,6 +47,13 @@ def test_term_with_a_request_in_flight_on_two_workers_finishes_it_and_exits_0(
         assert response.closes
     assert server.wait(30) == EXIT_OK, server.stderr_text()
     assert wait_until(lambda: process_group_gone(server.proc.pid), 10), "a worker outlived the master"
+
+
+def test_the_master_names_corrals_version_and_build_when_it_starts(serve: ServerFactory) -> None:
+    server = serve(APP)
+    wait_for_ready_workers(server, 1)
+    expected = f"corral {__version__} ({describe_build()})"  # this interpreter's import path: the server's too
+    assert expected in server.stderr_text()
 
 
 def test_address_in_use_exits_2_with_one_line_naming_the_address(serve: ServerFactory) -> None:

@@ -26,7 +26,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from corral import __version__
 from corral.admin.app_metrics import AppMetricsDir, prepare_app_metrics
+from corral.compiled import describe_build
 from corral.core import sizing
 from corral.core.contract import BOOT_FAILURES, MASTER_SIGNALS, ExitCode, MasterSignal, RestartReason
 from corral.core.open_files import raise_open_files_limit
@@ -357,6 +359,7 @@ class Arbiter:
         self._install_signals()
         set_title(self.cfg, "master")
         self.scoreboard.set_master(self.pid, MasterState.STARTING, self.generation)
+        self.log.info("corral %s (%s)", __version__, describe_build())  # which build an operator is running
         for sock in self.listeners:
             self.log.info("Listening on %s", describe(sock, "https" if self.ssl_context is not None else "http"))
         self._hook("nworkers_changed", self.server, self.target, None)
