@@ -492,19 +492,26 @@ def test_an_iterable_that_raises_midway_closes_the_connection_and_is_logged(capl
     assert "raised midway" in caplog.text
 
 
-@only_mode(IN_THREADS)
-def test_a_slow_reader_blocks_the_app_thread_with_bounded_buffering() -> None:
-    produced = []
-    chunk = b"x" * 65536
+def _streaming_app(produced: list[int], chunk: bytes) -> Callable[..., Any]:
+    """An app that streams 200 chunks (12.5 MiB of 64 KiB ones: far more than the pipe and the transport hold),
+    counting in `produced` each one it yields."""
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
         start_response("200 OK", [("Content-Type", "text/plain")])
-        for _ in range(200):  # 12.5 MiB, far more than the pipe and the transport hold
+        for _ in range(200):
             produced.append(len(chunk))
             yield chunk
 
+    return app
+
+
+@only_mode(IN_THREADS)
+def test_a_slow_reader_blocks_the_app_thread_with_bounded_buffering() -> None:
+    produced: list[int] = []
+    chunk = b"x" * 65536
+
     async def main() -> None:
-        h = Harness(app)
+        h = Harness(_streaming_app(produced, chunk))
         h.protocol.pause_writing()  # the client reads nothing
         h.feed(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         await asyncio.sleep(0.3)
@@ -520,17 +527,11 @@ def test_a_slow_reader_blocks_the_app_thread_with_bounded_buffering() -> None:
 
 @only_mode(ON_THE_LOOP)
 def test_on_the_loop_a_slow_reader_stops_the_iterable_with_bounded_buffering() -> None:
-    produced = []
+    produced: list[int] = []
     chunk = b"x" * 65536
 
-    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
-        start_response("200 OK", [("Content-Type", "text/plain")])
-        for _ in range(200):
-            produced.append(len(chunk))
-            yield chunk
-
     async def main() -> None:
-        h = Harness(app)
+        h = Harness(_streaming_app(produced, chunk))
         h.protocol.pause_writing()  # the client reads nothing
         h.feed(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         await asyncio.sleep(0.3)

@@ -375,10 +375,7 @@ class _InlineCall(_Response):
     __slots__ = ("written",)
 
     def __init__(self) -> None:
-        # _Response's attributes set here rather than by its __init__: one call less on every request's path
-        self.status: int | None = None
-        self.headers: list[tuple[bytes, bytes]] = []
-        self.headers_sent = False
+        super().__init__()
         self.written: list[dict[str, Any]] = []  # ASGI messages
 
     def write(self, data: bytes) -> None:
@@ -390,12 +387,8 @@ class _InlineCall(_Response):
 
     def whole(self, result: list[bytes]) -> bytes:
         """The body of a response given all at once; raises the app's mistake if it is not one."""
-        body = result[0] if result else b""
-        # The checks of _body_bytes and check_started, inline on the path most responses take.
-        if type(body) is not bytes:
-            _body_bytes(body)
-        if self.status is None:
-            raise AssertionError(_RETURNED_BEFORE_START)
+        body = _body_bytes(result[0] if result else b"")
+        self.check_started(_RETURNED_BEFORE_START)
         return body
 
     def send_head(self, mistake: str) -> dict[str, Any]:
